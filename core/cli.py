@@ -1,0 +1,123 @@
+"""`python -m core <job> [--config FILE] [--set key=value ...] [--run-dir DIR] [--<field> value ...]`.
+
+The flags of each job are generated from its schema model. Values are layered:
+schema defaults < --config (a preset or a run's config.json) < --<field> flags < --set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from pathlib import Path
+
+from core.config import ConfigError, JobConfig, validate
+from core.registry import JOBS, JobSpec
+
+
+def _is_list(annotation) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool
+
+
+def parse_set(item: str, model: type[JobConfig]) -> tuple[str, object]:
+    """`key=value`: the value is read as JSON when it parses, else as a plain string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    if key not in model.model_fields:
+        raise ConfigError(f"--set: unknown key '{key}' (see --help for this job's parameters)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if _is_list(model.model_fields[key].annotation) and not isinstance(value, list):
+        value = [value]
+    return key, value
+
+
+def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m core {spec.name}", description=spec.summary,
+        epilog="Values are layered: defaults < --config < --<field> flags < --set key=value.")
+    parser.add_argument("--config", metavar="FILE", help="a preset or a run's config.json")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one parameter (value as JSON, else as text); repeatable")
+    parser.add_argument("--run-dir", metavar="DIR", help="run folder (default: a new one under runs/)")
+    parser.add_argument("--name", default="", help="a short name for the run folder")
+    params = parser.add_argument_group("parameters")
+    for name, field in spec.config.model_fields.items():
+        help_text = f"{field.description} (default: {field.get_default(call_default_factory=True)!r})"
+        flag = f"--{name}"
+        if _is_bool(field.annotation):
+            params.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif _is_list(field.annotation):
+            params.add_argument(flag, nargs="+", default=None, metavar="VALUE", help=help_text)
+        else:
+            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+            params.add_argument(flag, default=None, choices=choices, metavar="{" + ",".join(choices) + "}"
+                                if choices else "VALUE", help=help_text)
+    return parser
+
+
+def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
+    """Layer the values of one invocation and validate them; raises ConfigError."""
+    from core.presets import read_values_file
+
+    values: dict = {}
+    if args.config:
+        values.update(read_values_file(Path(args.config), spec.name))
+    for name in spec.config.model_fields:
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+    for item in args.set:
+        key, value = parse_set(item, spec.config)
+        values[key] = value
+    return validate(spec.config, values, args.config or "command line")
+
+
+def write_run_config(run_dir: Path, job: str, cfg: JobConfig) -> None:
+    from core.config import SCHEMA_VERSION
+    from core.fsutil import atomic_write_json
+
+    atomic_write_json(run_dir / "config.json", {"schema_version": SCHEMA_VERSION, "job": job,
+                                                "values": cfg.model_dump(mode="json")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m core <job> [--config FILE] [--set key=value ...] [--run-dir DIR]\n\njobs:")
+        for spec in JOBS.values():
+            print(f"  {spec.name:<10} {spec.summary}")
+        print("\n`python -m core <job> --help` lists the job's parameters.")
+        return 0
+    job, rest = argv[0], argv[1:]
+    if job not in JOBS:
+        print(f"error: unknown job '{job}'. Jobs: {', '.join(JOBS)}", file=sys.stderr)
+        return 2
+    spec = JOBS[job]
+    args = build_parser(spec).parse_args(rest)
+    from core.jobs import EXIT_INVALID, JobContext, execute, new_run_dir, write_status
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    try:
+        cfg = resolve_config(spec, args)
+    except ConfigError as err:
+        print(f"invalid config for job '{job}':\n{err}", file=sys.stderr)
+        if run_dir:
+            ctx = JobContext(run_dir, echo=False)
+            ctx.log(f"invalid config:\n{err}")
+            ctx.event("error", message=f"invalid config: {err}")
+            ctx.close()
+            write_status(run_dir, job=job, state="invalid", exit_code=EXIT_INVALID)
+        return EXIT_INVALID
+    run_dir = run_dir or new_run_dir(job, args.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, job, cfg)
+    return execute(job, cfg, run_dir, spec.load)

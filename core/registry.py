@@ -1,0 +1,28 @@
+"""The jobs that `python -m core` can run: name, config model, implementation."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from core import config
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    config: type[config.JobConfig]
+    target: str  # "module:function", imported only when the job runs (keeps --help fast)
+    summary: str
+
+    def load(self) -> Callable:
+        module, _, func = self.target.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+
+JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
+    JobSpec("scan", config.ScanConfig, "core.scan:run",
+            "Scan dataset folders: formats, sizes, broken images, captions, repeats."),
+    JobSpec("demo", config.DemoConfig, "core.demo:run",
+            "Build a tiny random model and a demo dataset offline."),
+]}

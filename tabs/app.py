@@ -1,0 +1,16 @@
+"""The studio's Gradio app: one tab per module in tabs/."""
+from __future__ import annotations
+
+import gradio as gr
+
+from tabs import dataset
+
+TITLE = "SD Studio"
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
+        gr.Markdown(f"# {TITLE}\nPrepare datasets and fine-tune Stable Diffusion models.")
+        with gr.Tabs():
+            dataset.build(blocks)
+    return blocks

@@ -1,0 +1,191 @@
+"""Dataset tab: scan folders, read the report, browse images and edit their captions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core.captions import list_caption_backups, read_caption, restore_caption, save_caption
+from core.config import DemoConfig, ScanConfig
+from core.images import ImageError, thumbnail
+from tabs.form import SchemaForm
+from tabs.job_panel import JobPanel
+
+PAGE_SIZE = 48
+FILTERS = {"all images": None, "missing caption": "missing", "empty caption": "empty"}
+
+
+def load_report(run_dir: str | None) -> dict | None:
+    if not run_dir:
+        return None
+    try:
+        return json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def report_markdown(report: dict | None) -> str:
+    if report is None:
+        return "No report yet: scan a folder."
+    formats = " · ".join(f"{k} {v}" for k, v in sorted(report["by_format"].items())) or "none"
+    lines = [
+        f"### {report['total_files']} image files, {report['readable']} readable, "
+        f"{report['effective_images']} effective with repeats",
+        f"**Formats:** {formats}",
+        f"**Broken or unreadable:** {len(report['broken'])} · **missing captions:** "
+        f"{len(report['missing_captions'])} · **empty captions:** {len(report['empty_captions'])} "
+        f"(caption extension `{report['caption_extension']}`)",
+    ]
+    if report.get("invalid_folders"):
+        lines.append("**Invalid folders:** " + "; ".join(
+            f"`{f['path']}`: {f['reason']}" for f in report["invalid_folders"]))
+    if not report.get("complete", True):
+        lines.append("*The scan was stopped before the end: this report is partial.*")
+    return "\n\n".join(lines)
+
+
+def histogram_plot(report: dict | None, key: str, title: str):
+    rows = report[key] if report else []
+    frame = pd.DataFrame(rows or [], columns=["label", "count"])
+    return gr.BarPlot(value=frame, x="label", y="count", title=title, sort=[r["label"] for r in rows] or None)
+
+
+def problems_table(report: dict | None) -> pd.DataFrame:
+    rows = []
+    if report:
+        rows += [[b["path"], f"unreadable: {b['reason']}"] for b in report["broken"]]
+        rows += [[p, "caption file missing"] for p in report["missing_captions"]]
+        rows += [[p, "caption is empty"] for p in report["empty_captions"]]
+    return pd.DataFrame(rows, columns=["path", "problem"])
+
+
+def repeats_table(report: dict | None) -> pd.DataFrame:
+    rows = [[f["path"], f["repeats"], f["images"], f["effective"]] for f in (report or {}).get("repeat_folders", [])]
+    return pd.DataFrame(rows, columns=["folder", "repeats", "images", "effective"])
+
+
+def filtered_images(report: dict | None, filter_name: str) -> list[dict]:
+    wanted = FILTERS.get(filter_name)
+    return [i for i in (report or {}).get("images", []) if wanted is None or i["caption"] == wanted]
+
+
+def gallery_page(report: dict | None, filter_name: str, page: int):
+    images = filtered_images(report, filter_name)
+    pages = max(1, -(-len(images) // PAGE_SIZE))
+    page = min(max(1, int(page or 1)), pages)
+    shown = images[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    items, listed = [], []
+    for entry in shown:
+        try:
+            items.append((thumbnail(entry["path"]), Path(entry["path"]).name))
+        except ImageError:
+            continue  # the image changed since the scan; it will show up as broken next time
+        listed.append(entry)
+    info = f"page {page} of {pages} · {len(images)} image(s)"
+    return items, listed, gr.Number(value=page, maximum=pages), info
+
+
+def backup_choices(caption_path: str) -> gr.Dropdown:
+    backups = list_caption_backups(Path(caption_path))
+    choices = [(b.label, b.id) for b in backups]
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+
+
+def select_image(shown: list[dict], evt: gr.SelectData):
+    entry = shown[evt.index]
+    caption_path = entry["caption_path"]
+    text = read_caption(Path(caption_path)) if Path(caption_path).exists() else ""
+    header = f"`{entry['path']}` · {entry['width']}×{entry['height']} {entry['format']} · " \
+             f"repeats {entry['repeats']}\n\ncaption file: `{caption_path}`"
+    return entry, header, text, backup_choices(caption_path), ""
+
+
+def save_selected(entry: dict | None, text: str):
+    if not entry:
+        return gr.skip(), "Select an image first."
+    caption_path = Path(entry["caption_path"])
+    save_caption(caption_path, text)
+    return backup_choices(str(caption_path)), f"Saved `{caption_path.name}`; the previous text is kept as a backup."
+
+
+def restore_selected(entry: dict | None, backup_id: str | None):
+    if not entry or not backup_id:
+        return gr.skip(), gr.skip(), "Select an image and a backup first."
+    caption_path = Path(entry["caption_path"])
+    restore_caption(caption_path, backup_id)
+    text = read_caption(caption_path) if caption_path.exists() else ""
+    return text, backup_choices(str(caption_path)), f"Restored `{caption_path.name}` (the text it replaced is a backup too)."
+
+
+def build(blocks: gr.Blocks) -> None:
+    with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
+        gr.Markdown("Scan one or more dataset folders (images with sidecar caption files; kohya-style "
+                    "`N_name` folders count as N repeats), then browse the images and edit captions.")
+        form = SchemaForm(ScanConfig)
+        scan = gr.Button("Scan", variant="primary", elem_id="scan-button")
+        panel = JobPanel("scan", grace_s=30)
+        report_state = gr.State(None)
+        summary = gr.Markdown(report_markdown(None), elem_id="scan-report")
+        with gr.Row():
+            sizes = histogram_plot(None, "size_histogram", "Shorter side (px)")
+            aspects = histogram_plot(None, "aspect_histogram", "Aspect ratio (width:height)")
+        with gr.Accordion("Problems and repeat folders", open=True):
+            problems = gr.Dataframe(problems_table(None), label="Problems", interactive=False,
+                                    elem_id="scan-problems")
+            repeats = gr.Dataframe(repeats_table(None), label="Folders and repeats", interactive=False)
+        with gr.Accordion("Images and captions", open=True):
+            with gr.Row():
+                image_filter = gr.Radio(list(FILTERS), value="all images", label="Show")
+                page = gr.Number(1, precision=0, minimum=1, label="Page")
+                page_info = gr.Markdown()
+            shown = gr.State([])
+            gallery = gr.Gallery(columns=8, height=360, allow_preview=False, label="Images",
+                                 elem_id="dataset-gallery")
+            selected = gr.State(None)
+            selected_info = gr.Markdown()
+            caption = gr.Textbox(label="Caption", lines=3, elem_id="caption-editor")
+            with gr.Row():
+                save = gr.Button("Save caption", elem_id="caption-save")
+                backups = gr.Dropdown(label="Earlier versions", choices=[], elem_id="caption-backups")
+                restore = gr.Button("Restore selected version", elem_id="caption-restore")
+            caption_message = gr.Markdown()
+        with gr.Accordion("No dataset or model yet? Build the demo kit", open=False):
+            gr.Markdown("Builds a tiny random-weight model (diffusers folder and single file) and a small "
+                        "captioned dataset, offline, in seconds — enough to try every tab on a CPU.")
+            demo_form = SchemaForm(DemoConfig)
+            demo_button = gr.Button("Build demo kit", elem_id="demo-button")
+            demo_panel = JobPanel("demo", grace_s=30)
+
+    scan.click(lambda *raw: panel.launch(form.read(*raw)), inputs=form.inputs, outputs=panel.outputs)
+    panel.wire(blocks)
+
+    def show_report(run_dir):
+        report = load_report(run_dir)
+        return (report, report_markdown(report), histogram_plot(report, "size_histogram", "Shorter side (px)"),
+                histogram_plot(report, "aspect_histogram", "Aspect ratio (width:height)"),
+                problems_table(report), repeats_table(report), 1)
+
+    panel.finished.change(show_report, inputs=panel.finished,
+                          outputs=[report_state, summary, sizes, aspects, problems, repeats, page]) \
+        .then(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])
+    for trigger in (image_filter.change, page.submit):
+        trigger(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])
+    gallery.select(select_image, inputs=shown, outputs=[selected, selected_info, caption, backups, caption_message])
+    save.click(save_selected, inputs=[selected, caption], outputs=[backups, caption_message])
+    restore.click(restore_selected, inputs=[selected, backups], outputs=[caption, backups, caption_message])
+
+    demo_button.click(lambda *raw: demo_panel.launch(demo_form.read(*raw)), inputs=demo_form.inputs,
+                      outputs=demo_panel.outputs)
+    demo_panel.wire(blocks)
+
+    def use_demo_dataset(run_dir, current):
+        if current.strip():
+            return gr.skip()  # never replace folders the user typed
+        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        dataset = (Path(config["values"]["out"]) / "dataset").resolve()
+        return str(dataset) if dataset.is_dir() else gr.skip()
+
+    demo_panel.finished.change(use_demo_dataset, inputs=[demo_panel.finished, form.components["train_data_dir"]],
+                               outputs=form.components["train_data_dir"])

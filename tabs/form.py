@@ -1,0 +1,76 @@
+"""Schema -> Gradio form: one component per parameter, grouped, advanced ones folded away."""
+from __future__ import annotations
+
+import typing
+from itertools import groupby
+
+import gradio as gr
+from pydantic import BaseModel
+
+from core.config import field_meta
+
+
+def _choices(annotation) -> tuple | None:
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+
+
+def _bounds(field) -> dict:
+    bounds = {}
+    for m in field.metadata:
+        for attr, key in (("ge", "minimum"), ("gt", "minimum"), ("le", "maximum"), ("lt", "maximum")):
+            if getattr(m, attr, None) is not None:
+                bounds[key] = getattr(m, attr)
+    return bounds
+
+
+def _component(name: str, field, meta: dict, value) -> gr.components.Component:
+    annotation = field.annotation
+    common = {"label": name, "info": field.description, "elem_id": f"field-{name}"}
+    if annotation is bool:
+        return gr.Checkbox(value=value, **common)
+    if choices := _choices(annotation):
+        return gr.Dropdown(choices=list(choices), value=value, **common)
+    if annotation in (int, float):
+        return gr.Number(value=value, precision=0 if annotation is int else None, **_bounds(field), **common)
+    if typing.get_origin(annotation) is list:
+        return gr.Textbox(value="\n".join(map(str, value)), lines=3, placeholder="one per line", **common)
+    placeholder = {"dir": "path to a folder", "file": "path to a file"}.get(meta["widget"])
+    lines = 4 if meta["widget"] == "textarea" else 1
+    return gr.Textbox(value=value, placeholder=placeholder, lines=lines, **common)
+
+
+class SchemaForm:
+    """Renders a job's schema model; reads the components back into a plain values dict."""
+
+    def __init__(self, model: type[BaseModel], values: dict | None = None):
+        self.model = model
+        self.names = list(model.model_fields)
+        defaults = model.model_construct().model_dump(mode="json")
+        values = {**defaults, **(values or {})}
+        metas = {n: field_meta(model, n) for n in self.names}
+        ordered = sorted(self.names, key=lambda n: (metas[n]["advanced"], metas[n]["group"] != "Basic",
+                                                    metas[n]["group"]))
+        self.components: dict[str, gr.components.Component] = {}
+        for (advanced, group), names in groupby(ordered, key=lambda n: (metas[n]["advanced"], metas[n]["group"])):
+            with gr.Accordion(group, open=not advanced):
+                for name in names:
+                    self.components[name] = _component(name, model.model_fields[name], metas[name],
+                                                       values[name])
+
+    @property
+    def inputs(self) -> list:
+        return [self.components[n] for n in self.names]
+
+    def read(self, *raw) -> dict:
+        """Component values (in `inputs` order) -> values dict for the schema (not yet validated)."""
+        values = {}
+        for name, value in zip(self.names, raw):
+            if typing.get_origin(self.model.model_fields[name].annotation) is list and isinstance(value, str):
+                value = [line.strip() for line in value.splitlines() if line.strip()]
+            values[name] = value
+        return values
+
+    def show(self, values: dict) -> list:
+        """A values dict (defaults filled in) -> component values in `inputs` order."""
+        full = {**self.model.model_construct().model_dump(mode="json"), **values}
+        return ["\n".join(map(str, full[n])) if isinstance(full[n], list) else full[n] for n in self.names]

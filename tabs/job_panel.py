@@ -1,0 +1,167 @@
+"""The job panel every tab uses: live log, progress with rate and ETA, status, Stop, command.
+
+Its state is the run folder plus byte offsets into log.txt and events.jsonl; a timer tails
+both. On page load it reattaches to the newest run of its job, so a refresh or a GUI restart
+loses nothing.
+"""
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from core.config import ConfigError
+from core.runner import (ACTIVE_STATES, Tail, enforce_stop, list_runs, progress_rate, read_status,
+                         request_stop, run_state, start_job)
+
+STATE_TEXT = {"starting": "starting…", "running": "running", "done": "done", "stopped": "stopped",
+              "error": "failed", "invalid": "invalid settings", "killed": "ended unexpectedly"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def progress_html(run: dict | None) -> str:
+    if not run or not run.get("total"):
+        return "<div class='job-progress'></div>"
+    step, total = run["step"], run["total"]
+    pct = 100.0 * step / total if total else 0.0
+    rate, eta = progress_rate(run.get("samples", []), total)
+    parts = [f"{step}/{total} ({pct:.0f}%)"]
+    if rate:
+        parts.append(f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it")
+    if eta is not None and run.get("state") in ACTIVE_STATES:
+        parts.append(f"ETA {_duration(eta)}")
+    return (f"<div class='job-progress' data-step='{step}' data-total='{total}'>"
+            f"<div style='background:#ddd;border-radius:4px;height:12px'><div style='width:{pct:.1f}%;"
+            f"background:#f97316;height:12px;border-radius:4px'></div></div>"
+            f"<div style='font-size:0.9em'>{html.escape(' · '.join(parts))}</div></div>")
+
+
+def status_markdown(run: dict) -> str:
+    state = run.get("state", "starting")
+    status = read_status(Path(run["run_dir"]))
+    started, ended = status.get("started"), status.get("ended")
+    elapsed = (ended or time.time()) - started if started else None
+    text = f"**{STATE_TEXT.get(state, state)}** · `{run['run_dir']}` · {_duration(elapsed)}"
+    if run.get("warnings"):
+        text += f" · {run['warnings']} warning(s)"
+    if run.get("error"):
+        text += f"\n\n**Error:** {run['error']}"
+    return text
+
+
+class JobPanel:
+    """Build inside a Blocks context; call `wire(blocks)` once the page is laid out."""
+
+    def __init__(self, job: str, grace_s: float = 60.0, max_lines: int = 1000):
+        self.job, self.grace_s, self.max_lines = job, grace_s, max_lines
+        self.run = gr.State(None)
+        self.finished = gr.State(None)  # run folder of the last finished run; tabs hook .change
+        with gr.Group(elem_id=f"{job}-job-panel"):
+            with gr.Row():
+                self.status = gr.Markdown("No run yet.", elem_id=f"{job}-status")
+                self.stop = gr.Button("Stop", variant="stop", interactive=False, scale=0,
+                                      elem_id=f"{job}-stop")
+            self.progress = gr.HTML(progress_html(None), elem_id=f"{job}-progress")
+            self.log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True,
+                                  interactive=False, elem_id=f"{job}-log")
+            self.command = gr.Textbox(label="Command (runs the same job from a terminal)",
+                                      interactive=False, buttons=["copy"], elem_id=f"{job}-command")
+        self.timer = gr.Timer(1.0)
+
+    @property
+    def outputs(self) -> list:
+        return [self.run, self.finished, self.status, self.progress, self.log, self.command, self.stop]
+
+    def launch(self, values: dict, name: str = "") -> dict:
+        """Start the job with `values`: the updates for `outputs` (an error shown if invalid)."""
+        try:
+            run_dir = start_job(self.job, values, name)
+        except ConfigError as err:
+            return {self.status: f"**Invalid settings** — nothing was started:\n\n```\n{err}\n```"}
+        return self._attach(run_dir)
+
+    def _attach(self, run_dir: Path) -> dict:
+        run = {"run_dir": str(run_dir), "log_offset": 0, "events_offset": 0, "lines": [], "step": 0,
+               "total": 0, "samples": [], "warnings": 0, "error": None, "state": "starting"}
+        updates = self.poll(run)
+        updates[self.command] = read_status(run_dir).get("command", "")
+        return updates
+
+    def poll(self, run: dict | None) -> dict:
+        if not run:
+            return {}
+        run = dict(run)
+        run_dir = Path(run["run_dir"])
+        log = Tail(run_dir / "log.txt", run["log_offset"])
+        new_lines = log.read_lines()
+        events = Tail(run_dir / "events.jsonl", run["events_offset"])
+        for event in events.read_events():
+            self._apply_event(run, event)
+        run["log_offset"], run["events_offset"] = log.offset, events.offset
+        enforce_stop(run_dir, self.grace_s)
+        was_active, run["state"] = run["state"] in ACTIVE_STATES, run_state(run_dir)
+        finished = was_active and run["state"] not in ACTIVE_STATES
+        if finished and run["state"] == "killed":
+            new_lines += _console_tail(run_dir)
+        updates = {self.run: run, self.status: status_markdown(run), self.progress: progress_html(run),
+                   self.stop: gr.update(interactive=run["state"] in ACTIVE_STATES)}
+        if new_lines:
+            run["lines"] = (run["lines"] + new_lines)[-self.max_lines:]
+            updates[self.log] = "\n".join(run["lines"])
+        if finished:
+            updates[self.finished] = str(run_dir)
+        return updates
+
+    @staticmethod
+    def _apply_event(run: dict, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            run["step"], run["total"] = event.get("step", 0), event.get("total", 0)
+            run["samples"] = (run["samples"] + [(event.get("time", time.time()), run["step"])])[-30:]
+        elif kind == "warning":
+            run["warnings"] += 1
+        elif kind == "error":
+            run["error"] = event.get("message")
+
+    def request_stop(self, run: dict | None) -> dict:
+        if not run or run.get("state") not in ACTIVE_STATES:
+            return {}
+        request_stop(Path(run["run_dir"]))
+        return {self.status: status_markdown(run) + " · **stopping…**",
+                self.stop: gr.update(interactive=False)}
+
+    def reattach(self) -> dict:
+        """On page load: follow the newest active run of this job, else show the newest run."""
+        runs = list_runs(self.job)
+        active = [r for r in runs if r.state in ACTIVE_STATES]
+        chosen = (active or runs or [None])[0]
+        if chosen is None:
+            return {}
+        updates = self._attach(chosen.run_dir)
+        if chosen.state not in ACTIVE_STATES:
+            updates[self.finished] = str(chosen.run_dir)
+        return updates
+
+    def wire(self, blocks: gr.Blocks) -> None:
+        self.timer.tick(self.poll, inputs=self.run, outputs=self.outputs, show_progress="hidden")
+        self.stop.click(self.request_stop, inputs=self.run, outputs=self.outputs)
+        blocks.load(self.reattach, outputs=self.outputs)
+
+
+def _console_tail(run_dir: Path, lines: int = 30) -> list[str]:
+    """Last lines the process printed outside the log (a crash before logging started)."""
+    try:
+        text = (run_dir / "console.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    tail = text.strip().splitlines()[-lines:]
+    return ["--- process output ---", *tail] if tail else []
