@@ -61,6 +61,23 @@ def validate(model: type[JobConfig], values: dict, source: str) -> JobConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
+    """Check some values (a preset's overrides) field by field: types, bounds, unknown keys.
+
+    Unlike `validate`, fields that are not given are not required here."""
+    blank, problems = model.model_construct(), []
+    for key, value in values.items():
+        if key not in model.model_fields:
+            problems.append(f"{source}: unknown key '{key}' (not a parameter of this job)")
+            continue
+        try:
+            model.__pydantic_validator__.validate_assignment(blank, key, value)
+        except ValidationError as err:
+            problems.append(format_validation_error(err, source))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def _non_empty_paths(value: list[str]) -> list[str]:
     cleaned = [v.strip() for v in value if v and v.strip()]
     if not cleaned:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core.config import SCHEMA_VERSION, ConfigError, JobConfig, validate
+from core.config import SCHEMA_VERSION, ConfigError, JobConfig, validate_partial
 from core.fsutil import REPO_ROOT, atomic_write_json, studio_home
 
 # job -> {from_version: function(values) -> values at from_version + 1}
@@ -73,9 +73,9 @@ def migrate(job: str, version: int, values: dict, source: str) -> dict:
 
 
 def check_values(job: str, values: dict, source: str) -> dict:
-    """Validate override values against the job's schema; returns them unchanged."""
+    """Check override values against the job's schema; returns them unchanged."""
     try:
-        validate(config_model(job), values, source)
+        validate_partial(config_model(job), values, source)
     except ConfigError as err:
         raise PresetError(str(err)) from None
     return values
@@ -91,6 +91,10 @@ def parse_preset(data: object, source: str, job: str | None = None) -> Preset:
     file_job = data.get("job")
     if not isinstance(file_job, str):
         raise PresetError(f"{source}: field 'job' is missing or not text")
+    try:
+        config_model(file_job)
+    except PresetError as err:
+        raise PresetError(f"{source}: {err}") from None
     if job and file_job != job:
         raise PresetError(f"{source}: this preset is for job '{file_job}', not '{job}'")
     version = data.get("schema_version", SCHEMA_VERSION)
@@ -151,8 +155,8 @@ def diff_from_defaults(job: str, values: dict) -> dict:
     """Only the values that differ from the schema defaults (what a preset stores)."""
     model = config_model(job)
     defaults = model.model_construct().model_dump(mode="json")
-    full = model.model_validate(values).model_dump(mode="json")
-    return {k: v for k, v in full.items() if defaults.get(k) != v}
+    given = model.model_construct(**values).model_dump(mode="json")
+    return {k: v for k, v in given.items() if defaults.get(k) != v}
 
 
 def save_preset(job: str, name: str, values: dict, description: str = "",

@@ -1,0 +1,145 @@
+import json
+
+import pytest
+
+from core import presets
+from core.cli import main as cli_main
+from core.config import SCHEMA_VERSION, ConfigError, ScanConfig, field_meta, validate
+from core.presets import PresetError, delete_preset, list_presets, load_preset, save_preset
+from core.registry import JOBS
+
+
+def test_every_field_is_declared_with_help_and_group():
+    for spec in JOBS.values():
+        for name, field in spec.config.model_fields.items():
+            assert field.description, f"{spec.name}.{name} has no help text"
+            assert field_meta(spec.config, name)["group"]
+
+
+def test_validation_names_field_and_problem():
+    with pytest.raises(ConfigError) as err:
+        validate(ScanConfig, {"train_data_dir": ["x"], "max_image_pixels": 5, "bogus": 1}, "my.json")
+    text = str(err.value)
+    assert "my.json: field 'max_image_pixels'" in text and "greater than or equal" in text
+    assert "unknown key 'bogus'" in text
+
+
+def test_defaults_are_validated():
+    with pytest.raises(ConfigError, match="train_data_dir.*at least one folder"):
+        validate(ScanConfig, {}, "form")
+
+
+def test_preset_round_trip_stores_only_overrides(studio_home):
+    values = {"train_data_dir": ["/data/a"], "caption_extension": ".caption", "recursive": True}
+    path = save_preset("scan", "My Scan", values, description="captions in .caption")
+    assert path == studio_home / "presets" / "user" / "scan" / "my-scan.json"
+    data = json.loads(path.read_text())
+    assert data == {"schema_version": SCHEMA_VERSION, "job": "scan", "name": "My Scan",
+                    "description": "captions in .caption",
+                    "values": {"train_data_dir": ["/data/a"], "caption_extension": ".caption"}}
+    preset = load_preset(path, "scan")
+    assert validate(ScanConfig, preset.values, "x") == validate(ScanConfig, values, "x")
+    with pytest.raises(PresetError, match="exists already"):
+        save_preset("scan", "My Scan", values)
+    save_preset("scan", "My Scan", {**values, "recursive": False}, overwrite=True)
+    assert load_preset(path).values["recursive"] is False
+    names = [p.name for p in list_presets("scan")[0]]
+    assert "My Scan" in names
+    delete_preset("scan", "My Scan")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "invalid JSON at line 1, column 2"),
+    ('["a"]', "expected a JSON object"),
+    ('{"job": "scan", "values": {"recursive": "maybe"}}', "field 'recursive': Input should be a valid boolean"),
+    ('{"job": "scan", "values": {"train_data_dir": ["a"], "max_image_pixels": 3}}',
+     "field 'max_image_pixels': Input should be greater than or equal to 1000000"),
+    ('{"job": "scan", "values": {"train_data_dir": ["a"], "colour": "red"}}', "unknown key 'colour'"),
+    ('{"job": "scan", "values": {"train_data_dir": ["a"]}, "extra": 1}', "unknown key(s) extra"),
+    ('{"job": "nope", "values": {}}', "unknown job 'nope'"),
+    ('{"job": "demo", "values": {}}', "for job 'demo', not 'scan'"),
+    ('{"job": "scan", "schema_version": 99, "values": {"train_data_dir": ["a"]}}', "newer than this program's"),
+    ('{"job": "scan", "values": []}', "'values' must be an object"),
+])
+def test_bad_preset_files_name_file_field_and_problem(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(PresetError) as err:
+        load_preset(path, "scan")
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_bad_user_preset_is_listed_as_error_not_dropped(studio_home):
+    folder = studio_home / "presets" / "user" / "scan"
+    folder.mkdir(parents=True)
+    (folder / "broken.json").write_text('{"job": "scan", "values": {"nope": 1}}')
+    found, errors = list_presets("scan")
+    assert not any(p.name == "broken" for p in found)
+    assert len(errors) == 1 and "broken.json" in errors[0] and "unknown key 'nope'" in errors[0]
+
+
+def test_builtin_presets_are_valid_and_read_only():
+    for job in JOBS:
+        found, errors = list_presets(job)
+        assert errors == []
+        for preset in (p for p in found if p.builtin):
+            with pytest.raises(PresetError, match="read-only"):
+                save_preset(job, preset.name, preset.values, overwrite=True)
+            with pytest.raises(PresetError, match="cannot be deleted"):
+                delete_preset(job, preset.name)
+    assert any(p.builtin for p in list_presets("scan")[0])
+
+
+def test_old_schema_version_is_migrated(tmp_path, monkeypatch):
+    def rename_ext(values):
+        values["caption_extension"] = values.pop("caption_ext")
+        return values
+
+    monkeypatch.setattr(presets, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(presets.MIGRATIONS, "scan", {1: rename_ext})
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"schema_version": 1, "job": "scan",
+                                "values": {"train_data_dir": ["d"], "caption_ext": ".cap"}}))
+    preset = load_preset(path, "scan")
+    assert preset.values == {"train_data_dir": ["d"], "caption_extension": ".cap"}
+    assert preset.migrated_from == 1
+
+
+def test_cli_layers_config_flags_and_set(tmp_path, capsys):
+    from core.cli import build_parser, resolve_config
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"job": "scan", "values": {"train_data_dir": ["a"], "caption_extension": ".x"}}))
+    spec = JOBS["scan"]
+    args = build_parser(spec).parse_args(["--config", str(config), "--train_data_dir", "b", "c",
+                                          "--no-recursive", "--set", "max_image_pixels=2000000",
+                                          "--set", "caption_extension=.caption"])
+    cfg = resolve_config(spec, args)
+    assert cfg.train_data_dir == ["b", "c"] and cfg.recursive is False
+    assert cfg.max_image_pixels == 2_000_000 and cfg.caption_extension == ".caption"
+
+
+def test_cli_invalid_config_exits_2_and_records_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = cli_main(["scan", "--set", "train_data_dir=x", "--set", "max_image_pixels=1", "--run-dir", str(run_dir)])
+    assert code == 2
+    assert "field 'max_image_pixels'" in capsys.readouterr().err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "invalid" and status["exit_code"] == 2
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "error" and "max_image_pixels" in events[-1]["message"]
+    assert cli_main(["scan", "--set", "nope=1"]) == 2
+    assert cli_main(["nojob"]) == 2
+
+
+def test_cli_help_lists_jobs_and_fields(capsys):
+    assert cli_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(job in out for job in JOBS)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["scan", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--train_data_dir" in out and "--caption_extension" in out and "--no-recursive" in out
