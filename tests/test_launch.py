@@ -1,0 +1,161 @@
+"""launch.sh, run from a copy in a folder whose path has a space and non-ASCII characters.
+
+The copy gets a stand-in gui.py that prints its arguments and environment, and a tiny venv
+without pip (created in well under a second): the stamp that launch.sh itself computes is
+written into it, so a launch that tried to run pip would fail.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+COPIED = ["launch.sh", "requirements.txt", "requirements-cuda.txt", "requirements-test.txt"]
+# Set by launch.sh itself or read by it: the tests must not inherit them from the suite.
+CONTROLLED_ENV = [
+    "LAUNCH_DRY_RUN", "LAUNCH_VARIANT", "PYTHON", "CHROMIUM_PATH",
+    "HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED", "PYTHONUTF8",
+]
+
+STAND_IN_GUI = """\
+import json, os, sys
+names = ("HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED", "PYTHONUTF8")
+print("GUI " + json.dumps({
+    "argv": sys.argv[1:],
+    "cwd": os.getcwd(),
+    "env": {name: os.environ.get(name) for name in names},
+}))
+"""
+
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32" or shutil.which("bash") is None, reason="launch.sh needs bash"
+)
+
+
+def run_launch(folder, *args, variant="cpu", **env):
+    full_env = {k: v for k, v in os.environ.items() if k not in CONTROLLED_ENV}
+    if variant:
+        full_env["LAUNCH_VARIANT"] = variant
+    full_env.update(env)
+    result = subprocess.run(
+        ["bash", str(folder / "launch.sh"), *args],
+        cwd=folder.parent,  # not the script's folder: launch.sh must find its own
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result
+
+
+def new_stamp(dry_run_output):
+    lines = [line for line in dry_run_output.splitlines() if line.startswith("[launch] new stamp: ")]
+    assert len(lines) == 1, dry_run_output
+    return lines[0].removeprefix("[launch] new stamp: ")
+
+
+def make_copy(folder):
+    folder.mkdir(parents=True)
+    for name in COPIED:
+        shutil.copy2(REPO / name, folder / name)
+    (folder / "gui.py").write_text(STAND_IN_GUI, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def launch_copy(tmp_path):
+    """A copy with an up-to-date (but pip-less) venv, as after a first install."""
+    folder = make_copy(tmp_path / "my dir é ü")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
+    dry = run_launch(folder, LAUNCH_DRY_RUN="1")
+    assert dry.returncode == 0, dry.stderr
+    (folder / "venv" / ".requirements-stamp").write_text(new_stamp(dry.stdout) + "\n")
+    return folder
+
+
+def test_forwards_arguments_and_environment_without_reinstalling(launch_copy):
+    args = ["--port", "7861", "two words", 'a "quoted" arg', "it's", "$HOME", "*", "é ü", ""]
+    result = run_launch(launch_copy, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "requirements unchanged" in result.stdout
+    assert "skipping install" in result.stdout
+    gui_lines = [line for line in result.stdout.splitlines() if line.startswith("GUI ")]
+    assert len(gui_lines) == 1, result.stdout
+    report = json.loads(gui_lines[0][len("GUI "):])
+    assert report["argv"] == args
+    assert Path(report["cwd"]) == launch_copy
+    assert report["env"] == {
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONUTF8": "1",
+    }
+
+
+def test_changed_requirements_file_triggers_install(launch_copy):
+    stamp_file = launch_copy / "venv" / ".requirements-stamp"
+    stamp_before = stamp_file.read_text()
+    with open(launch_copy / "requirements.txt", "a", encoding="utf-8") as f:
+        f.write("tqdm==4.67.1\n")
+
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    assert "skipping install" not in result.stdout
+    assert "would install requirements (cpu)" in result.stdout
+    assert new_stamp(result.stdout) != stamp_before.strip()
+    assert stamp_file.read_text() == stamp_before  # a dry run changes nothing
+    assert "GUI " not in result.stdout
+
+
+def test_gpu_variant_needs_its_own_install(launch_copy):
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant="cuda")
+    assert result.returncode == 0, result.stderr
+    assert "would install requirements (cuda)" in result.stdout
+    assert "requirements-cuda.txt" in result.stdout
+
+
+def test_test_mode_adds_test_requirements_and_forwards_pytest_args(launch_copy):
+    result = run_launch(launch_copy, "test", "-k", "two words", LAUNCH_DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    assert "requirements unchanged" in result.stdout  # the main stamp still matches
+    assert "would install test requirements (cpu)" in result.stdout
+    assert "-m pytest tests -k two\\ words" in result.stdout
+
+
+def test_python_candidates_are_run_not_just_found(tmp_path):
+    folder = make_copy(tmp_path / "no venv ü")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name in ("python3.11", "python3.10", "python3.12"):  # like pyenv shims that fail
+        shim = fake_bin / name
+        shim.write_text("#!/bin/sh\necho 'pyenv: command not found' >&2\nexit 127\n")
+        shim.chmod(0o755)
+    (fake_bin / "python3").symlink_to(os.path.realpath(sys.executable))
+    path = f"{fake_bin}{os.pathsep}{os.environ['PATH']}"
+
+    result = run_launch(folder, LAUNCH_DRY_RUN="1", PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert f"would create venv with {fake_bin / 'python3'}" in result.stdout
+    assert not (folder / "venv").exists()
+
+    result = run_launch(folder, LAUNCH_DRY_RUN="1", PYTHON=str(fake_bin / "python3.10"))
+    assert result.returncode == 1
+    assert "Python 3.10, 3.11 or 3.12" in result.stderr
+
+
+@pytest.mark.skipif(
+    not (Path(sys.prefix) / ".requirements-stamp").is_file(),
+    reason="the suite does not run in a venv made by launch.sh",
+)
+def test_venv_made_by_launch_test_serves_plain_launch(tmp_path):
+    """After `./launch.sh test`, a plain `./launch.sh` must not run pip again."""
+    folder = make_copy(tmp_path / "real venv é")
+    (folder / "venv").symlink_to(sys.prefix)
+    # The variant launch.sh chose for the suite (GPU detection, or the user's override).
+    result = run_launch(folder, LAUNCH_DRY_RUN="1", variant=os.environ.get("LAUNCH_VARIANT"))
+    assert result.returncode == 0, result.stderr
+    assert "requirements unchanged" in result.stdout, result.stdout
