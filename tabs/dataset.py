@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from core.captions import list_caption_backups, read_caption, restore_caption, save_caption
+from core.captions import (list_caption_backups, read_caption, read_caption_detailed, restore_caption,
+                           save_caption)
 from core.config import DemoConfig, ScanConfig
 from core.images import ImageError, thumbnail
 from tabs.form import SchemaForm
@@ -87,18 +89,23 @@ def gallery_page(report: dict | None, filter_name: str, page: int):
     return items, listed, gr.Number(value=page, maximum=pages), info
 
 
+def backup_label(backup) -> str:
+    when = datetime.fromtimestamp(backup.time).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{when} · " + ("(no caption file)" if backup.absent else backup.preview or "(empty)")
+
+
 def backup_choices(caption_path: str) -> gr.Dropdown:
     backups = list_caption_backups(Path(caption_path))
-    choices = [(b.label, b.id) for b in backups]
+    choices = [(backup_label(b), b.id) for b in backups]
     return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
 
 def select_image(shown: list[dict], evt: gr.SelectData):
     entry = shown[evt.index]
     caption_path = entry["caption_path"]
-    text = read_caption(Path(caption_path)) if Path(caption_path).exists() else ""
+    text, _, note = read_caption_detailed(Path(caption_path))
     header = f"`{entry['path']}` · {entry['width']}×{entry['height']} {entry['format']} · " \
-             f"repeats {entry['repeats']}\n\ncaption file: `{caption_path}`"
+             f"repeats {entry['repeats']}\n\ncaption file: `{caption_path}`" + (f" ({note})" if note else "")
     return entry, header, text, backup_choices(caption_path), ""
 
 
@@ -106,7 +113,8 @@ def save_selected(entry: dict | None, text: str):
     if not entry:
         return gr.skip(), "Select an image first."
     caption_path = Path(entry["caption_path"])
-    save_caption(caption_path, text)
+    if not save_caption(caption_path, text):
+        return gr.skip(), "Nothing to save: the caption is unchanged."
     return backup_choices(str(caption_path)), f"Saved `{caption_path.name}`; the previous text is kept as a backup."
 
 

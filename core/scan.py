@@ -1,0 +1,163 @@
+"""The scan job: what is in a dataset, what is broken, what is missing a caption.
+
+Writes `report.json` in the run folder (the Dataset tab reads it). A bad image is reported
+with its reason and skipped; a stopped scan still writes its partial report ("complete": false).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+from core.captions import read_caption
+from core.config import ScanConfig
+from core.dataset import DatasetImage, check_folders, find_images
+from core.fsutil import atomic_write_json
+from core.images import ImageError, ImageInfo, probe_image
+from core.jobs import JobContext, JobStopped
+
+PROGRESS_EVERY = 8
+
+SIZE_BINS = [(512, "<512"), (768, "512-767"), (1024, "768-1023"), (1536, "1024-1535"),
+             (2048, "1536-2047"), (math.inf, "2048+")]
+
+# Aspect ratio (width / height) bins, tall to wide: an image goes to the nearest named ratio
+# (in log space), the two ends catch everything beyond them.
+ASPECT_RATIOS = [(1 / 2, "1:2 or taller"), (9 / 16, "9:16"), (2 / 3, "2:3"), (3 / 4, "3:4"),
+                 (1.0, "1:1"), (4 / 3, "4:3"), (3 / 2, "3:2"), (16 / 9, "16:9"),
+                 (2.0, "2:1 or wider")]
+
+
+def size_bin(width: int, height: int) -> str:
+    """Histogram label for the shorter side of an image."""
+    shorter = min(width, height)
+    return next(label for upper, label in SIZE_BINS if shorter < upper)
+
+
+def aspect_bin(width: int, height: int) -> str:
+    """Histogram label of the named aspect ratio nearest to width:height."""
+    ratio = math.log(max(width, 1) / max(height, 1))
+    return min(ASPECT_RATIOS, key=lambda entry: abs(math.log(entry[0]) - ratio))[1]
+
+
+def caption_status(path: Path) -> str:
+    """"missing", "empty" (only whitespace) or "ok"."""
+    if not path.is_file():
+        return "missing"
+    return "ok" if read_caption(path).strip() else "empty"
+
+
+def run(cfg: ScanConfig, ctx: JobContext) -> dict:
+    """Scan cfg.train_data_dir, write report.json, return the counts."""
+    roots = check_folders(cfg.train_data_dir)
+    invalid: list[dict] = []
+    images = find_images(roots, cfg.recursive,
+                         on_error=lambda path, reason: _note_invalid(ctx, invalid, path, reason))
+    ctx.log(f"scanning {len(images)} image files in {len(roots)} folder(s)")
+    readable: list[tuple[DatasetImage, ImageInfo, str]] = []
+    broken: list[dict] = []
+    complete = True
+    try:
+        for i, image in enumerate(images):
+            ctx.check_stop()
+            if i % PROGRESS_EVERY == 0:
+                ctx.progress(i, len(images))
+            try:
+                info = probe_image(image.path, cfg.max_image_pixels, cfg.verify_pixels)
+            except ImageError as exc:
+                broken.append({"path": str(image.path), "reason": exc.reason})
+                ctx.warning(f"skipped unreadable image: {exc.reason}", image.path)
+                continue
+            readable.append((image, info, _caption_of(ctx, image, cfg.caption_extension)))
+        ctx.progress(len(images), len(images))
+    except JobStopped:
+        complete = False
+        ctx.log(f"stopped after {len(readable) + len(broken)} of {len(images)} images; "
+                "the report is partial")
+    report = build_report(cfg, roots, images, readable, broken, invalid, complete)
+    atomic_write_json(ctx.run_dir / "report.json", report)
+    summary = summarize(report)
+    _log_summary(ctx, summary)
+    return summary
+
+
+def build_report(cfg: ScanConfig, roots: list[Path], images: list[DatasetImage],
+                 readable: list[tuple[DatasetImage, ImageInfo, str]], broken: list[dict],
+                 invalid: list[dict], complete: bool) -> dict:
+    """The report.json document (its shape is what the Dataset tab reads)."""
+    sizes = Counter(size_bin(info.width, info.height) for _, info, _ in readable)
+    aspects = Counter(aspect_bin(info.width, info.height) for _, info, _ in readable)
+    return {
+        "complete": complete,
+        "folders": [str(root) for root in roots],
+        "caption_extension": cfg.caption_extension,
+        "total_files": len(images),
+        "readable": len(readable),
+        "effective_images": sum(image.repeats for image, _, _ in readable),
+        "by_format": dict(sorted(Counter(info.format for _, info, _ in readable).items())),
+        "size_histogram": [{"label": label, "count": sizes[label]} for _, label in SIZE_BINS],
+        "aspect_histogram": [{"label": label, "count": aspects[label]}
+                             for _, label in ASPECT_RATIOS],
+        "broken": broken,
+        "missing_captions": [str(image.path) for image, _, c in readable if c == "missing"],
+        "empty_captions": [str(image.path) for image, _, c in readable if c == "empty"],
+        "repeat_folders": _repeat_folders(images, readable),
+        "invalid_folders": invalid + _invalid_repeat_folders(images),
+        "images": [_image_entry(image, info, caption, cfg.caption_extension)
+                   for image, info, caption in readable],
+    }
+
+
+def summarize(report: dict) -> dict:
+    """The job's small result: counts only."""
+    return {"complete": report["complete"], "total_files": report["total_files"],
+            "readable": report["readable"], "broken": len(report["broken"]),
+            "missing_captions": len(report["missing_captions"]),
+            "empty_captions": len(report["empty_captions"]),
+            "effective_images": report["effective_images"]}
+
+
+def _caption_of(ctx: JobContext, image: DatasetImage, extension: str) -> str:
+    path = image.caption_path(extension)
+    try:
+        return caption_status(path)
+    except OSError as exc:
+        ctx.warning(f"cannot read caption, counted as missing: {exc.strerror or exc}", path)
+        return "missing"
+
+
+def _note_invalid(ctx: JobContext, invalid: list[dict], path: Path, reason: str) -> None:
+    invalid.append({"path": str(path), "reason": reason})
+    ctx.warning(reason, path)
+
+
+def _repeat_folders(images: list[DatasetImage],
+                    readable: list[tuple[DatasetImage, ImageInfo, str]]) -> list[dict]:
+    counts = Counter(image.concept_dir for image, _, _ in readable)
+    folders: dict[Path, dict] = {}
+    for image in images:
+        if image.concept_dir not in folders:
+            n = counts[image.concept_dir]
+            folders[image.concept_dir] = {
+                "path": str(image.concept_dir), "name": image.concept_name,
+                "repeats": image.repeats, "images": n, "effective": n * image.repeats}
+    return list(folders.values())
+
+
+def _invalid_repeat_folders(images: list[DatasetImage]) -> list[dict]:
+    problems = {image.concept_dir: image.problem for image in images if image.problem}
+    return [{"path": str(path), "reason": reason} for path, reason in problems.items()]
+
+
+def _image_entry(image: DatasetImage, info: ImageInfo, caption: str, extension: str) -> dict:
+    return {"path": str(image.path), "caption_path": str(image.caption_path(extension)),
+            "width": info.width, "height": info.height, "format": info.format,
+            "repeats": image.repeats, "caption": caption}
+
+
+def _log_summary(ctx: JobContext, s: dict) -> None:
+    state = "complete" if s["complete"] else "PARTIAL (stopped)"
+    ctx.log(f"scan {state}: {s['total_files']} image files, {s['readable']} readable, "
+            f"{s['broken']} broken")
+    ctx.log(f"captions: {s['missing_captions']} missing, {s['empty_captions']} empty")
+    ctx.log(f"effective images (with repeats): {s['effective_images']}")
