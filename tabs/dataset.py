@@ -12,6 +12,7 @@ from core.captions import (list_caption_backups, read_caption, read_caption_deta
                            save_caption)
 from core.config import DemoConfig, ScanConfig
 from core.images import ImageError, thumbnail
+from tabs.charts import bar_chart_html
 from tabs.form import SchemaForm
 from tabs.job_panel import JobPanel
 
@@ -48,10 +49,13 @@ def report_markdown(report: dict | None) -> str:
     return "\n\n".join(lines)
 
 
-def histogram_plot(report: dict | None, key: str, title: str):
-    rows = report[key] if report else []
-    frame = pd.DataFrame(rows or [], columns=["label", "count"])
-    return gr.BarPlot(value=frame, x="label", y="count", title=title, sort=[r["label"] for r in rows] or None)
+SIZE_TITLE, ASPECT_TITLE = "Shorter side (px)", "Aspect ratio (width:height)"
+
+
+def histograms(report: dict | None) -> tuple[str, str]:
+    report = report or {}
+    return (bar_chart_html(report.get("size_histogram", []), SIZE_TITLE),
+            bar_chart_html(report.get("aspect_histogram", []), ASPECT_TITLE))
 
 
 def problems_table(report: dict | None) -> pd.DataFrame:
@@ -137,8 +141,8 @@ def build(blocks: gr.Blocks) -> None:
         report_state = gr.State(None)
         summary = gr.Markdown(report_markdown(None), elem_id="scan-report")
         with gr.Row():
-            sizes = histogram_plot(None, "size_histogram", "Shorter side (px)")
-            aspects = histogram_plot(None, "aspect_histogram", "Aspect ratio (width:height)")
+            sizes = gr.HTML(histograms(None)[0], elem_id="size-histogram")
+            aspects = gr.HTML(histograms(None)[1], elem_id="aspect-histogram")
         with gr.Accordion("Problems and repeat folders", open=True):
             problems = gr.Dataframe(problems_table(None), label="Problems", interactive=False,
                                     elem_id="scan-problems")
@@ -171,9 +175,8 @@ def build(blocks: gr.Blocks) -> None:
 
     def show_report(run_dir):
         report = load_report(run_dir)
-        return (report, report_markdown(report), histogram_plot(report, "size_histogram", "Shorter side (px)"),
-                histogram_plot(report, "aspect_histogram", "Aspect ratio (width:height)"),
-                problems_table(report), repeats_table(report), 1)
+        return (report, report_markdown(report), *histograms(report), problems_table(report),
+                repeats_table(report), 1)
 
     panel.finished.change(show_report, inputs=panel.finished,
                           outputs=[report_state, summary, sizes, aspects, problems, repeats, page]) \

@@ -1,0 +1,108 @@
+"""The GUI in a real browser: Playwright drives Debian's chromium (headless) against gui.py."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core.demo import write_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    for candidate in (os.environ.get("CHROMIUM_PATH"), shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    if os.environ.get("CI"):
+        pytest.fail("no chromium found: CI must run the browser tests (./launch.sh test installs it)")
+    pytest.skip("no chromium found (set CHROMIUM_PATH or install Debian's chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gui_url(studio_home):
+    port = free_port()
+    log = open(studio_home / "gui.log", "wb")
+    proc = subprocess.Popen([sys.executable, "gui.py", "--port", str(port)], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError("gui.py did not start:\n" + (studio_home / "gui.log").read_text())
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@pytest.fixture
+def page(gui_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(60_000)
+        page.goto(gui_url)
+        yield page
+        browser.close()
+
+
+def textarea_value(page, selector: str) -> str:
+    return page.eval_on_selector(f"{selector} textarea", "e => e.value")
+
+
+def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
+    dataset = tmp_path / "my dataset é"
+    write_dataset(dataset, num_images=12, seed=3)
+    page.fill("#field-train_data_dir textarea", str(dataset))
+    page.click("#scan-button")
+
+    page.wait_for_function("document.querySelector('#scan-log textarea').value.includes('scan: done')")
+    log = textarea_value(page, "#scan-log")
+    assert "scan: started" in log and "12 readable" in log
+    page.wait_for_selector("#scan-progress:has-text('12/12')")
+    page.wait_for_selector("#scan-report:has-text('12 image files, 12 readable')")
+    assert "python" in page.eval_on_selector("#scan-command textarea, #scan-command input", "e => e.value")
+    counts = page.eval_on_selector_all("#aspect-histogram .bar-count", "els => els.map(e => +e.textContent)")
+    assert sum(counts) == 12
+
+    page.click("#dataset-gallery img >> nth=0")
+    page.wait_for_function("document.querySelector('#caption-editor textarea').value.length > 0")
+    original = textarea_value(page, "#caption-editor")
+    caption_files = [p for p in dataset.rglob("*.txt") if p.read_text() == original]
+    assert len(caption_files) >= 1
+    page.fill("#caption-editor textarea", "edited in the browser")
+    page.click("#caption-save")
+    deadline = time.time() + 30
+    while not any(p.read_text() == "edited in the browser" for p in caption_files) and time.time() < deadline:
+        time.sleep(0.2)
+    edited = [p for p in caption_files if p.read_text() == "edited in the browser"]
+    assert len(edited) == 1
+
+    page.click("#caption-backups input")
+    page.click("ul[role='listbox'] li >> nth=0")
+    page.click("#caption-restore")
+    page.wait_for_function(f"document.querySelector('#caption-editor textarea').value === {original!r}")
+    assert edited[0].read_text() == original
