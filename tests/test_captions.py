@@ -143,3 +143,20 @@ def test_rapid_saves_get_distinct_ordered_ids(studio, dataset):
     assert len({b.id for b in history}) == 20
     assert [b.preview for b in history[:2]] == ["version 18", "version 17"]
     assert history[-1].absent
+
+
+def test_atomic_write_keeps_permissions_of_the_file_it_replaces(tmp_path):
+    import os
+    import stat
+
+    from core.fsutil import atomic_write_text
+
+    path = tmp_path / "caption.txt"
+    path.write_text("old")
+    os.chmod(path, 0o640)
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640
+    fresh = tmp_path / "fresh.txt"
+    atomic_write_text(fresh, "x")
+    assert stat.S_IMODE(fresh.stat().st_mode) & 0o044 == 0o044  # readable by others, unlike mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

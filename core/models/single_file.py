@@ -1,0 +1,72 @@
+"""Single-file .safetensors checkpoints (the files AUTOMATIC1111 and ComfyUI load)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from core.fsutil import atomic_path
+
+# Stability AI's model spec (https://github.com/Stability-AI/ModelSpec), as kohya writes it.
+MODELSPEC_ARCHITECTURES = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-512",
+    "sd2v": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base",
+}
+
+
+def modelspec_metadata(arch: str, title: str, v_prediction: bool) -> dict[str, str]:
+    """The `modelspec.*` metadata keys describing a checkpoint of `arch`."""
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": MODELSPEC_ARCHITECTURES[arch],
+        "modelspec.implementation": "https://github.com/Stability-AI/"
+                                    + ("generative-models" if arch == "sdxl" else "stablediffusion"),
+        "modelspec.title": title,
+        "modelspec.prediction_type": "v" if v_prediction else "epsilon",
+    }
+
+
+def _metadata_strings(metadata: Mapping | None) -> dict[str, str]:
+    """safetensors metadata must be str -> str: other values are stored as JSON."""
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+
+
+def _prepare(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Cast floating tensors to `dtype`, move to CPU, and give every tensor its own storage."""
+    out, seen = {}, set()
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensor = tensor.to("cpu").contiguous()
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
+
+
+def save_single_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
+                     dtype: torch.dtype | None = None, metadata: Mapping | None = None) -> Path:
+    """Write `state_dict` as one .safetensors file, atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:  # streamed to disk: no second copy of the model in memory
+        save_file(_prepare(state_dict, dtype), str(tmp), metadata=_metadata_strings(metadata))
+    return path
+
+
+def save_pipeline_single_file(path: str | os.PathLike, arch: str, pipe,
+                              dtype: torch.dtype | None = None, metadata: Mapping | None = None) -> Path:
+    """A diffusers pipeline's UNet, VAE and text encoder(s) as one original-layout file."""
+    from core.models.ldm_convert import to_ldm_state_dict
+
+    state_dict = to_ldm_state_dict(arch, pipe.unet, pipe.vae, pipe.text_encoder,
+                                   getattr(pipe, "text_encoder_2", None))
+    return save_single_file(path, state_dict, dtype, metadata)
