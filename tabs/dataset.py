@@ -14,6 +14,7 @@ from core.config import DemoConfig, ScanConfig
 from core.images import ImageError, thumbnail
 from tabs.charts import bar_chart_html
 from tabs.form import SchemaForm
+from tabs.preset_bar import PresetBar
 from tabs.job_panel import JobPanel
 
 PAGE_SIZE = 48
@@ -135,6 +136,7 @@ def build(blocks: gr.Blocks) -> None:
     with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
         gr.Markdown("Scan one or more dataset folders (images with sidecar caption files; kohya-style "
                     "`N_name` folders count as N repeats), then browse the images and edit captions.")
+        presets = PresetBar("scan")
         form = SchemaForm(ScanConfig)
         scan = gr.Button("Scan", variant="primary", elem_id="scan-button")
         panel = JobPanel("scan", grace_s=30)
@@ -166,12 +168,14 @@ def build(blocks: gr.Blocks) -> None:
         with gr.Accordion("No dataset or model yet? Build the demo kit", open=False):
             gr.Markdown("Builds a tiny random-weight model (diffusers folder and single file) and a small "
                         "captioned dataset, offline, in seconds — enough to try every tab on a CPU.")
+            demo_presets = PresetBar("demo")
             demo_form = SchemaForm(DemoConfig)
             demo_button = gr.Button("Build demo kit", elem_id="demo-button")
             demo_panel = JobPanel("demo", grace_s=30)
 
     scan.click(lambda *raw: panel.launch(form.read(*raw)), inputs=form.inputs, outputs=panel.outputs)
     panel.wire(blocks)
+    presets.wire(form)
 
     def show_report(run_dir):
         report = load_report(run_dir)
@@ -190,6 +194,7 @@ def build(blocks: gr.Blocks) -> None:
     demo_button.click(lambda *raw: demo_panel.launch(demo_form.read(*raw)), inputs=demo_form.inputs,
                       outputs=demo_panel.outputs)
     demo_panel.wire(blocks)
+    demo_presets.wire(demo_form)
 
     def use_demo_dataset(run_dir, current):
         if current.strip():

@@ -103,3 +103,30 @@ def test_job_panel_start_follow_stop_and_reattach(tmp_path):
     reattached = panel.reattach()  # a fresh page: shows the newest run of the job
     assert reattached[panel.run]["run_dir"] == run["run_dir"]
     assert reattached[panel.finished] == run["run_dir"]
+
+
+def test_preset_bar_save_as_load_save_delete(studio_home):
+    import gradio as gr
+
+    from core.config import ScanConfig
+    from tabs.form import SchemaForm
+    from tabs.preset_bar import PresetBar
+
+    with gr.Blocks():
+        bar = PresetBar("scan")
+        form = SchemaForm(ScanConfig)
+        bar.wire(form)
+    raw = form.show({"train_data_dir": ["/data/x", "/data/y"], "caption_extension": ".caption"})
+    assert raw[form.names.index("train_data_dir")] == "/data/x\n/data/y"
+    dropdown, message = bar.do_save_as("Two folders", *raw)
+    assert "Saved **Two folders**" in message and dropdown.value == "Two folders"
+    loaded = bar.do_load("Two folders")
+    assert loaded[:-1] == raw
+    changed = form.show({"train_data_dir": ["/data/z"]})
+    assert "Saved" in bar.do_save("Two folders", *changed)[1]
+    assert bar.do_load("Two folders")[form.names.index("train_data_dir")] == "/data/z"
+    assert "exists already" in bar.do_save_as("Two folders", *changed)[1]
+    assert "read-only" in bar.do_save("Thorough", *changed)[1]
+    assert "cannot be deleted" in bar.do_delete("Thorough")[1]
+    dropdown, message = bar.do_delete("Two folders")
+    assert "Deleted" in message and "Two folders" not in [value for _, value in dropdown.choices]

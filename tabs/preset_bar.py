@@ -1,0 +1,76 @@
+"""Preset picker for a job's form: load, save, save as, delete (user presets), defaults."""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.presets import PresetError, delete_preset, find_preset, list_presets, save_preset
+from tabs.form import SchemaForm
+
+
+def preset_choices(job: str) -> tuple[list[tuple[str, str]], list[str]]:
+    found, errors = list_presets(job)
+    by_name = {p.name: p for p in found}  # a user preset shadows a built-in of the same name
+    return [(f"{n} (built-in)" if p.builtin else n, n) for n, p in by_name.items()], errors
+
+
+class PresetBar:
+    """Build inside a Blocks context (above the form); `wire(form)` connects it to the form."""
+
+    def __init__(self, job: str):
+        self.job, self.form = job, None
+        choices, _ = preset_choices(job)
+        with gr.Row(equal_height=True):
+            self.choice = gr.Dropdown(choices=choices, value=None, label="Preset", scale=3,
+                                      elem_id=f"{job}-preset")
+            self.load = gr.Button("Load", scale=0, elem_id=f"{job}-preset-load")
+            self.save = gr.Button("Save", scale=0, elem_id=f"{job}-preset-save")
+            self.name = gr.Textbox(label="New preset name", scale=2, elem_id=f"{job}-preset-name")
+            self.save_as = gr.Button("Save as", scale=0, elem_id=f"{job}-preset-save-as")
+            self.delete = gr.Button("Delete", scale=0, elem_id=f"{job}-preset-delete")
+            self.defaults = gr.Button("Defaults", scale=0, elem_id=f"{job}-preset-defaults")
+        self.message = gr.Markdown(elem_id=f"{job}-preset-message")
+
+    def _refresh(self, selected: str | None, message: str) -> tuple:
+        choices, errors = preset_choices(self.job)
+        if errors:
+            message += "\n\n**Preset files that could not be read:**\n" + "\n".join(f"- {e}" for e in errors)
+        return gr.Dropdown(choices=choices, value=selected), message
+
+    def do_load(self, name: str | None):
+        preset = find_preset(self.job, name) if name else None
+        if preset is None:
+            return [gr.skip()] * len(self.form.inputs) + ["Choose a preset to load."]
+        note = f" (migrated from schema version {preset.migrated_from})" if preset.migrated_from else ""
+        return self.form.show(preset.values) + [f"Loaded **{preset.name}**{note}. {preset.description}"]
+
+    def do_save(self, name: str | None, *raw):
+        if not name:
+            return gr.skip(), "Choose the user preset to overwrite, or use Save as with a new name."
+        try:
+            save_preset(self.job, name, self.form.read(*raw), overwrite=True)
+        except PresetError as err:
+            return gr.skip(), f"**Not saved:** {err}"
+        return self._refresh(name, f"Saved **{name}**.")
+
+    def do_save_as(self, new_name: str, *raw):
+        try:
+            path = save_preset(self.job, new_name, self.form.read(*raw))
+        except PresetError as err:
+            return gr.skip(), f"**Not saved:** {err}"
+        return self._refresh(new_name.strip(), f"Saved **{new_name.strip()}** to `{path}`.")
+
+    def do_delete(self, name: str | None):
+        try:
+            path = delete_preset(self.job, name or "")
+        except PresetError as err:
+            return gr.skip(), f"**Not deleted:** {err}"
+        return self._refresh(None, f"Deleted **{name}** (`{path}`).")
+
+    def wire(self, form: SchemaForm) -> None:
+        self.form = form
+        form_inputs = form.inputs
+        self.load.click(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message])
+        self.save.click(self.do_save, inputs=[self.choice, *form_inputs], outputs=[self.choice, self.message])
+        self.save_as.click(self.do_save_as, inputs=[self.name, *form_inputs], outputs=[self.choice, self.message])
+        self.delete.click(self.do_delete, inputs=self.choice, outputs=[self.choice, self.message])
+        self.defaults.click(lambda: self.form.show({}) + ["Defaults restored."], outputs=[*form_inputs, self.message])
