@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import dataset
+from tabs import dataset, runs
 
 TITLE = "SD Studio"
 
@@ -13,4 +13,5 @@ def build_app() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nPrepare datasets and fine-tune Stable Diffusion models.")
         with gr.Tabs():
             dataset.build(blocks)
+            runs.build(blocks)
     return blocks

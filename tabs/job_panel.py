@@ -20,7 +20,7 @@ STATE_TEXT = {"starting": "starting…", "running": "running", "done": "done", "
               "error": "failed", "invalid": "invalid settings", "killed": "ended unexpectedly"}
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = int(seconds)
@@ -38,7 +38,7 @@ def progress_html(run: dict | None) -> str:
     if rate:
         parts.append(f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it")
     if eta is not None and run.get("state") in ACTIVE_STATES:
-        parts.append(f"ETA {_duration(eta)}")
+        parts.append(f"ETA {format_duration(eta)}")
     return (f"<div class='job-progress' data-step='{step}' data-total='{total}'>"
             f"<div style='background:#ddd;border-radius:4px;height:12px'><div style='width:{pct:.1f}%;"
             f"background:#f97316;height:12px;border-radius:4px'></div></div>"
@@ -50,7 +50,7 @@ def status_markdown(run: dict) -> str:
     status = read_status(Path(run["run_dir"]))
     started, ended = status.get("started"), status.get("ended")
     elapsed = (ended or time.time()) - started if started else None
-    text = f"**{STATE_TEXT.get(state, state)}** · `{run['run_dir']}` · {_duration(elapsed)}"
+    text = f"**{STATE_TEXT.get(state, state)}** · `{run['run_dir']}` · {format_duration(elapsed)}"
     if run.get("warnings"):
         text += f" · {run['warnings']} warning(s)"
     if run.get("error"):

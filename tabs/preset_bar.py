@@ -19,15 +19,18 @@ class PresetBar:
     def __init__(self, job: str):
         self.job, self.form = job, None
         choices, _ = preset_choices(job)
-        with gr.Row(equal_height=True):
-            self.choice = gr.Dropdown(choices=choices, value=None, label="Preset", scale=3,
-                                      elem_id=f"{job}-preset")
-            self.load = gr.Button("Load", scale=0, elem_id=f"{job}-preset-load")
-            self.save = gr.Button("Save", scale=0, elem_id=f"{job}-preset-save")
-            self.name = gr.Textbox(label="New preset name", scale=2, elem_id=f"{job}-preset-name")
-            self.save_as = gr.Button("Save as", scale=0, elem_id=f"{job}-preset-save-as")
-            self.delete = gr.Button("Delete", scale=0, elem_id=f"{job}-preset-delete")
-            self.defaults = gr.Button("Defaults", scale=0, elem_id=f"{job}-preset-defaults")
+        button = {"size": "sm", "min_width": 70}
+        with gr.Row():
+            with gr.Column(scale=3):
+                self.choice = gr.Dropdown(choices=choices, value=None, label="Preset", elem_id=f"{job}-preset")
+                with gr.Row():
+                    self.load = gr.Button("Load", elem_id=f"{job}-preset-load", **button)
+                    self.save = gr.Button("Save", elem_id=f"{job}-preset-save", **button)
+                    self.delete = gr.Button("Delete", elem_id=f"{job}-preset-delete", **button)
+                    self.defaults = gr.Button("Defaults", elem_id=f"{job}-preset-defaults", **button)
+            with gr.Column(scale=2):
+                self.name = gr.Textbox(label="New preset name", elem_id=f"{job}-preset-name")
+                self.save_as = gr.Button("Save as", elem_id=f"{job}-preset-save-as", **button)
         self.message = gr.Markdown(elem_id=f"{job}-preset-message")
 
     def _refresh(self, selected: str | None, message: str) -> tuple:

@@ -106,3 +106,9 @@ def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
     page.click("#caption-restore")
     page.wait_for_function(f"document.querySelector('#caption-editor textarea').value === {original!r}")
     assert edited[0].read_text() == original
+
+    page.click("#tab-runs-button")
+    page.click("#runs-refresh")
+    page.wait_for_selector("#runs-table:has-text('done')")
+    page.click("#runs-table [role=gridcell][aria-rowindex='2'] >> nth=0")
+    page.wait_for_function("document.querySelector('#run-log textarea').value.includes('scan: done')")
