@@ -51,8 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     from tabs.app import build_app
 
     os.chdir(REPO_ROOT)  # jobs run from here too, so relative paths mean the same in both
-    build_app().launch(server_name=args.host, server_port=args.port, auth=args.auth, share=args.share,
-                       inbrowser=args.inbrowser, ssr_mode=False, footer_links=["settings"])
+    app = build_app()
+    app.launch(server_name=args.host, server_port=args.port, auth=args.auth, share=args.share,
+               inbrowser=args.inbrowser, ssr_mode=False, footer_links=["settings"], quiet=True,
+               prevent_thread_lock=True)
+    print(f"SD Studio is running at {app.local_url}" + (f" (public link: {app.share_url})" if app.share_url else "")
+          + "\nPress Ctrl+C to quit; running jobs go on and the GUI reattaches to them next time.", flush=True)
+    app.block_thread()
 
 
 if __name__ == "__main__":

@@ -221,3 +221,20 @@ def test_stopped_scan_writes_partial_report(corpus, tmp_path):
 def test_scan_of_missing_folder_names_it(tmp_path):
     with pytest.raises(ValueError, match="nowhere"):
         _run_scan([tmp_path / "nowhere"], tmp_path)
+
+
+def test_scan_of_the_demo_dataset(tmp_path):
+    from core.demo import write_dataset
+
+    counts = write_dataset(tmp_path / "dataset", num_images=24, seed=1)
+    ctx = JobContext(tmp_path / "run", echo=False)
+    result = scan.run(ScanConfig(train_data_dir=[str(tmp_path / "dataset")]), ctx)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert result["total_files"] == result["readable"] == 24
+    assert (result["broken"], result["missing_captions"], result["empty_captions"]) == (0, 0, 0)
+    repeats = {f["name"]: (f["repeats"], f["images"]) for f in report["repeat_folders"]}
+    assert repeats == {"demo": (5, counts["5_demo"]), "shapes": (2, counts["2_shapes"])}
+    assert result["effective_images"] == 5 * counts["5_demo"] + 2 * counts["2_shapes"]
+    assert set(report["by_format"]) == {"PNG", "JPEG", "WEBP"} and sum(report["by_format"].values()) == 24
+    assert sum(b["count"] for b in report["aspect_histogram"]) == 24
+    assert len({(i["width"], i["height"]) for i in report["images"]}) >= 5  # varied sizes
