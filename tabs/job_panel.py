@@ -75,11 +75,12 @@ class JobPanel:
                                   interactive=False, elem_id=f"{job}-log")
             self.command = gr.Textbox(label="Command (runs the same job from a terminal)",
                                       interactive=False, buttons=["copy"], elem_id=f"{job}-command")
-        self.timer = gr.Timer(1.0)
+        self.timer = gr.Timer(1.0, active=False)  # ticks only while a run is followed
 
     @property
     def outputs(self) -> list:
-        return [self.run, self.finished, self.status, self.progress, self.log, self.command, self.stop]
+        return [self.run, self.finished, self.status, self.progress, self.log, self.command, self.stop,
+                self.timer]
 
     def launch(self, values: dict, name: str = "") -> dict:
         """Start the job with `values`: the updates for `outputs` (an error shown if invalid)."""
@@ -94,6 +95,7 @@ class JobPanel:
                "total": 0, "samples": [], "warnings": 0, "error": None, "state": "starting"}
         updates = self.poll(run)
         updates[self.command] = read_status(run_dir).get("command", "")
+        updates[self.timer] = gr.Timer(active=updates[self.run]["state"] in ACTIVE_STATES)
         return updates
 
     def poll(self, run: dict | None) -> dict:
@@ -119,6 +121,7 @@ class JobPanel:
             updates[self.log] = "\n".join(run["lines"])
         if finished:
             updates[self.finished] = str(run_dir)
+            updates[self.timer] = gr.Timer(active=False)
         return updates
 
     @staticmethod
