@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -46,11 +46,14 @@ class ConfigError(Exception):
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        field = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{field}' (not a parameter of this job)")
+        elif not field:  # a check across fields: its message names them
+            lines.append(f"{source}: {message}")
         else:
-            lines.append(f"{source}: field '{field}': {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{source}: field '{field}': {message} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -85,22 +88,26 @@ def _non_empty_paths(value: list[str]) -> list[str]:
     return cleaned
 
 
-class ScanConfig(JobConfig):
-    """Scan dataset folders and report formats, sizes, broken images and missing captions."""
+class DatasetSettings(JobConfig):
+    """Where the images are: shared by every job that reads a dataset."""
     train_data_dir: list[str] = param(
-        [], "Dataset folders to scan (one per line). Kohya-style `N_name` subfolders count as N repeats.",
+        [], "Dataset folders (one per line). Kohya-style `N_name` subfolders count as N repeats.",
         widget="dirs")
-    caption_extension: str = param(
-        ".txt", "Extension of the caption file next to each image (`img.png` + `img.txt`).")
-    recursive: bool = param(True, "Also scan subfolders.")
-    verify_pixels: bool = param(
-        True, "Decode every image fully to find truncated files (slower than reading headers only).",
-        group="Checks", advanced=True)
+    recursive: bool = param(True, "Also read subfolders.")
     max_image_pixels: int = param(
         178_956_970, "Images with more pixels than this are reported as possible decompression bombs "
         "and skipped.", group="Checks", advanced=True, ge=1_000_000)
 
     _check_dirs = field_validator("train_data_dir")(_non_empty_paths)
+
+
+class ScanConfig(DatasetSettings):
+    """Scan dataset folders and report formats, sizes, broken images and missing captions."""
+    caption_extension: str = param(
+        ".txt", "Extension of the caption file next to each image (`img.png` + `img.txt`).")
+    verify_pixels: bool = param(
+        True, "Decode every image fully to find truncated files (slower than reading headers only).",
+        group="Checks", advanced=True)
 
     @field_validator("caption_extension")
     @classmethod
@@ -109,6 +116,87 @@ class ScanConfig(JobConfig):
         if not value.startswith(".") or len(value) < 2 or "/" in value or "\\" in value:
             raise ValueError("must start with a dot, like .txt or .caption")
         return value
+
+
+def parse_resolution(value) -> tuple[int, int]:
+    """"512" / "512,768" / 512 / [512, 768] -> (width, height)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    parts = [p.strip() for p in str(value).replace("x", ",").split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError("expected WIDTH,HEIGHT like 512,512 or 1024,1024")
+    return int(parts[0]), int(parts[1])
+
+
+class BucketSettings(DatasetSettings):
+    """Aspect-ratio bucketing (NovelAI's method, with kohya sd-scripts' names and defaults)."""
+    max_resolution: str = param(
+        "512,512", "Training resolution WIDTH,HEIGHT: every bucket has about this many pixels "
+        "(512,512 for SD 1.x, 768,768 for SD 2.x-768, 1024,1024 for SDXL).", group="Buckets")
+    min_bucket_reso: int = param(256, "Smallest bucket side in pixels.", group="Buckets", ge=64)
+    max_bucket_reso: int = param(1024, "Largest bucket side in pixels.", group="Buckets", ge=64)
+    bucket_reso_steps: int = param(
+        64, "Bucket sides are multiples of this (a multiple of 8; 64 as kohya's default, 32 is common "
+        "for SDXL).", group="Buckets", ge=8)
+    bucket_no_upscale: bool = param(
+        False, "Never enlarge an image: small images keep their size (their bucket is their size "
+        "rounded down to the step); large ones are scaled down to the training area.", group="Buckets")
+
+    @field_validator("max_resolution")
+    @classmethod
+    def _resolution_text(cls, value: str) -> str:
+        width, height = parse_resolution(value)
+        return f"{width},{height}"
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return parse_resolution(self.max_resolution)
+
+    @model_validator(mode="after")
+    def _consistent_buckets(self):
+        if self.bucket_reso_steps % 8:
+            raise ValueError(f"bucket_reso_steps must be a multiple of 8 (VAE downscale), "
+                             f"not {self.bucket_reso_steps}")
+        if self.min_bucket_reso > self.max_bucket_reso:
+            raise ValueError(f"min_bucket_reso ({self.min_bucket_reso}) is larger than "
+                             f"max_bucket_reso ({self.max_bucket_reso})")
+        width, height = self.resolution
+        if min(width, height) < self.min_bucket_reso or max(width, height) > self.max_bucket_reso:
+            raise ValueError(f"max_resolution {width},{height} is outside min_bucket_reso..max_bucket_reso "
+                             f"({self.min_bucket_reso}..{self.max_bucket_reso})")
+        return self
+
+
+class BucketConfig(BucketSettings):
+    """Plan the aspect-ratio buckets of a dataset: which bucket, resize and crop for each image."""
+    train_batch_size: int = param(
+        1, "Batch size you will train with: buckets with fewer images than this are flagged.",
+        group="Buckets", ge=1)
+
+
+class CacheConfig(BucketSettings):
+    """Encode every image of a dataset with the model's VAE once, so training reads latents."""
+    pretrained_model_name_or_path: str = param(
+        "", "Base model: a diffusers folder or a single .safetensors/.ckpt file (SD 1.x, 2.x, SDXL).",
+        widget="file", min_length=1, group="Model")
+    vae: str = param(
+        "", "Optional separate VAE (diffusers folder or single file), e.g. a fixed fp16 SDXL VAE.",
+        widget="file", group="Model")
+    latents_dir: str = param(
+        "", "Folder for the cache files; empty: beside each image in the dataset (as kohya does).",
+        widget="dir", group="Cache")
+    flip_aug: bool = param(False, "Also cache the latents of the horizontally flipped image.", group="Cache")
+    vae_batch_size: int = param(4, "Images encoded at once (same bucket).", group="Cache", ge=1, le=256)
+    no_half_vae: bool = param(
+        False, "Run the VAE in fp32 on GPU (SDXL's original VAE is always run in fp32).",
+        group="Cache", advanced=True)
+    max_data_loader_n_workers: int = param(
+        2, "Threads that decode and resize images ahead of the VAE.", group="Cache", advanced=True,
+        ge=0, le=32)
 
 
 class DemoConfig(JobConfig):

@@ -143,3 +143,26 @@ def test_cli_help_lists_jobs_and_fields(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--train_data_dir" in out and "--caption_extension" in out and "--no-recursive" in out
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"bucket_reso_steps": 60}, "form: bucket_reso_steps must be a multiple of 8"),
+    ({"min_bucket_reso": 600}, "form: max_resolution 512,512 is outside min_bucket_reso..max_bucket_reso"),
+    ({"min_bucket_reso": 1100}, "min_bucket_reso (1100) is larger than max_bucket_reso (1024)"),
+    ({"max_resolution": "2048,512"}, "outside min_bucket_reso..max_bucket_reso (256..1024)"),
+    ({"max_resolution": "wide"}, "field 'max_resolution': expected WIDTH,HEIGHT"),
+])
+def test_bucket_settings_are_checked_together(values, message):
+    from core.config import BucketConfig
+
+    with pytest.raises(ConfigError) as err:
+        validate(BucketConfig, {"train_data_dir": ["d"], **values}, "form")
+    assert message in str(err.value)
+
+
+def test_resolution_is_normalised():
+    from core.config import BucketConfig
+
+    cfg = validate(BucketConfig, {"train_data_dir": ["d"], "max_resolution": "768 x 512",
+                                  "max_bucket_reso": 1024}, "form")
+    assert cfg.max_resolution == "768,512" and cfg.resolution == (768, 512)
