@@ -175,7 +175,7 @@ def build(blocks: gr.Blocks) -> None:
 
     scan.click(lambda *raw: panel.launch(form.read(*raw)), inputs=form.inputs, outputs=panel.outputs)
     panel.wire(blocks)
-    presets.wire(form)
+    presets.wire(form, blocks)
 
     def show_report(run_dir):
         report = load_report(run_dir)
@@ -194,7 +194,7 @@ def build(blocks: gr.Blocks) -> None:
     demo_button.click(lambda *raw: demo_panel.launch(demo_form.read(*raw)), inputs=demo_form.inputs,
                       outputs=demo_panel.outputs)
     demo_panel.wire(blocks)
-    demo_presets.wire(demo_form)
+    demo_presets.wire(demo_form, blocks)
 
     def use_demo_dataset(run_dir, current):
         if current.strip():

@@ -42,14 +42,15 @@ def _component(name: str, field, meta: dict, value) -> gr.components.Component:
 class SchemaForm:
     """Renders a job's schema model; reads the components back into a plain values dict."""
 
-    def __init__(self, model: type[BaseModel], values: dict | None = None):
+    def __init__(self, model: type[BaseModel], values: dict | None = None, fields: list[str] | None = None):
+        """`fields`: render only these parameters (another form on the page holds the rest)."""
         self.model = model
-        self.names = list(model.model_fields)
+        self.names = list(fields or model.model_fields)
         defaults = model.model_construct().model_dump(mode="json")
         values = {**defaults, **(values or {})}
         metas = {n: field_meta(model, n) for n in self.names}
-        ordered = sorted(self.names, key=lambda n: (metas[n]["advanced"], metas[n]["group"] != "Basic",
-                                                    metas[n]["group"]))
+        group_order = {g: i for i, g in enumerate(dict.fromkeys(metas[n]["group"] for n in self.names))}
+        ordered = sorted(self.names, key=lambda n: (metas[n]["advanced"], group_order[metas[n]["group"]]))
         self.components: dict[str, gr.components.Component] = {}
         for (advanced, group), names in groupby(ordered, key=lambda n: (metas[n]["advanced"], metas[n]["group"])):
             with gr.Accordion(group, open=not advanced):

@@ -14,7 +14,7 @@ def preset_choices(job: str) -> tuple[list[tuple[str, str]], list[str]]:
 
 
 class PresetBar:
-    """Build inside a Blocks context (above the form); `wire(form)` connects it to the form."""
+    """Build inside a Blocks context (above the form); `wire(form, blocks)` connects it."""
 
     def __init__(self, job: str):
         self.job, self.form = job, None
@@ -69,9 +69,10 @@ class PresetBar:
             return gr.skip(), f"**Not deleted:** {err}"
         return self._refresh(None, f"Deleted **{name}** (`{path}`).")
 
-    def wire(self, form: SchemaForm) -> None:
+    def wire(self, form: SchemaForm, blocks: gr.Blocks) -> None:
         self.form = form
         form_inputs = form.inputs
+        blocks.load(lambda: self._refresh(None, ""), outputs=[self.choice, self.message])
         self.load.click(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message])
         self.save.click(self.do_save, inputs=[self.choice, *form_inputs], outputs=[self.choice, self.message])
         self.save_as.click(self.do_save_as, inputs=[self.name, *form_inputs], outputs=[self.choice, self.message])

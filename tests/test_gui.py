@@ -112,10 +112,10 @@ def test_preset_bar_save_as_load_save_delete(studio_home):
     from tabs.form import SchemaForm
     from tabs.preset_bar import PresetBar
 
-    with gr.Blocks():
+    with gr.Blocks() as blocks:
         bar = PresetBar("scan")
         form = SchemaForm(ScanConfig)
-        bar.wire(form)
+        bar.wire(form, blocks)
     raw = form.show({"train_data_dir": ["/data/x", "/data/y"], "caption_extension": ".caption"})
     assert raw[form.names.index("train_data_dir")] == "/data/x\n/data/y"
     dropdown, message = bar.do_save_as("Two folders", *raw)
