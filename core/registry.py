@@ -23,6 +23,8 @@ class JobSpec:
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("scan", config.ScanConfig, "core.scan:run",
             "Scan dataset folders: formats, sizes, broken images, captions, repeats."),
+    JobSpec("bucket", config.BucketConfig, "core.buckets:run",
+            "Plan aspect-ratio buckets: bucket, resize and crop of every image."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}
