@@ -23,9 +23,9 @@ def _bounds(field) -> dict:
     return bounds
 
 
-def _component(name: str, field, meta: dict, value) -> gr.components.Component:
+def _component(model_name: str, name: str, field, meta: dict, value) -> gr.components.Component:
     annotation = field.annotation
-    common = {"label": name, "info": field.description, "elem_id": f"field-{name}"}
+    common = {"label": name, "info": field.description, "elem_id": f"{model_name}-{name}"}
     if annotation is bool:
         return gr.Checkbox(value=value, **common)
     if choices := _choices(annotation):
@@ -55,7 +55,7 @@ class SchemaForm:
         for (advanced, group), names in groupby(ordered, key=lambda n: (metas[n]["advanced"], metas[n]["group"])):
             with gr.Accordion(group, open=not advanced):
                 for name in names:
-                    self.components[name] = _component(name, model.model_fields[name], metas[name],
+                    self.components[name] = _component(model.__name__, name, model.model_fields[name], metas[name],
                                                        values[name])
 
     @property

@@ -82,6 +82,10 @@ class JobPanel:
         return [self.run, self.finished, self.status, self.progress, self.log, self.command, self.stop,
                 self.timer]
 
+    def _unchanged(self) -> dict:
+        """No update (gradio reads an empty dict as one value, not as "no updates")."""
+        return {self.run: gr.skip()}
+
     def launch(self, values: dict, name: str = "") -> dict:
         """Start the job with `values`: the updates for `outputs` (an error shown if invalid)."""
         try:
@@ -100,7 +104,7 @@ class JobPanel:
 
     def poll(self, run: dict | None) -> dict:
         if not run:
-            return {}
+            return self._unchanged()
         run = dict(run)
         run_dir = Path(run["run_dir"])
         log = Tail(run_dir / "log.txt", run["log_offset"])
@@ -137,7 +141,7 @@ class JobPanel:
 
     def request_stop(self, run: dict | None) -> dict:
         if not run or run.get("state") not in ACTIVE_STATES:
-            return {}
+            return self._unchanged()
         request_stop(Path(run["run_dir"]))
         return {self.status: status_markdown(run) + " · **stopping…**",
                 self.stop: gr.update(interactive=False)}
@@ -148,7 +152,7 @@ class JobPanel:
         active = [r for r in runs if r.state in ACTIVE_STATES]
         chosen = (active or runs or [None])[0]
         if chosen is None:
-            return {}
+            return self._unchanged()
         updates = self._attach(chosen.run_dir)
         if chosen.state not in ACTIVE_STATES:
             updates[self.finished] = str(chosen.run_dir)

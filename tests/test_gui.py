@@ -53,7 +53,7 @@ def test_app_serves_its_tabs():
         labels = {c.get("props", {}).get("label") for c in config["components"]}
         elem_ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
         assert "Dataset" in labels
-        assert {"scan-button", "scan-log", "scan-progress", "scan-stop", "field-train_data_dir",
+        assert {"scan-button", "scan-log", "scan-progress", "scan-stop", "ScanConfig-train_data_dir",
                 "dataset-gallery", "caption-editor"} <= elem_ids
     finally:
         app.close()
@@ -84,6 +84,7 @@ def test_job_panel_start_follow_stop_and_reattach(tmp_path):
     with gr.Blocks():
         panel = JobPanel("scan")
 
+    assert panel.reattach() and panel.poll(None) and panel.request_stop(None)  # never {}: gradio rejects it
     invalid = panel.launch({"train_data_dir": []})
     assert "Invalid settings" in invalid[panel.status] and panel.run not in invalid
 

@@ -54,6 +54,8 @@ def gui_url(studio_home):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+    output = (studio_home / "gui.log").read_text(errors="replace")
+    assert "Traceback" not in output, output
 
 
 @pytest.fixture
@@ -76,7 +78,7 @@ def textarea_value(page, selector: str) -> str:
 def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
     dataset = tmp_path / "my dataset é"
     write_dataset(dataset, num_images=12, seed=3)
-    page.fill("#field-train_data_dir textarea", str(dataset))
+    page.fill("#ScanConfig-train_data_dir textarea", str(dataset))
     page.click("#scan-button")
 
     page.wait_for_function("document.querySelector('#scan-log textarea').value.includes('scan: done')")
