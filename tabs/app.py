@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import dataset, runs
+from tabs import buckets, dataset, runs
 
 TITLE = "SD Studio"
 
@@ -13,5 +13,6 @@ def build_app() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nPrepare datasets and fine-tune Stable Diffusion models.")
         with gr.Tabs():
             dataset.build(blocks)
+            buckets.build(blocks)
             runs.build(blocks)
     return blocks

@@ -197,7 +197,7 @@ def build(blocks: gr.Blocks) -> None:
     demo_presets.wire(demo_form, blocks)
 
     def use_demo_dataset(run_dir, current):
-        if current.strip():
+        if not run_dir or current.strip():
             return gr.skip()  # never replace folders the user typed
         config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
         dataset = (Path(config["values"]["out"]) / "dataset").resolve()
