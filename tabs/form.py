@@ -53,7 +53,8 @@ class SchemaForm:
         ordered = sorted(self.names, key=lambda n: (metas[n]["advanced"], group_order[metas[n]["group"]]))
         self.components: dict[str, gr.components.Component] = {}
         for (advanced, group), names in groupby(ordered, key=lambda n: (metas[n]["advanced"], metas[n]["group"])):
-            with gr.Accordion(group, open=not advanced):
+            title = f"{group} (advanced)" if advanced and "advanced" not in group.lower() else group
+            with gr.Accordion(title, open=not advanced):
                 for name in names:
                     self.components[name] = _component(model.__name__, name, model.model_fields[name], metas[name],
                                                        values[name])
