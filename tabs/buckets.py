@@ -1,0 +1,134 @@
+"""Buckets tab: plan aspect-ratio buckets, look at how images will be cropped, cache latents."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from core.buckets import BucketAssignment, crop_to_bucket
+from core.config import BucketConfig, BucketSettings, CacheConfig
+from core.images import ImageError, open_image
+from tabs.charts import bar_chart_html
+from tabs.form import SchemaForm
+from tabs.job_panel import JobPanel
+from tabs.preset_bar import PresetBar
+
+SAMPLES = 12
+CACHE_ONLY_FIELDS = [n for n in CacheConfig.model_fields if n not in BucketSettings.model_fields]
+
+
+def load_plan(run_dir: str | None) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / "buckets.json").read_text(encoding="utf-8")) if run_dir else None
+    except (OSError, ValueError):
+        return None
+
+
+def bucket_label(bucket) -> str:
+    return f"{bucket[0]}×{bucket[1]}"
+
+
+def plan_summary(plan: dict | None) -> str:
+    if plan is None:
+        return "No plan yet: choose the dataset and settings, then **Plan buckets**."
+    s = plan["summary"]
+    lines = [f"### {s['images']} images in {s['buckets_used']} buckets",
+             f"**Upscaled:** {s['upscaled']} · **mean crop loss:** {100 * s['mean_crop_loss']:.1f}% of pixels"]
+    if plan.get("broken"):
+        lines.append(f"**Unreadable, skipped:** {len(plan['broken'])}")
+    if not plan.get("complete", True):
+        lines.append("*The plan was stopped before the end: it is partial.*")
+    return "\n\n".join(lines)
+
+
+def plan_warnings(plan: dict | None) -> str:
+    if not plan:
+        return ""
+    s, notes = plan["summary"], []
+    if s.get("small_buckets"):
+        notes.append("Buckets with fewer images than the batch size (their batches will be smaller): "
+                     + ", ".join(bucket_label(b) for b in s["small_buckets"]))
+    if s.get("strong_upscale"):
+        notes.append(f"{len(s['strong_upscale'])} image(s) strongly upscaled (blurry in training): "
+                     + ", ".join(f"`{Path(p).name}`" for p in s["strong_upscale"][:10]))
+    if s.get("tiny_images"):
+        notes.append(f"{len(s['tiny_images'])} tiny image(s) (a side below min_bucket_reso): "
+                     + ", ".join(f"`{Path(p).name}`" for p in s["tiny_images"][:10]))
+    return "\n".join(f"- ⚠ {n}" for n in notes) or "No warnings."
+
+
+def bucket_chart(plan: dict | None) -> str:
+    rows = [{"label": bucket_label(b["bucket"]), "count": b["images"]} for b in (plan or {}).get("buckets", [])]
+    return bar_chart_html(rows, "Images per bucket (width×height)")
+
+
+def bucket_labels(plan: dict | None) -> list[str]:
+    return [bucket_label(b["bucket"]) for b in (plan or {}).get("buckets", [])]
+
+
+def bucket_samples(plan: dict | None, label: str | None) -> list:
+    """Thumbnails of up to SAMPLES images of a bucket, cropped exactly as training will see them."""
+    samples = []
+    for entry in (plan or {}).get("images", []):
+        if len(samples) >= SAMPLES or bucket_label(entry["bucket"]) != label:
+            continue
+        assignment = BucketAssignment.from_dict(entry)
+        try:
+            image = crop_to_bucket(open_image(assignment.path), assignment)
+        except ImageError:
+            continue
+        image.thumbnail((256, 256))
+        samples.append((image, f"{Path(entry['path']).name} · {bucket_label(entry['original'])}"))
+    return samples
+
+
+def build(blocks: gr.Blocks) -> None:
+    with gr.Tab("Buckets & latents", id="buckets", elem_id="tab-buckets"):
+        gr.Markdown("Group images into buckets of about the training area (nothing squashed, little "
+                    "cropped), check the plan, then cache the VAE latents so training is faster and lighter.")
+        bucket_presets = PresetBar("bucket")
+        bucket_form = SchemaForm(BucketConfig)
+        plan_button = gr.Button("Plan buckets", variant="primary", elem_id="bucket-button")
+        bucket_panel = JobPanel("bucket", grace_s=30)
+        plan_state = gr.State(None)
+        summary = gr.Markdown(plan_summary(None), elem_id="bucket-summary")
+        chart = gr.HTML(bucket_chart(None), elem_id="bucket-chart")
+        warnings = gr.Markdown(elem_id="bucket-warnings")
+        with gr.Row():
+            chosen = gr.Dropdown(label="Bucket", choices=[], elem_id="bucket-choice")
+        samples = gr.Gallery(label="As cropped for training", columns=6, height=300, allow_preview=False,
+                             elem_id="bucket-samples")
+        with gr.Accordion("Latent cache", open=True):
+            gr.Markdown("Uses the dataset and bucket settings above.")
+            cache_presets = PresetBar("cache")
+            cache_form = SchemaForm(CacheConfig, fields=CACHE_ONLY_FIELDS)
+            cache_button = gr.Button("Cache latents", variant="primary", elem_id="cache-button")
+            cache_panel = JobPanel("cache", grace_s=120)
+
+    plan_button.click(lambda *raw: bucket_panel.launch(bucket_form.read(*raw)), inputs=bucket_form.inputs,
+                      outputs=bucket_panel.outputs)
+    bucket_panel.wire(blocks)
+    bucket_presets.wire(bucket_form, blocks)
+
+    def show_plan(run_dir):
+        plan = load_plan(run_dir)
+        labels = bucket_labels(plan)
+        first = labels[0] if labels else None
+        return plan, plan_summary(plan), bucket_chart(plan), plan_warnings(plan), \
+            gr.Dropdown(choices=labels, value=first), bucket_samples(plan, first)
+
+    bucket_panel.finished.change(show_plan, inputs=bucket_panel.finished,
+                                 outputs=[plan_state, summary, chart, warnings, chosen, samples])
+    chosen.input(bucket_samples, inputs=[plan_state, chosen], outputs=samples)
+
+    n_bucket = len(bucket_form.inputs)
+
+    def start_cache(*raw):
+        bucket_values = bucket_form.read(*raw[:n_bucket])
+        shared = {k: v for k, v in bucket_values.items() if k in CacheConfig.model_fields}
+        return cache_panel.launch({**shared, **cache_form.read(*raw[n_bucket:])})
+
+    cache_button.click(start_cache, inputs=[*bucket_form.inputs, *cache_form.inputs], outputs=cache_panel.outputs)
+    cache_panel.wire(blocks)
+    cache_presets.wire(cache_form, blocks)
