@@ -25,6 +25,8 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
             "Scan dataset folders: formats, sizes, broken images, captions, repeats."),
     JobSpec("bucket", config.BucketConfig, "core.buckets:run",
             "Plan aspect-ratio buckets: bucket, resize and crop of every image."),
+    JobSpec("cache", config.CacheConfig, "core.latents:run",
+            "Encode the dataset with the model's VAE into a latent cache."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}
