@@ -114,3 +114,25 @@ def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
     page.wait_for_selector("#runs-table:has-text('done')")
     page.click("#runs-table [role=gridcell][aria-rowindex='2'] >> nth=0")
     page.wait_for_function("document.querySelector('#run-log textarea').value.includes('scan: done')")
+
+
+def test_plan_buckets_then_cache_latents(page, tmp_path):
+    from core.demo import build_demo
+
+    build_demo(tmp_path / "kit", arch="sd1", num_images=10, seed=2)
+    page.click("#tab-buckets-button")
+    page.fill("#BucketConfig-train_data_dir textarea", str(tmp_path / "kit" / "dataset"))
+    page.fill("#BucketConfig-train_batch_size input", "4")
+    page.click("#bucket-button")
+    page.wait_for_function("document.querySelector('#bucket-log textarea').value.includes('bucket: done')")
+    page.wait_for_selector("#bucket-summary:has-text('10 images in')")
+    per_bucket = page.eval_on_selector_all("#bucket-chart .bar-count", "els => els.map(e => +e.textContent)")
+    assert sum(per_bucket) == 10 and len(per_bucket) >= 2
+    page.wait_for_selector("#bucket-warnings:has-text('fewer images than the batch size')")
+    page.wait_for_selector("#bucket-samples img")
+
+    page.fill("#CacheConfig-pretrained_model_name_or_path :is(textarea, input)", str(tmp_path / "kit" / "model"))
+    page.click("#cache-button")
+    page.wait_for_function("document.querySelector('#cache-log textarea').value.includes('cache: done')",
+                           timeout=120_000)
+    assert len(list((tmp_path / "kit" / "dataset").rglob("*.latents.safetensors"))) == 10
