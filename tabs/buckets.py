@@ -7,12 +7,10 @@ from pathlib import Path
 import gradio as gr
 
 from core.buckets import BucketAssignment, crop_to_bucket
-from core.config import BucketConfig, BucketSettings, CacheConfig
+from core.config import BucketSettings, CacheConfig
 from core.images import ImageError, open_image
 from tabs.charts import bar_chart_html
-from tabs.form import SchemaForm
-from tabs.job_panel import JobPanel
-from tabs.preset_bar import PresetBar
+from tabs.job_section import JobSection
 
 SAMPLES = 12
 CACHE_ONLY_FIELDS = [n for n in CacheConfig.model_fields if n not in BucketSettings.model_fields]
@@ -87,10 +85,7 @@ def build(blocks: gr.Blocks) -> None:
     with gr.Tab("Buckets & latents", id="buckets", elem_id="tab-buckets"):
         gr.Markdown("Group images into buckets of about the training area (nothing squashed, little "
                     "cropped), check the plan, then cache the VAE latents so training is faster and lighter.")
-        bucket_presets = PresetBar("bucket")
-        bucket_form = SchemaForm(BucketConfig)
-        plan_button = gr.Button("Plan buckets", variant="primary", elem_id="bucket-button")
-        bucket_panel = JobPanel("bucket", grace_s=30)
+        planner = JobSection("bucket", "Plan buckets", grace_s=30)
         plan_state = gr.State(None)
         summary = gr.Markdown(plan_summary(None), elem_id="bucket-summary")
         chart = gr.HTML(bucket_chart(None), elem_id="bucket-chart")
@@ -101,15 +96,11 @@ def build(blocks: gr.Blocks) -> None:
                              elem_id="bucket-samples")
         with gr.Accordion("Latent cache", open=True):
             gr.Markdown("Uses the dataset and bucket settings above.")
-            cache_presets = PresetBar("cache")
-            cache_form = SchemaForm(CacheConfig, fields=CACHE_ONLY_FIELDS)
-            cache_button = gr.Button("Cache latents", variant="primary", elem_id="cache-button")
-            cache_panel = JobPanel("cache", grace_s=120)
+            cache = JobSection("cache", "Cache latents", grace_s=120, fields=CACHE_ONLY_FIELDS,
+                               base_form=planner.form)
 
-    plan_button.click(lambda *raw: bucket_panel.launch(bucket_form.read(*raw)), inputs=bucket_form.inputs,
-                      outputs=bucket_panel.outputs)
-    bucket_panel.wire(blocks)
-    bucket_presets.wire(bucket_form, blocks)
+    planner.wire(blocks)
+    cache.wire(blocks)
 
     def show_plan(run_dir):
         plan = load_plan(run_dir)
@@ -118,17 +109,6 @@ def build(blocks: gr.Blocks) -> None:
         return plan, plan_summary(plan), bucket_chart(plan), plan_warnings(plan), \
             gr.Dropdown(choices=labels, value=first), bucket_samples(plan, first)
 
-    bucket_panel.finished.change(show_plan, inputs=bucket_panel.finished,
-                                 outputs=[plan_state, summary, chart, warnings, chosen, samples])
+    planner.panel.finished.change(show_plan, inputs=planner.panel.finished,
+                                  outputs=[plan_state, summary, chart, warnings, chosen, samples])
     chosen.input(bucket_samples, inputs=[plan_state, chosen], outputs=samples)
-
-    n_bucket = len(bucket_form.inputs)
-
-    def start_cache(*raw):
-        bucket_values = bucket_form.read(*raw[:n_bucket])
-        shared = {k: v for k, v in bucket_values.items() if k in CacheConfig.model_fields}
-        return cache_panel.launch({**shared, **cache_form.read(*raw[n_bucket:])})
-
-    cache_button.click(start_cache, inputs=[*bucket_form.inputs, *cache_form.inputs], outputs=cache_panel.outputs)
-    cache_panel.wire(blocks)
-    cache_presets.wire(cache_form, blocks)

@@ -10,12 +10,9 @@ import pandas as pd
 
 from core.captions import (list_caption_backups, read_caption, read_caption_detailed, restore_caption,
                            save_caption)
-from core.config import DemoConfig, ScanConfig
 from core.images import ImageError, thumbnail
 from tabs.charts import bar_chart_html
-from tabs.form import SchemaForm
-from tabs.preset_bar import PresetBar
-from tabs.job_panel import JobPanel
+from tabs.job_section import JobSection
 
 PAGE_SIZE = 48
 FILTERS = {"all images": None, "missing caption": "missing", "empty caption": "empty"}
@@ -136,10 +133,7 @@ def build(blocks: gr.Blocks) -> None:
     with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
         gr.Markdown("Scan one or more dataset folders (images with sidecar caption files; kohya-style "
                     "`N_name` folders count as N repeats), then browse the images and edit captions.")
-        presets = PresetBar("scan")
-        form = SchemaForm(ScanConfig)
-        scan = gr.Button("Scan", variant="primary", elem_id="scan-button")
-        panel = JobPanel("scan", grace_s=30)
+        scan = JobSection("scan", "Scan", grace_s=30)
         report_state = gr.State(None)
         summary = gr.Markdown(report_markdown(None), elem_id="scan-report")
         with gr.Row():
@@ -168,21 +162,17 @@ def build(blocks: gr.Blocks) -> None:
         with gr.Accordion("No dataset or model yet? Build the demo kit", open=False):
             gr.Markdown("Builds a tiny random-weight model (diffusers folder and single file) and a small "
                         "captioned dataset, offline, in seconds — enough to try every tab on a CPU.")
-            demo_presets = PresetBar("demo")
-            demo_form = SchemaForm(DemoConfig)
-            demo_button = gr.Button("Build demo kit", elem_id="demo-button")
-            demo_panel = JobPanel("demo", grace_s=30)
+            demo = JobSection("demo", "Build demo kit", grace_s=30)
 
-    scan.click(lambda *raw: panel.launch(form.read(*raw)), inputs=form.inputs, outputs=panel.outputs)
-    panel.wire(blocks)
-    presets.wire(form, blocks)
+    scan.wire(blocks)
+    demo.wire(blocks)
 
     def show_report(run_dir):
         report = load_report(run_dir)
         return (report, report_markdown(report), *histograms(report), problems_table(report),
                 repeats_table(report), 1)
 
-    panel.finished.change(show_report, inputs=panel.finished,
+    scan.panel.finished.change(show_report, inputs=scan.panel.finished,
                           outputs=[report_state, summary, sizes, aspects, problems, repeats, page]) \
         .then(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])
     for trigger in (image_filter.change, page.submit):
@@ -191,11 +181,6 @@ def build(blocks: gr.Blocks) -> None:
     save.click(save_selected, inputs=[selected, caption], outputs=[backups, caption_message])
     restore.click(restore_selected, inputs=[selected, backups], outputs=[caption, backups, caption_message])
 
-    demo_button.click(lambda *raw: demo_panel.launch(demo_form.read(*raw)), inputs=demo_form.inputs,
-                      outputs=demo_panel.outputs)
-    demo_panel.wire(blocks)
-    demo_presets.wire(demo_form, blocks)
-
     def use_demo_dataset(run_dir, current):
         if not run_dir or current.strip():
             return gr.skip()  # never replace folders the user typed
@@ -203,5 +188,6 @@ def build(blocks: gr.Blocks) -> None:
         dataset = (Path(config["values"]["out"]) / "dataset").resolve()
         return str(dataset) if dataset.is_dir() else gr.skip()
 
-    demo_panel.finished.change(use_demo_dataset, inputs=[demo_panel.finished, form.components["train_data_dir"]],
-                               outputs=form.components["train_data_dir"])
+    train_data_dir = scan.form.components["train_data_dir"]
+    demo.panel.finished.change(use_demo_dataset, inputs=[demo.panel.finished, train_data_dir],
+                               outputs=train_data_dir)

@@ -1,0 +1,43 @@
+"""One job's controls: preset bar, schema form, start button and live job panel."""
+from __future__ import annotations
+
+import gradio as gr
+
+from core.registry import JOBS
+from tabs.form import SchemaForm
+from tabs.job_panel import JobPanel
+from tabs.preset_bar import PresetBar
+
+
+class JobSection:
+    """Build inside a Blocks context; `wire(blocks)` once the page is laid out.
+
+    `base_form`: another form on the page that holds some of this job's parameters (those
+    not in `fields`); its values are used under this form's own.
+    """
+
+    def __init__(self, job: str, button_label: str, grace_s: float = 60.0, fields: list[str] | None = None,
+                 base_form: SchemaForm | None = None):
+        self.job, self.base_form = job, base_form
+        self.presets = PresetBar(job)
+        self.form = SchemaForm(JOBS[job].config, fields=fields)
+        self.button = gr.Button(button_label, variant="primary", elem_id=f"{job}-button")
+        self.panel = JobPanel(job, grace_s=grace_s)
+
+    def values(self, *raw) -> dict:
+        """The job's values from the components (base form's first, in `inputs` order)."""
+        own = raw
+        values = {}
+        if self.base_form:
+            n = len(self.base_form.inputs)
+            fields = JOBS[self.job].config.model_fields
+            values = {k: v for k, v in self.base_form.read(*raw[:n]).items() if k in fields}
+            own = raw[n:]
+        return {**values, **self.form.read(*own)}
+
+    def wire(self, blocks: gr.Blocks) -> None:
+        inputs = [*(self.base_form.inputs if self.base_form else []), *self.form.inputs]
+        self.button.click(lambda *raw: self.panel.launch(self.values(*raw)), inputs=inputs,
+                          outputs=self.panel.outputs)
+        self.panel.wire(blocks)
+        self.presets.wire(self.form, blocks)
