@@ -1,0 +1,103 @@
+"""Parameters of the dataset jobs: scan, bucket plan."""
+from __future__ import annotations
+
+from pydantic import field_validator, model_validator
+
+from core.config.schema import JobConfig, param
+
+
+def _non_empty_paths(value: list[str]) -> list[str]:
+    cleaned = [v.strip() for v in value if v and v.strip()]
+    if not cleaned:
+        raise ValueError("give at least one folder")
+    return cleaned
+
+
+class DatasetSettings(JobConfig):
+    """Where the images are: shared by every job that reads a dataset."""
+    train_data_dir: list[str] = param(
+        [], "Dataset folders (one per line). Kohya-style `N_name` subfolders count as N repeats.",
+        widget="dirs")
+    recursive: bool = param(True, "Also read subfolders.")
+    max_image_pixels: int = param(
+        178_956_970, "Images with more pixels than this are reported as possible decompression bombs "
+        "and skipped.", group="Checks", advanced=True, ge=1_000_000)
+
+    _check_dirs = field_validator("train_data_dir")(_non_empty_paths)
+
+
+class ScanConfig(DatasetSettings):
+    """Scan dataset folders and report formats, sizes, broken images and missing captions."""
+    caption_extension: str = param(
+        ".txt", "Extension of the caption file next to each image (`img.png` + `img.txt`).")
+    verify_pixels: bool = param(
+        True, "Decode every image fully to find truncated files (slower than reading headers only).",
+        group="Checks", advanced=True)
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dot_extension(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(".") or len(value) < 2 or "/" in value or "\\" in value:
+            raise ValueError("must start with a dot, like .txt or .caption")
+        return value
+
+
+def parse_resolution(value) -> tuple[int, int]:
+    """"512" / "512,768" / 512 / [512, 768] -> (width, height)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    parts = [p.strip() for p in str(value).replace("x", ",").split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError("expected WIDTH,HEIGHT like 512,512 or 1024,1024")
+    return int(parts[0]), int(parts[1])
+
+
+class BucketSettings(DatasetSettings):
+    """Aspect-ratio bucketing (NovelAI's method, with kohya sd-scripts' names and defaults)."""
+    max_resolution: str = param(
+        "512,512", "Training resolution WIDTH,HEIGHT: every bucket has about this many pixels "
+        "(512,512 for SD 1.x, 768,768 for SD 2.x-768, 1024,1024 for SDXL).", group="Buckets")
+    min_bucket_reso: int = param(256, "Smallest bucket side in pixels.", group="Buckets", ge=64)
+    max_bucket_reso: int = param(1024, "Largest bucket side in pixels.", group="Buckets", ge=64)
+    bucket_reso_steps: int = param(
+        64, "Bucket sides are multiples of this (a multiple of 8; 64 as kohya's default, 32 is common "
+        "for SDXL).", group="Buckets", ge=8)
+    bucket_no_upscale: bool = param(
+        False, "Never enlarge an image: small images keep their size (their bucket is their size "
+        "rounded down to the step); large ones are scaled down to the training area.", group="Buckets")
+
+    @field_validator("max_resolution")
+    @classmethod
+    def _resolution_text(cls, value: str) -> str:
+        width, height = parse_resolution(value)
+        return f"{width},{height}"
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return parse_resolution(self.max_resolution)
+
+    @model_validator(mode="after")
+    def _consistent_buckets(self):
+        if self.bucket_reso_steps % 8:
+            raise ValueError(f"bucket_reso_steps must be a multiple of 8 (VAE downscale), "
+                             f"not {self.bucket_reso_steps}")
+        if self.min_bucket_reso > self.max_bucket_reso:
+            raise ValueError(f"min_bucket_reso ({self.min_bucket_reso}) is larger than "
+                             f"max_bucket_reso ({self.max_bucket_reso})")
+        width, height = self.resolution
+        if min(width, height) < self.min_bucket_reso or max(width, height) > self.max_bucket_reso:
+            raise ValueError(f"max_resolution {width},{height} is outside min_bucket_reso..max_bucket_reso "
+                             f"({self.min_bucket_reso}..{self.max_bucket_reso})")
+        return self
+
+
+class BucketConfig(BucketSettings):
+    """Plan the aspect-ratio buckets of a dataset: which bucket, resize and crop for each image."""
+    train_batch_size: int = param(
+        1, "Batch size you will train with: buckets with fewer images than this are flagged.",
+        group="Buckets", ge=1)

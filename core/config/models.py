@@ -1,0 +1,41 @@
+"""Parameters of the jobs that use a model: latent cache, demo kit."""
+from __future__ import annotations
+
+from typing import Literal
+
+from core.config.dataset import BucketSettings
+from core.config.schema import JobConfig, param
+
+
+class CacheConfig(BucketSettings):
+    """Encode every image of a dataset with the model's VAE once, so training reads latents."""
+    pretrained_model_name_or_path: str = param(
+        "", "Base model: a diffusers folder or a single .safetensors/.ckpt file (SD 1.x, 2.x, SDXL).",
+        widget="file", min_length=1, group="Model")
+    vae: str = param(
+        "", "Optional separate VAE (diffusers folder or single file), e.g. a fixed fp16 SDXL VAE.",
+        widget="file", group="Model")
+    latents_dir: str = param(
+        "", "Folder for the cache files; empty: beside each image in the dataset (as kohya does).",
+        widget="dir", group="Cache")
+    flip_aug: bool = param(False, "Also cache the latents of the horizontally flipped image.", group="Cache")
+    vae_batch_size: int = param(4, "Images encoded at once (same bucket).", group="Cache", ge=1, le=256)
+    no_half_vae: bool = param(
+        False, "Run the VAE in fp32 on GPU (SDXL's original VAE is always run in fp32).",
+        group="Cache", advanced=True)
+    max_data_loader_n_workers: int = param(
+        2, "Threads that decode and resize images ahead of the VAE.", group="Cache", advanced=True,
+        ge=0, le=32)
+
+
+class DemoConfig(JobConfig):
+    """Build a tiny random-weight model and a small captioned dataset, offline, in seconds."""
+    out: str = param("demo", "Folder to create: model/ (diffusers), model.safetensors (single file) "
+                     "and dataset/.", widget="dir", min_length=1)
+    arch: Literal["sd1", "sd2v", "sdxl"] = param(
+        "sd1", "Architecture of the tiny model: SD 1.x, SD 2.x v-prediction or SDXL.")
+    num_images: int = param(24, "Number of dataset images to generate.", ge=4, le=500)
+    seed: int = param(0, "Random seed for weights and images.", advanced=True, group="Advanced")
+    overwrite: bool = param(
+        False, "Replace an existing demo folder's model and dataset (only folders made by the demo job).",
+        advanced=True, group="Advanced")

@@ -1,0 +1,76 @@
+"""How parameters are declared and validated (see core/config/__init__.py)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+
+Widget = Literal["dir", "dirs", "file", "text", "textarea"]
+
+
+def param(default: Any, help: str, *, group: str = "Basic", advanced: bool = False,
+          widget: Widget | None = None, **constraints: Any) -> Any:
+    """Declare a parameter: its default, help text and UI metadata (group, advanced, widget)."""
+    extra = {"group": group, "advanced": advanced}
+    if widget:
+        extra["widget"] = widget
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda d=default: type(d)(d), description=help,
+                     json_schema_extra=extra, **constraints)
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+def field_meta(model: type[BaseModel], name: str) -> dict:
+    """UI metadata of one field: group, advanced, widget (with defaults filled in)."""
+    extra = model.model_fields[name].json_schema_extra or {}
+    return {"group": extra.get("group", "Basic"), "advanced": extra.get("advanced", False),
+            "widget": extra.get("widget")}
+
+
+class JobConfig(BaseModel):
+    """Base of every job's arguments: unknown keys are errors, never silently dropped."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+class ConfigError(Exception):
+    """An invalid config: the message names the file or field and the problem."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{field}' (not a parameter of this job)")
+        elif not field:  # a check across fields: its message names them
+            lines.append(f"{source}: {message}")
+        else:
+            lines.append(f"{source}: field '{field}': {message} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(model: type[JobConfig], values: dict, source: str) -> JobConfig:
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
+    """Check some values (a preset's overrides) field by field: types, bounds, unknown keys.
+
+    Unlike `validate`, fields that are not given are not required here."""
+    blank, problems = model.model_construct(), []
+    for key, value in values.items():
+        if key not in model.model_fields:
+            problems.append(f"{source}: unknown key '{key}' (not a parameter of this job)")
+            continue
+        try:
+            model.__pydantic_validator__.validate_assignment(blank, key, value)
+        except ValidationError as err:
+            problems.append(format_validation_error(err, source))
+    if problems:
+        raise ConfigError("\n".join(problems))
