@@ -40,6 +40,17 @@ def parse_set(item: str, model: type[JobConfig]) -> tuple[str, object]:
     return key, value
 
 
+def _choice_of(choices: tuple):
+    """argparse type for a Literal field: the typed choice whose text was given (150 -> 150)."""
+    by_text = {str(c): c for c in choices}
+
+    def choice(text: str):
+        if text not in by_text:
+            raise ValueError(text)
+        return by_text[text]
+    return choice
+
+
 def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m core {spec.name}", description=spec.summary,
@@ -58,9 +69,10 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
         elif _is_list(field.annotation):
             params.add_argument(flag, nargs="+", default=None, metavar="VALUE", help=help_text)
         else:
-            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
-            params.add_argument(flag, default=None, choices=choices, metavar="{" + ",".join(choices) + "}"
-                                if choices else "VALUE", help=help_text)
+            literal = typing.get_origin(field.annotation) is typing.Literal
+            choices = typing.get_args(field.annotation) if literal else None
+            params.add_argument(flag, default=None, help=help_text, type=_choice_of(choices) if choices else None,
+                                choices=choices, metavar="{" + ",".join(map(str, choices)) + "}" if choices else "VALUE")
     return parser
 
 

@@ -166,3 +166,19 @@ def test_resolution_is_normalised():
     cfg = validate(BucketConfig, {"train_data_dir": ["d"], "max_resolution": "768 x 512",
                                   "max_bucket_reso": 1024}, "form")
     assert cfg.max_resolution == "768,512" and cfg.resolution == (768, 512)
+
+
+def test_cli_literal_numbers_and_floats_parse(capsys):
+    from core.cli import build_parser, resolve_config
+    from core.registry import JobSpec
+    from core.config import TrainConfig
+
+    spec = JobSpec("train", TrainConfig, "core.train:run", "train")
+    args = build_parser(spec).parse_args(["--train_data_dir", "d", "--pretrained_model_name_or_path", "m",
+                                          "--output_dir", "o", "--max_token_length", "225",
+                                          "--learning_rate", "1e-4", "--set", "clip_skip=2"])
+    cfg = resolve_config(spec, args)
+    assert (cfg.max_token_length, cfg.learning_rate, cfg.clip_skip) == (225, 1e-4, 2)
+    with pytest.raises(SystemExit):
+        build_parser(spec).parse_args(["--max_token_length", "100"])
+    assert "invalid choice value: '100'" in capsys.readouterr().err

@@ -4,8 +4,9 @@ The GUI form, the CLI flags, presets and run configs are all generated from thes
 Each field is declared with `param(...)`: default, help text, a UI group, a basic/advanced
 flag and an optional widget hint; bounds via ge/le, choices via Literal types.
 """
-from core.config.dataset import (BucketConfig, BucketSettings, DatasetSettings, ScanConfig,  # noqa: F401
-                                 parse_resolution)
-from core.config.models import CacheConfig, DemoConfig  # noqa: F401
+from core.config.dataset import (BucketConfig, BucketSettings, CaptionSettings, DatasetSettings,  # noqa: F401
+                                 ScanConfig, parse_resolution)
+from core.config.models import CacheConfig, DemoConfig, LatentSettings, ModelSettings  # noqa: F401
 from core.config.schema import (SCHEMA_VERSION, ConfigError, JobConfig, field_meta,  # noqa: F401
                                 format_validation_error, param, validate, validate_partial)
+from core.config.train import TrainConfig  # noqa: F401

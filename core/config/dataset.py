@@ -26,13 +26,10 @@ class DatasetSettings(JobConfig):
     _check_dirs = field_validator("train_data_dir")(_non_empty_paths)
 
 
-class ScanConfig(DatasetSettings):
-    """Scan dataset folders and report formats, sizes, broken images and missing captions."""
+class CaptionSettings(JobConfig):
+    """Where the captions are."""
     caption_extension: str = param(
         ".txt", "Extension of the caption file next to each image (`img.png` + `img.txt`).")
-    verify_pixels: bool = param(
-        True, "Decode every image fully to find truncated files (slower than reading headers only).",
-        group="Checks", advanced=True)
 
     @field_validator("caption_extension")
     @classmethod
@@ -41,6 +38,13 @@ class ScanConfig(DatasetSettings):
         if not value.startswith(".") or len(value) < 2 or "/" in value or "\\" in value:
             raise ValueError("must start with a dot, like .txt or .caption")
         return value
+
+
+class ScanConfig(CaptionSettings, DatasetSettings):  # bases in reverse display order
+    """Scan dataset folders and report formats, sizes, broken images and missing captions."""
+    verify_pixels: bool = param(
+        True, "Decode every image fully to find truncated files (slower than reading headers only).",
+        group="Checks", advanced=True)
 
 
 def parse_resolution(value) -> tuple[int, int]:

@@ -7,14 +7,18 @@ from core.config.dataset import BucketSettings
 from core.config.schema import JobConfig, param
 
 
-class CacheConfig(BucketSettings):
-    """Encode every image of a dataset with the model's VAE once, so training reads latents."""
+class ModelSettings(JobConfig):
+    """The base model (and optionally a separate VAE)."""
     pretrained_model_name_or_path: str = param(
         "", "Base model: a diffusers folder or a single .safetensors/.ckpt file (SD 1.x, 2.x, SDXL).",
         widget="file", min_length=1, group="Model")
     vae: str = param(
         "", "Optional separate VAE (diffusers folder or single file), e.g. a fixed fp16 SDXL VAE.",
         widget="file", group="Model")
+
+
+class LatentSettings(JobConfig):
+    """How VAE latents are made and where their cache files go."""
     latents_dir: str = param(
         "", "Folder for the cache files; empty: beside each image in the dataset (as kohya does).",
         widget="dir", group="Cache")
@@ -26,6 +30,10 @@ class CacheConfig(BucketSettings):
     max_data_loader_n_workers: int = param(
         2, "Threads that decode and resize images ahead of the VAE.", group="Cache", advanced=True,
         ge=0, le=32)
+
+
+class CacheConfig(LatentSettings, ModelSettings, BucketSettings):  # bases in reverse display order
+    """Encode every image of a dataset with the model's VAE once, so training reads latents."""
 
 
 class DemoConfig(JobConfig):

@@ -30,7 +30,10 @@ def field_meta(model: type[BaseModel], name: str) -> dict:
 
 
 class JobConfig(BaseModel):
-    """Base of every job's arguments: unknown keys are errors, never silently dropped."""
+    """Base of every job's arguments: unknown keys are errors, never silently dropped.
+
+    A job's model combines settings classes shared between jobs; pydantic lists the fields of
+    the last base first, so bases are written in reverse display order."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
