@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = JOBS[job]
     args = build_parser(spec).parse_args(rest)
-    from core.jobs import EXIT_INVALID, JobContext, execute, new_run_dir, write_status
+    from core.jobs import EXIT_INVALID, JobContext, execute, new_run_dir, process_rank, write_status
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     try:
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             ctx.event("error", message=f"invalid config: {err}")
             ctx.close()
             write_status(run_dir, job=job, state="invalid", exit_code=EXIT_INVALID)
+        return EXIT_INVALID
+    if run_dir is None and process_rank() > 0:
+        print("error: with `accelerate launch`, give every process the same --run-dir", file=sys.stderr)
         return EXIT_INVALID
     run_dir = run_dir or new_run_dir(job, args.name)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -43,15 +43,24 @@ def new_run_dir(job: str, name: str = "", root: Path | None = None) -> Path:
     raise RuntimeError(f"could not create a run folder under {root}")
 
 
-class JobContext:
-    """What a running job uses to talk to the world: log lines, events, stop requests."""
+def process_rank() -> int:
+    """This process's rank under `accelerate launch` (0 when run alone)."""
+    return int(os.environ.get("RANK") or 0)
 
-    def __init__(self, run_dir: str | os.PathLike, echo: bool = True):
+
+class JobContext:
+    """What a running job uses to talk to the world: log lines, events, stop requests.
+
+    Under `accelerate launch` only rank 0 writes log.txt and events.jsonl; other ranks write
+    log.rankN.txt and events.rankN.jsonl."""
+
+    def __init__(self, run_dir: str | os.PathLike, echo: bool = True, rank: int = 0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.echo = echo
-        self._log = open(self.run_dir / "log.txt", "a", encoding="utf-8")
-        self._events = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")
+        self.echo, self.rank = echo, rank
+        suffix = f".rank{rank}" if rank else ""
+        self._log = open(self.run_dir / f"log{suffix}.txt", "a", encoding="utf-8")
+        self._events = open(self.run_dir / f"events{suffix}.jsonl", "a", encoding="utf-8")
 
     def close(self) -> None:
         self._log.close()
@@ -101,10 +110,12 @@ def execute(job: str, cfg, run_dir: Path, load) -> int:
     """Run the job (`load()` returns its `run(cfg, ctx)`) with the full protocol; returns the exit code."""
     import psutil
 
-    ctx = JobContext(run_dir)
+    rank = process_rank()
+    ctx = JobContext(run_dir, rank=rank)
+    status = write_status if rank == 0 else (lambda *args, **kwargs: None)  # rank 0 speaks for the run
     me = psutil.Process()
-    write_status(run_dir, job=job, pid=me.pid, pid_created=me.create_time(), state="running",
-                 started=time.time(), argv=sys.argv)
+    status(run_dir, job=job, pid=me.pid, pid_created=me.create_time(), state="running",
+           started=time.time(), argv=sys.argv)
     ctx.log(f"{job}: started in {run_dir}")
     try:
         result = load()(cfg, ctx)
@@ -114,16 +125,16 @@ def execute(job: str, cfg, run_dir: Path, load) -> int:
     except Exception as exc:  # the job failed: full traceback to the log, message to events
         ctx.log(traceback.format_exc().rstrip())
         ctx.event("error", message=f"{type(exc).__name__}: {exc}")
-        write_status(run_dir, state="error", exit_code=EXIT_FAILURE, ended=time.time())
+        status(run_dir, state="error", exit_code=EXIT_FAILURE, ended=time.time())
         ctx.close()
         return EXIT_FAILURE
     else:
         stopped = ctx.should_stop()
     state = "stopped" if stopped else "done"
-    if result is not None:
+    if result is not None and rank == 0:
         atomic_write_json(run_dir / "result.json", result)
     ctx.event(state, **({"result": result} if result is not None else {}))
     ctx.log(f"{job}: {state}")
-    write_status(run_dir, state=state, exit_code=EXIT_OK, ended=time.time())
+    status(run_dir, state=state, exit_code=EXIT_OK, ended=time.time())
     ctx.close()
     return EXIT_OK
