@@ -1,0 +1,1 @@
+"""The shared trainer (job `train`): data, the loop, checkpoints and resumable state."""
