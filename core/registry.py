@@ -27,6 +27,8 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
             "Plan aspect-ratio buckets: bucket, resize and crop of every image."),
     JobSpec("cache", config.CacheConfig, "core.latents:run",
             "Encode the dataset with the model's VAE into a latent cache."),
+    JobSpec("train", config.TrainConfig, "core.train.loop:run",
+            "Fine-tune an SD 1.x / 2.x model (U-Net) on a captioned dataset."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}

@@ -182,3 +182,14 @@ def test_cli_literal_numbers_and_floats_parse(capsys):
     with pytest.raises(SystemExit):
         build_parser(spec).parse_args(["--max_token_length", "100"])
     assert "invalid choice value: '100'" in capsys.readouterr().err
+
+
+def test_preset_checks_across_fields_wait_for_the_full_config(tmp_path):
+    from core.config import BucketConfig
+
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps({"job": "bucket", "values": {"max_resolution": "128,128", "min_bucket_reso": 64}}))
+    assert load_preset(path, "bucket").values["min_bucket_reso"] == 64
+    path.write_text(json.dumps({"job": "bucket", "values": {"max_resolution": "128,128", "min_bucket_reso": 512}}))
+    with pytest.raises(ConfigError, match="outside min_bucket_reso..max_bucket_reso"):
+        validate(BucketConfig, {"train_data_dir": ["d"], **load_preset(path, "bucket").values}, "run")

@@ -41,9 +41,13 @@ class ConfigError(Exception):
     """An invalid config: the message names the file or field and the problem."""
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, fields_only: bool = False) -> str:
+    """One line per problem, naming the source and the field; `fields_only` leaves out checks
+    across fields (their loc is empty)."""
     lines = []
     for e in err.errors():
+        if fields_only and not e["loc"]:
+            continue
         field = ".".join(str(p) for p in e["loc"])
         message = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -65,7 +69,8 @@ def validate(model: type[JobConfig], values: dict, source: str) -> JobConfig:
 def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
     """Check some values (a preset's overrides) field by field: types, bounds, unknown keys.
 
-    Unlike `validate`, fields that are not given are not required here."""
+    Unlike `validate`, fields that are not given are not required here, and checks across
+    fields wait for the full config (a preset may set min_bucket_reso and max_resolution both)."""
     blank, problems = model.model_construct(), []
     for key, value in values.items():
         if key not in model.model_fields:
@@ -74,6 +79,7 @@ def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
         try:
             model.__pydantic_validator__.validate_assignment(blank, key, value)
         except ValidationError as err:
-            problems.append(format_validation_error(err, source))
+            if message := format_validation_error(err, source, fields_only=True):
+                problems.append(message)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -8,6 +8,9 @@ Single files are read offline: the architecture is recognised from the key names
 configs are inferred from tensor shapes, and keys are converted by diffusers' own single-file
 conversion functions, then loaded with strict key checking. `.ckpt` files are read with
 weights-only unpickling. Every problem is a ValueError naming the file.
+
+The whole-model API (SDModel, load_sd_model, save_sd_model) lives in core.models.sd and is
+also reachable from here.
 """
 from __future__ import annotations
 
@@ -42,12 +45,14 @@ class Checkpoint:
         self.path = Path(path)
         self._handle = None
         self._tensors: dict[str, torch.Tensor] | None = None
+        self.metadata: dict[str, str] = {}  # the safetensors header's strings; none in .ckpt
         try:
             if self.path.suffix.lower() == ".safetensors":
                 from safetensors import safe_open
 
                 self._handle = safe_open(str(self.path), framework="pt")
                 self.keys = list(self._handle.keys())
+                self.metadata = dict(self._handle.metadata() or {})
             else:
                 self._tensors = _torch_state_dict(self.path)
                 self.keys = list(self._tensors)
@@ -98,11 +103,11 @@ def arch_of_keys(keys) -> str:
 
 def arch_of_folder(folder: Path) -> str:
     """sd1 / sd2 / sdxl for a diffusers pipeline folder (from its class and text encoder)."""
-    index = _read_json(folder / "model_index.json")
+    index = read_json(folder / "model_index.json")
     if "XL" in str(index.get("_class_name", "")):
         return "sdxl"
     text_config = folder / "text_encoder" / "config.json"
-    if text_config.is_file() and _read_json(text_config).get("hidden_act") == "gelu":
+    if text_config.is_file() and read_json(text_config).get("hidden_act") == "gelu":
         return "sd2"  # OpenCLIP ViT-H; SD 1.x uses OpenAI CLIP with quick_gelu
     return "sd1"
 
@@ -129,7 +134,7 @@ def existing_path(path: str | os.PathLike) -> Path:
     return resolved
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -187,7 +192,7 @@ def load_vae(model_path: str | os.PathLike, vae_path: str | os.PathLike = ""):
 def _scaling_factor(base: Path, arch: str) -> float:
     config = base / "vae" / "config.json"
     if base.is_dir() and config.is_file():
-        return float(_read_json(config).get("scaling_factor", DEFAULT_SCALING_FACTOR))
+        return float(read_json(config).get("scaling_factor", DEFAULT_SCALING_FACTOR))
     return SCALING_FACTORS.get(arch, DEFAULT_SCALING_FACTOR)
 
 
@@ -218,7 +223,7 @@ def _load_autoencoder(source: Path):
 
 def _is_vae_folder(folder: Path) -> bool:
     config = folder / "config.json"
-    return config.is_file() and _read_json(config).get("_class_name") == "AutoencoderKL"
+    return config.is_file() and read_json(config).get("_class_name") == "AutoencoderKL"
 
 
 def _vae_from_single_file(path: Path):

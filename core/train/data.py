@@ -180,5 +180,8 @@ def make_dataloader(examples: list[Example], cfg: TrainConfig, num_workers: int 
     """The epoch's batches; its `batch_sampler` is the BucketBatchSampler (seeded by cfg.seed)."""
     sampler = BucketBatchSampler(examples, [e.repeats for e in examples], cfg.train_batch_size,
                                  cfg.seed)
+    # Its own generator: starting an iterator must not draw from the global RNG, or a resumed
+    # run (which starts one mid-epoch) would see different noise than an uninterrupted one.
     return DataLoader(TrainDataset(examples, cfg), batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(cfg.seed))

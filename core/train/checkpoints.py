@@ -1,0 +1,88 @@
+"""Where a run's model saves and resumable states go, when they are made, which are kept."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core.fsutil import atomic_write_json
+
+STATE_FILE = "training_state.json"
+
+
+@dataclass
+class Position:
+    """Where training is: what a resumed run needs besides the accelerate state."""
+    global_step: int = 0   # optimizer updates done
+    epoch: int = 0         # epoch in progress
+    batch_in_epoch: int = 0  # batches of that epoch already consumed
+
+
+def model_path(output_dir: str, output_name: str, save_as: str, suffix: str = "") -> Path:
+    """`<output_dir>/<output_name><suffix>.safetensors`, or a folder for diffusers."""
+    name = f"{output_name}{suffix}"
+    return Path(output_dir) / (name if save_as == "diffusers" else f"{name}.safetensors")
+
+
+def step_suffix(step: int) -> str:
+    return f"-step{step:08d}"
+
+
+def epoch_suffix(epoch: int) -> str:
+    return f"-e{epoch:06d}"
+
+
+def state_dir(output_dir: str, output_name: str, step: int) -> Path:
+    return Path(output_dir) / f"{output_name}{step_suffix(step)}-state"
+
+
+def should_save_step(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def prune(output_dir: str, output_name: str, kind: str, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step or epoch saves (and their states); 0 keeps all."""
+    if keep <= 0:
+        return []
+    tag = r"-step(\d{8})" if kind == "step" else r"-e(\d{6})"
+    pattern = re.compile(re.escape(output_name) + tag + r"(\.safetensors|-state)?$")
+    saves: dict[int, list[Path]] = {}
+    for path in Path(output_dir).iterdir():
+        match = pattern.match(path.name)
+        if match:
+            saves.setdefault(int(match.group(1)), []).append(path)
+    removed = []
+    for number in sorted(saves)[:-keep]:
+        for path in saves[number]:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+def save_state(accelerator, folder: Path, position: Position) -> Path:
+    """accelerate's state (model, optimizer, scheduler, scaler, RNG) plus our position, atomically:
+    written beside `folder` and renamed into place, so a crash never leaves half a state."""
+    folder = Path(folder)
+    temp = folder.with_name(folder.name + ".partial")
+    if accelerator.is_main_process and temp.exists():
+        shutil.rmtree(temp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temp))
+    if accelerator.is_main_process:
+        atomic_write_json(temp / STATE_FILE, asdict(position))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temp, folder)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def load_position(folder: Path) -> Position:
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"resume: {folder} is not a saved training state (no {STATE_FILE}); "
+                         "choose a folder named like '<output_name>-step00000100-state'")
+    return Position(**json.loads(path.read_text(encoding="utf-8")))

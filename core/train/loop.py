@@ -1,0 +1,244 @@
+"""The training loop (job `train`): SD 1.x / 2.x full fine-tuning of the U-Net.
+
+Read top to bottom: load the model, prepare the data, then for each batch: latents, noise,
+timesteps, noisy latents, U-Net prediction, target (eps or v), loss, backward, step. Saving,
+stopping and resuming happen between optimizer steps. Multi-GPU and multi-node runs go through
+`accelerate launch`; nothing here is distributed code of our own.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from core.config import TrainConfig
+from core.jobs import JobContext
+from core.train import checkpoints
+from core.train.checkpoints import Position
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer_type == "AdamW8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate)
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """Dtype of the frozen modules (VAE, text encoder) under mixed precision."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def training_target(noise_scheduler, latents, noise, timesteps) -> torch.Tensor:
+    """What the U-Net learns to predict: the noise (eps) or the velocity (v-prediction)."""
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def batch_latents(batch: dict, model, dtype: torch.dtype, device) -> torch.Tensor:
+    """Scaled latents of a batch: from the cache, or encoded now when caching is off."""
+    if "latents" in batch:
+        latents = batch["latents"].to(device)
+    else:
+        with torch.no_grad():
+            pixels = batch["pixels"].to(device, dtype=dtype)
+            latents = model.vae.encode(pixels).latent_dist.sample()
+    return latents.float() * model.scaling_factor
+
+
+def loss_of_batch(batch: dict, model, unet, cfg: TrainConfig, dtype, device) -> torch.Tensor:
+    """One training step's loss (the heart of the trainer)."""
+    from core.text import encode_prompts, tokenize_prompts
+
+    latents = batch_latents(batch, model, dtype, device)
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              device=device).long()
+    noisy_latents = model.noise_scheduler.add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        input_ids = tokenize_prompts(model.tokenizer, batch["captions"], cfg.max_token_length)
+        hidden_states = encode_prompts(model.text_encoder, input_ids.to(device), cfg.clip_skip)
+    prediction = unet(noisy_latents, timesteps, hidden_states.to(noisy_latents.dtype)).sample
+    target = training_target(model.noise_scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(max optimizer steps, epochs) from max_train_epochs or max_train_steps."""
+    updates_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
+    if cfg.max_train_epochs:
+        return cfg.max_train_epochs * updates_per_epoch, cfg.max_train_epochs
+    return cfg.max_train_steps, math.ceil(cfg.max_train_steps / updates_per_epoch)
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    """Refuse to overwrite a finished model of an earlier run (unless resuming it)."""
+    final = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as)
+    if final.exists() and not cfg.resume:
+        raise ValueError(f"{final} exists already: choose another output_name or output_dir "
+                         "(nothing is overwritten), or resume the run that made it")
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+
+
+def run(cfg: TrainConfig, ctx: JobContext) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    from core.models.sd import load_sd_model, save_sd_model
+    from core.train.data import build_examples, make_dataloader, prepare_latent_cache
+
+    check_outputs(cfg)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard", project_config=ProjectConfiguration(
+            project_dir=str(ctx.run_dir), logging_dir=str(ctx.run_dir / "tensorboard")))
+    set_seed(cfg.seed)
+    ctx.log(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
+            f"mixed precision: {cfg.mixed_precision}")
+
+    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae,
+                          cfg.v_parameterization or None)
+    if model.arch not in ("sd1", "sd2"):
+        raise ValueError(f"{cfg.pretrained_model_name_or_path}: {model.arch} training is not supported yet "
+                         "(SD 1.x and SD 2.x are)")
+    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+
+    if cfg.cache_latents:
+        if accelerator.is_main_process:
+            prepare_latent_cache(cfg, ctx)
+        accelerator.wait_for_everyone()
+    examples = build_examples(cfg, ctx)
+    if not examples:
+        raise ValueError("no usable images in train_data_dir (see the warnings above)")
+    dataloader = make_dataloader(examples, cfg)
+    sampler = dataloader.batch_sampler  # ours; accelerate wraps it when sharding
+
+    dtype = weight_dtype(cfg.mixed_precision)
+    model.vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    model.text_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    unet = model.unet
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    optimizer = make_optimizer(cfg, unet.parameters())
+    unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
+    max_steps, num_epochs = total_steps(cfg, len(dataloader))  # batches of this process, once sharded
+    lr_scheduler = accelerator.prepare(get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes))
+
+    position = Position()
+    if cfg.resume:
+        position = checkpoints.load_position(Path(cfg.resume))
+        accelerator.load_state(cfg.resume)
+        ctx.log(f"resumed from {cfg.resume} at step {position.global_step} (epoch {position.epoch + 1}, "
+                f"batch {position.batch_in_epoch})")
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train")
+    ctx.log(f"training {max_steps} steps over {num_epochs} epoch(s), {len(examples)} images, "
+            f"{len(dataloader)} batches per epoch")
+
+    def save(suffix: str, with_state: bool) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            path = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
+            save_sd_model(_unwrapped(accelerator, unet, model), path, cfg.save_model_as, cfg.save_precision,
+                          metadata=_metadata(cfg, position))
+            ctx.event("checkpoint", path=str(path), step=position.global_step)
+            ctx.log(f"saved {path}")
+        if with_state:
+            folder = checkpoints.save_state(
+                accelerator, checkpoints.state_dir(cfg.output_dir, cfg.output_name, position.global_step),
+                position)
+            ctx.log(f"saved training state {folder} (resume with --set resume=...)")
+
+    started, stopped = time.time(), False
+    ctx.progress(position.global_step, max_steps)
+    while position.epoch < num_epochs and position.global_step < max_steps and not stopped:
+        sampler.set_epoch(position.epoch)
+        dataloader.set_epoch(position.epoch)
+        batches = (accelerator.skip_first_batches(dataloader, position.batch_in_epoch)
+                   if position.batch_in_epoch else dataloader)
+        for batch in batches:
+            with accelerator.accumulate(unet):
+                loss = loss_of_batch(batch, model, unet, cfg, dtype, accelerator.device)
+                accelerator.backward(loss)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            position.batch_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            position.global_step += 1
+            ctx.progress(position.global_step, max_steps)
+            if position.global_step % cfg.log_every_n_steps == 0 or position.global_step == max_steps:
+                _log_metrics(ctx, accelerator, position.global_step, loss, lr_scheduler)
+            if checkpoints.should_save_step(position.global_step, cfg.save_every_n_steps) \
+                    and position.global_step < max_steps:
+                save(checkpoints.step_suffix(position.global_step), cfg.save_state)
+                checkpoints.prune(cfg.output_dir, cfg.output_name, "step", cfg.save_last_n_steps)
+            if position.global_step >= max_steps:
+                break
+            if _stop_requested(accelerator, ctx):
+                stopped = True
+                break
+        else:
+            position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+            if cfg.save_every_n_epochs and position.epoch % cfg.save_every_n_epochs == 0 \
+                    and position.epoch < num_epochs:
+                save(checkpoints.epoch_suffix(position.epoch), cfg.save_state)
+                checkpoints.prune(cfg.output_dir, cfg.output_name, "epoch", cfg.save_last_n_epochs)
+
+    if stopped:
+        folder = checkpoints.save_state(
+            accelerator, checkpoints.state_dir(cfg.output_dir, cfg.output_name, position.global_step), position)
+        ctx.log(f"stopped at step {position.global_step}; resume with --set resume={folder}")
+        result = {"stopped_at": position.global_step, "state": str(folder)}
+    else:
+        save("", cfg.save_state)
+        result = {"steps": position.global_step, "model": str(checkpoints.model_path(
+            cfg.output_dir, cfg.output_name, cfg.save_model_as))}
+    ctx.log(f"U-Net checksum on process {accelerator.process_index}: {_checksum(unet):.10e}")
+    accelerator.end_training()
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def _stop_requested(accelerator, ctx) -> bool:
+    """Whether any process saw the STOP file (all processes must stop at the same step)."""
+    flag = torch.tensor([1.0 if ctx.should_stop() else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> None:
+    value = accelerator.gather(loss.detach()).mean().item()
+    lr = lr_scheduler.get_last_lr()[0]
+    if accelerator.is_main_process:
+        ctx.metric("loss", step, value)
+        ctx.metric("lr", step, lr)
+        accelerator.log({"loss": value, "lr": lr}, step=step)
+
+
+def _checksum(module: torch.nn.Module) -> float:
+    """A number that differs when weights differ: every process must end with the same one."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in module.parameters()))
+
+
+def _unwrapped(accelerator, unet, model):
+    """The model with the trained U-Net taken out of its accelerate/DDP wrapper."""
+    model.unet = accelerator.unwrap_model(unet)
+    return model
+
+
+def _metadata(cfg: TrainConfig, position: Position) -> dict:
+    keys = ("learning_rate", "train_batch_size", "gradient_accumulation_steps", "optimizer_type",
+            "lr_scheduler", "mixed_precision", "clip_skip", "max_token_length", "max_resolution", "seed")
+    return {"ss_training_steps": position.global_step, "ss_epoch": position.epoch,
+            **{f"ss_{k}": getattr(cfg, k) for k in keys}}
