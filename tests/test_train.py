@@ -139,6 +139,15 @@ def test_v_prediction_target_is_the_velocity():
     assert loop.training_target(scheduler, latents, noise, t) is noise
 
 
+def test_8bit_adamw_cosine_warmup_and_accumulation_run(kit, tmp_path):
+    result = train(train_values(kit, tmp_path / "out", max_train_steps=3, optimizer_type="AdamW8bit",
+                                lr_scheduler="cosine", lr_warmup_steps=2, gradient_accumulation_steps=2,
+                                gradient_checkpointing=True, save_model_as="diffusers"), tmp_path / "run")
+    assert result["steps"] == 3 and (tmp_path / "out" / "model" / "model_index.json").is_file()
+    lrs = [e["value"] for e in events(tmp_path / "run") if e["event"] == "metric" and e["name"] == "lr"]
+    assert lrs[0] == pytest.approx(0.5e-3) and lrs[1] == pytest.approx(1e-3) and lrs[2] < 1e-3
+
+
 def test_sd2_v_model_trains(tmp_path):
     from core.demo import build_demo
 

@@ -7,6 +7,7 @@ stopping and resuming happen between optimizer steps. Multi-GPU and multi-node r
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from pathlib import Path
@@ -123,6 +124,8 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     model.vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
     model.text_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
     unet = model.unet
+    if accelerator.device.type == "cuda" and importlib.util.find_spec("xformers"):
+        unet.enable_xformers_memory_efficient_attention()  # else diffusers uses PyTorch SDPA
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
