@@ -52,11 +52,61 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
     gradient_accumulation_steps: int = param(1, "Steps whose gradients are summed before an update.",
                                              group="Training", ge=1)
     learning_rate: float = param(2e-6, "Learning rate.", group="Training", gt=0)
-    optimizer_type: Literal["AdamW", "AdamW8bit"] = param(
-        "AdamW", "Optimizer (AdamW8bit uses bitsandbytes and less memory).", group="Training")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = param(
-        "constant", "How the learning rate changes over the run.", group="Training")
-    lr_warmup_steps: int = param(0, "Steps of linear warm-up.", group="Training", ge=0)
+    scale_lr: bool = param(False, "Multiply the learning rate by sqrt(batch size x accumulation steps).",
+                           group="Training", advanced=True)
+    optimizer_type: Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy"] = param(
+        "AdamW", "Optimizer. 8bit variants (bitsandbytes) use less memory; Adafactor (relative step by "
+        "default) and Prodigy set their own step size (use learning_rate 1 with Prodigy).", group="Optimizer")
+    optimizer_args: list[str] = param(
+        [], "Extra optimizer arguments, one key=value per line (e.g. weight_decay=0.01, betas=(0.9,0.99)).",
+        group="Optimizer", advanced=True)
+    max_grad_norm: float = param(1.0, "Clip gradients to this norm (0: no clipping).", group="Optimizer",
+                                 advanced=True, ge=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = param("constant", "How the learning rate changes over the run.",
+                                                group="Optimizer")
+    lr_warmup_steps: float = param(
+        0, "Warm-up: steps, or a fraction of the run when below 1 (0.05 = the first 5%).", group="Optimizer", ge=0)
+    lr_decay_steps: int = param(
+        0, "cosine: hold the learning rate after warm-up, then decay over the last N steps (0: decay all along).",
+        group="Optimizer", advanced=True, ge=0)
+    lr_scheduler_num_cycles: int = param(1, "cosine_with_restarts: number of cycles.", group="Optimizer",
+                                         advanced=True, ge=1)
+    lr_scheduler_power: float = param(1.0, "polynomial: power of the decay.", group="Optimizer",
+                                      advanced=True, gt=0)
+    lr_drops: list[int] = param(
+        [], "Divide the learning rate by 10 at these percentages of the run (e.g. 75).", group="Optimizer",
+        advanced=True)
+
+    zero_terminal_snr: bool = param(
+        False, "Rescale the noise schedule so the last step is pure noise (best with v-prediction).",
+        group="Noise & loss", advanced=True)
+    noise_offset: float = param(0.0, "Offset noise strength (0.05-0.1 helps very dark/bright images).",
+                                group="Noise & loss", advanced=True, ge=0, le=1)
+    noise_offset_random_strength: bool = param(
+        False, "Use a random offset between 0 and noise_offset per image.", group="Noise & loss", advanced=True)
+    multires_noise_iterations: int = param(
+        0, "Multi-resolution (pyramid) noise levels (6-10 typical; 0: off).", group="Noise & loss",
+        advanced=True, ge=0, le=16)
+    multires_noise_discount: float = param(0.3, "Weight of each coarser pyramid level.", group="Noise & loss",
+                                           advanced=True, ge=0, le=1)
+    ip_noise_gamma: float = param(0.0, "Input perturbation noise (0.1 typical; 0: off).", group="Noise & loss",
+                                  advanced=True, ge=0, le=1)
+    ip_noise_gamma_random_strength: bool = param(
+        False, "Use a random strength between 0 and ip_noise_gamma.", group="Noise & loss", advanced=True)
+    min_timestep: int = param(0, "Lowest timestep trained.", group="Noise & loss", advanced=True, ge=0, le=999)
+    max_timestep: int = param(1000, "Timesteps trained are below this.", group="Noise & loss", advanced=True,
+                              ge=1, le=1000)
+    loss_type: Literal["l2", "huber", "smooth_l1"] = param(
+        "l2", "Loss: l2 (mean squared error), or huber / smooth_l1 (less sensitive to outliers).",
+        group="Noise & loss", advanced=True)
+    huber_c: float = param(0.1, "huber / smooth_l1: the c parameter.", group="Noise & loss", advanced=True, gt=0)
+    huber_schedule: Literal["constant", "exponential", "snr"] = param(
+        "snr", "huber / smooth_l1: how c changes with the timestep.", group="Noise & loss", advanced=True)
+    min_snr_gamma: float = param(0.0, "Min-SNR loss weighting gamma (5 typical; 0: off).", group="Noise & loss",
+                                 advanced=True, ge=0)
+    debiased_estimation_loss: bool = param(False, "Debiased estimation loss weighting.", group="Noise & loss",
+                                           advanced=True)
     mixed_precision: Literal["no", "fp16", "bf16"] = param(
         "no", "Compute precision (fp16/bf16 on GPUs; no: fp32).", group="Training")
     gradient_checkpointing: bool = param(False, "Trade compute for memory.", group="Training")
@@ -67,5 +117,18 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
     @model_validator(mode="after")
     def _consistent_training(self):
         if self.lr_warmup_steps and self.lr_scheduler == "constant":
-            raise ValueError("lr_warmup_steps needs lr_scheduler constant_with_warmup, cosine or linear")
+            raise ValueError("lr_warmup_steps needs an lr_scheduler other than constant "
+                             "(constant_with_warmup, for example)")
+        if self.min_timestep >= self.max_timestep:
+            raise ValueError(f"min_timestep ({self.min_timestep}) must be below max_timestep ({self.max_timestep})")
+        if self.noise_offset and self.multires_noise_iterations:
+            raise ValueError("noise_offset and multires_noise_iterations cannot be used together (as in kohya)")
+        if any(not 0 < d < 100 for d in self.lr_drops):
+            raise ValueError(f"lr_drops are percentages of the run between 0 and 100, not {self.lr_drops}")
+        from core.train.optimizers import accepted_args, parse_optimizer_args
+
+        unknown = set(parse_optimizer_args(self.optimizer_args)) - set(accepted_args(self.optimizer_type))
+        if unknown:
+            raise ValueError(f"optimizer_args {', '.join(sorted(unknown))} not accepted by {self.optimizer_type}; "
+                             f"it accepts: {', '.join(accepted_args(self.optimizer_type))}")
         return self

@@ -19,14 +19,8 @@ from core.config import TrainConfig
 from core.jobs import JobContext
 from core.train import checkpoints
 from core.train.checkpoints import Position
-
-
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer_type == "AdamW8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate)
+from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
+from core.train.schedules import make_scheduler, warmup_steps_of
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -89,7 +83,6 @@ def check_outputs(cfg: TrainConfig) -> None:
 def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
 
     from core.models.sd import load_sd_model, save_sd_model
     from core.train.data import build_examples, make_dataloader, prepare_latent_cache
@@ -129,12 +122,19 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    optimizer = make_optimizer(cfg, unet.parameters())
-    unet, optimizer, dataloader = accelerator.prepare(unet, optimizer, dataloader)
+    lr = scaled_lr(cfg.learning_rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr \
+        else cfg.learning_rate
+    optimizer = make_optimizer(cfg.optimizer_type, unet.parameters(), lr, parse_optimizer_args(cfg.optimizer_args))
+    if is_self_scheduling(optimizer):
+        ctx.warning("Adafactor in relative-step mode sets its own step size: learning_rate, lr_scheduler and "
+                    "lr_drops are ignored (optimizer_args relative_step=False scale_parameter=False to use them)")
+    dataloader = accelerator.prepare(dataloader)
     max_steps, num_epochs = total_steps(cfg, len(dataloader))  # batches of this process, once sharded
-    lr_scheduler = accelerator.prepare(get_scheduler(
-        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_steps * accelerator.num_processes))
+    n = accelerator.num_processes  # accelerate steps the scheduler once per process for each update
+    lr_scheduler = make_scheduler(
+        optimizer, cfg.lr_scheduler, max_steps * n, warmup_steps_of(cfg.lr_warmup_steps, max_steps) * n,
+        cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power, cfg.lr_decay_steps * n, cfg.lr_drops)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
     position = Position()
     if cfg.resume:
@@ -172,6 +172,8 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
             with accelerator.accumulate(unet):
                 loss = loss_of_batch(batch, model, unet, cfg, dtype, accelerator.device)
                 accelerator.backward(loss)
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -220,6 +222,7 @@ def _stop_requested(accelerator, ctx) -> bool:
 
 
 def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> None:
+    """Loss of the step, averaged over processes, and the learning rate of the next step (as kohya logs)."""
     value = accelerator.gather(loss.detach()).mean().item()
     lr = lr_scheduler.get_last_lr()[0]
     if accelerator.is_main_process:
