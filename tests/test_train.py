@@ -125,6 +125,59 @@ def test_loss_falls_when_overfitting_a_fixed_batch(kit):
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.fixture(scope="module")
+def sd1_model(kit):
+    from core.models.sd import load_sd_model
+
+    return load_sd_model(str(kit / "model"))
+
+
+def option_loss(model, kit, **options) -> float:
+    cfg = validate(TrainConfig, train_values(kit, kit / "unused", **options), "test")
+    batch = {"latents": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)),
+             "captions": ["a red circle", "a blue square"]}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return loop.loss_of_batch(batch, model, model.unet, cfg, torch.float32, torch.device("cpu")).item()
+
+
+@pytest.mark.parametrize("options", [
+    {"noise_offset": 0.1}, {"noise_offset": 0.1, "noise_offset_random_strength": True},
+    {"multires_noise_iterations": 6}, {"ip_noise_gamma": 0.1},
+    {"loss_type": "huber"}, {"loss_type": "smooth_l1", "huber_schedule": "constant"},
+    {"min_snr_gamma": 0.05}, {"debiased_estimation_loss": True},  # gamma below the drawn SNRs: weights < 1
+])
+def test_each_noise_and_loss_option_changes_the_loss(sd1_model, kit, options):
+    baseline = option_loss(sd1_model, kit)
+    changed = option_loss(sd1_model, kit, **options)
+    assert changed == changed and changed != baseline  # finite and not ignored
+
+
+def test_timestep_range_reaches_the_sampler(sd1_model, kit, monkeypatch):
+    seen = []
+    original = loop.sample_timesteps
+
+    def spy(batch, low, high, device, generator=None):
+        seen.append((low, high))
+        return original(batch, low, high, device, generator)
+
+    monkeypatch.setattr(loop, "sample_timesteps", spy)
+    option_loss(sd1_model, kit, min_timestep=500, max_timestep=900)
+    assert seen == [(500, 900)]
+
+
+def test_noise_and_loss_options_train_end_to_end(tmp_path):
+    from core.demo import build_demo
+
+    build_demo(tmp_path / "kit", arch="sd2v", num_images=4, seed=1)
+    result = train(train_values(tmp_path / "kit", tmp_path / "out", max_train_steps=2, zero_terminal_snr=True,
+                                min_snr_gamma=5.0, loss_type="huber", ip_noise_gamma=0.1, noise_offset=0.05),
+                   tmp_path / "run")
+    assert result["steps"] == 2
+    losses = [e["value"] for e in events(tmp_path / "run") if e["event"] == "metric" and e["name"] == "loss"]
+    assert len(losses) == 2 and all(v == v for v in losses)
+
+
 def test_v_prediction_target_is_the_velocity():
     from diffusers import DDPMScheduler
 

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from core.config import TrainConfig
 from core.jobs import JobContext
 from core.train import checkpoints
 from core.train.checkpoints import Position
+from core.train.loss import debiased_weight, elementwise_loss, huber_c_for, min_snr_weight, reduce_loss, snr
+from core.train.noise import (apply_zero_terminal_snr, offset_noise, perturbed_noise, pyramid_noise,
+                              sample_timesteps)
 from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
 from core.train.schedules import make_scheduler, warmup_steps_of
 
@@ -46,21 +48,43 @@ def batch_latents(batch: dict, model, dtype: torch.dtype, device) -> torch.Tenso
     return latents.float() * model.scaling_factor
 
 
-def loss_of_batch(batch: dict, model, unet, cfg: TrainConfig, dtype, device) -> torch.Tensor:
-    """One training step's loss (the heart of the trainer)."""
+def loss_of_batch(batch: dict, model, unet, cfg: TrainConfig, dtype, device,
+                  all_snr: torch.Tensor | None = None) -> torch.Tensor:
+    """One training step's loss (the heart of the trainer). `all_snr`: SNR per timestep of the
+    schedule before zero-terminal-SNR rescaling (kohya weights the loss with those)."""
     from core.text import encode_prompts, tokenize_prompts
 
+    scheduler = model.noise_scheduler
     latents = batch_latents(batch, model, dtype, device)
     noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              device=device).long()
-    noisy_latents = model.noise_scheduler.add_noise(latents, noise, timesteps)
+    noise = offset_noise(noise, latents, cfg.noise_offset, cfg.noise_offset_random_strength)
+    noise = pyramid_noise(noise, cfg.multires_noise_iterations, cfg.multires_noise_discount)
+    timesteps = sample_timesteps(latents.shape[0], cfg.min_timestep, cfg.max_timestep, device)
+    input_noise = perturbed_noise(noise, cfg.ip_noise_gamma, cfg.ip_noise_gamma_random_strength)
+    noisy_latents = scheduler.add_noise(latents, input_noise, timesteps)
     with torch.no_grad():
         input_ids = tokenize_prompts(model.tokenizer, batch["captions"], cfg.max_token_length)
         hidden_states = encode_prompts(model.text_encoder, input_ids.to(device), cfg.clip_skip)
     prediction = unet(noisy_latents, timesteps, hidden_states.to(noisy_latents.dtype)).sample
-    target = training_target(model.noise_scheduler, latents, noise, timesteps)
-    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    target = training_target(scheduler, latents, noise, timesteps)
+    huber_c = huber_c_for(timesteps, scheduler, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type != "l2" else None
+    loss = elementwise_loss(prediction.float(), target.float(), cfg.loss_type, huber_c)
+    return reduce_loss(loss, loss_weights(cfg, scheduler, timesteps, all_snr))
+
+
+def loss_weights(cfg: TrainConfig, scheduler, timesteps, all_snr: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-sample loss weights: min-SNR and/or debiased estimation (None: equal weights)."""
+    if not (cfg.min_snr_gamma or cfg.debiased_estimation_loss):
+        return None
+    snr_t = (all_snr if all_snr is not None else snr(scheduler, torch.arange(
+        scheduler.config.num_train_timesteps)))[timesteps.cpu()].to(timesteps.device)
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
+    weights = torch.ones_like(snr_t)
+    if cfg.min_snr_gamma:
+        weights = weights * min_snr_weight(snr_t, cfg.min_snr_gamma, v_prediction)
+    if cfg.debiased_estimation_loss:
+        weights = weights * debiased_weight(snr_t, v_prediction)
+    return weights
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -102,6 +126,12 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
         raise ValueError(f"{cfg.pretrained_model_name_or_path}: {model.arch} training is not supported yet "
                          "(SD 1.x and SD 2.x are)")
     ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+    all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
+    if cfg.zero_terminal_snr:
+        apply_zero_terminal_snr(model.noise_scheduler)
+        if not model.v_prediction:
+            ctx.warning("zero_terminal_snr without v-prediction: the last timestep is pure noise, which an "
+                        "eps-prediction model cannot denoise; use it with v_parameterization")
 
     if cfg.cache_latents:
         if accelerator.is_main_process:
@@ -170,7 +200,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
                    if position.batch_in_epoch else dataloader)
         for batch in batches:
             with accelerator.accumulate(unet):
-                loss = loss_of_batch(batch, model, unet, cfg, dtype, accelerator.device)
+                loss = loss_of_batch(batch, model, unet, cfg, dtype, accelerator.device, all_snr)
                 accelerator.backward(loss)
                 if cfg.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
