@@ -62,7 +62,8 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     parser.add_argument("--name", default="", help="a short name for the run folder")
     params = parser.add_argument_group("parameters")
     for name, field in spec.config.model_fields.items():
-        help_text = f"{field.description} (default: {field.get_default(call_default_factory=True)!r})"
+        help_text = f"{field.description} (default: {field.get_default(call_default_factory=True)!r})" \
+            .replace("%", "%%")  # argparse formats help with %
         flag = f"--{name}"
         if _is_bool(field.annotation):
             params.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)

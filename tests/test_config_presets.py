@@ -145,6 +145,15 @@ def test_cli_help_lists_jobs_and_fields(capsys):
     assert "--train_data_dir" in out and "--caption_extension" in out and "--no-recursive" in out
 
 
+@pytest.mark.parametrize("job", list(JOBS))
+def test_every_job_has_working_help(job, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([job, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"--{name}" in out for name in JOBS[job].config.model_fields)
+
+
 @pytest.mark.parametrize("values, message", [
     ({"bucket_reso_steps": 60}, "form: bucket_reso_steps must be a multiple of 8"),
     ({"min_bucket_reso": 600}, "form: max_resolution 512,512 is outside min_bucket_reso..max_bucket_reso"),
