@@ -13,3 +13,21 @@ def studio_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("STUDIO_HOME", str(home))
     monkeypatch.delenv("STUDIO_USER_PRESETS", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def demo_kit(tmp_path_factory):
+    """`demo_kit(arch, num_images, seed)`: a demo kit folder built once per session for those
+    arguments (model/, model.safetensors, dataset/). Tests that change files copy them first."""
+    from core.demo import build_demo
+
+    built = {}
+
+    def get(arch: str = "sd1", num_images: int = 8, seed: int = 0):
+        key = (arch, num_images, seed)
+        if key not in built:
+            built[key] = tmp_path_factory.mktemp(f"demo-{arch}") / "demo"
+            build_demo(built[key], arch, num_images=num_images, seed=seed)
+        return built[key]
+
+    return get

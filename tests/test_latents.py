@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 
 from core.buckets import crop_to_bucket, plan_buckets
 from core.config import CacheConfig
-from core.demo import build_demo
 from core.images import open_image
 from core.jobs import JobContext
 from core.latents import (cache_path_for, choose_precision, is_cache_valid, load_cached,
@@ -29,10 +28,8 @@ NUM_IMAGES = 8
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("latents")
-    build_demo(root / "demo", "sd1", num_images=NUM_IMAGES, seed=4)
-    return root / "demo"
+def demo(demo_kit):
+    return demo_kit("sd1", NUM_IMAGES, 4)
 
 
 @pytest.fixture

@@ -18,12 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    from core.demo import build_demo
-
-    out = tmp_path_factory.mktemp("kit") / "demo"
-    build_demo(out, arch="sd1", num_images=6, seed=0)
-    return out
+def kit(demo_kit):
+    return demo_kit("sd1", 6, 0)
 
 
 def train_values(kit: Path, output_dir: Path, **overrides) -> dict:
@@ -166,11 +162,8 @@ def test_timestep_range_reaches_the_sampler(sd1_model, kit, monkeypatch):
     assert seen == [(500, 900)]
 
 
-def test_noise_and_loss_options_train_end_to_end(tmp_path):
-    from core.demo import build_demo
-
-    build_demo(tmp_path / "kit", arch="sd2v", num_images=4, seed=1)
-    result = train(train_values(tmp_path / "kit", tmp_path / "out", max_train_steps=2, zero_terminal_snr=True,
+def test_noise_and_loss_options_train_end_to_end(demo_kit, tmp_path):
+    result = train(train_values(demo_kit("sd2v", 4, 1), tmp_path / "out", max_train_steps=2, zero_terminal_snr=True,
                                 min_snr_gamma=5.0, loss_type="huber", ip_noise_gamma=0.1, noise_offset=0.05),
                    tmp_path / "run")
     assert result["steps"] == 2
@@ -218,11 +211,8 @@ def test_lr_drops_and_scale_lr(kit, tmp_path):
     assert lrs == pytest.approx([scaled, scaled / 10, scaled / 10, scaled / 10])
 
 
-def test_sd2_v_model_trains(tmp_path):
-    from core.demo import build_demo
-
-    build_demo(tmp_path / "kit", arch="sd2v", num_images=4, seed=1)
-    result = train(train_values(tmp_path / "kit", tmp_path / "out", max_train_steps=2), tmp_path / "run")
+def test_sd2_v_model_trains(demo_kit, tmp_path):
+    result = train(train_values(demo_kit("sd2v", 4, 1), tmp_path / "out", max_train_steps=2), tmp_path / "run")
     assert result["steps"] == 2
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "sd2 v-prediction" in log
