@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -24,6 +25,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def default_mode(folder: bool = False) -> int:
+    """Permissions a new file (or folder) gets under the process umask."""
+    return (0o777 if folder else 0o666) & ~_UMASK
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path` to write to; it replaces `path` only on success.
@@ -39,7 +45,7 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_UMASK
+        mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else default_mode()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -58,3 +64,27 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def swap_in_folder(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put a fully written `staging` folder at `target`, replacing what is there: the old folder is
+    renamed aside first and deleted last, so a crash leaves a complete folder (see recover_folder)."""
+    staging, target = Path(staging), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_folder(target: str | os.PathLike) -> None:
+    """After a crash inside swap_in_folder: put the old folder back if the new one never arrived."""
+    target = Path(target)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(target)

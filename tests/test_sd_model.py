@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from core.demo import build_demo, build_pipeline
-from core.fsutil import _UMASK
+from core.fsutil import default_mode, recover_folder
 from core.models import sd as sd_module
 from core.models.ldm_convert import to_ldm_state_dict
 from core.models.sd import (CONFIGS_KEY, empty_model, load_sd_model, models_from_state,
@@ -127,7 +127,7 @@ def test_fp16_save_holds_fp16_tensors(demos, tmp_path):
 def test_diffusers_save_is_swapped_in_atomically(demos, tmp_path, monkeypatch):
     model = load_sd_model(str(demos / "sd1" / "model"))
     target = save_sd_model(model, tmp_path / "m", "diffusers", "fp32", {})
-    assert target.stat().st_mode & 0o777 == 0o777 & ~_UMASK  # not mkdtemp's owner-only mode
+    assert target.stat().st_mode & 0o777 == default_mode(folder=True)  # not mkdtemp's owner-only mode
     (target / "marker").write_text("first save")
     save_sd_model(model, target, "diffusers", "fp32", {})
     assert not (target / "marker").exists() and (target / "model_index.json").is_file()
@@ -143,12 +143,14 @@ def test_diffusers_save_is_swapped_in_atomically(demos, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
     # a crash between the two renames leaves the old folder under a hidden name: it is put back
-    target.rename(tmp_path / ".m.old-crashed")
+    target.rename(tmp_path / ".m.old")
     (tmp_path / ".m.tmp-crashed").mkdir()
-    sd_module._recover(target)
-    assert (target / "marker").read_text() == "kept"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     save_sd_model(model, target, "diffusers", "fp32", {})
+    assert not (target / "marker").exists()  # recovered, then replaced by the new save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    target.rename(tmp_path / ".m.old")
+    recover_folder(target)
+    assert (target / "model_index.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert_same_weights(model, load_sd_model(str(target)))
 
 

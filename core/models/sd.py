@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from core.fsutil import _UMASK  # the process umask, read once
+from core.fsutil import default_mode, recover_folder, swap_in_folder
 from core.models.loading import (VAE_PREFIXES, Checkpoint, arch_of_folder, arch_of_keys,
                                  existing_path, load_vae, read_json)
 
@@ -334,33 +334,22 @@ def _save_single_file(model: SDModel, path: Path, dtype, metadata: dict) -> Path
 
 
 def _save_diffusers(model: SDModel, target: Path, dtype) -> Path:
-    """Write the folder beside `target`, then swap it in: rename the old one away, rename the new
-    one in, delete the old one. A leftover from a crash between the renames is put back first."""
+    """Write the folder beside `target`, then swap it in (core.fsutil.swap_in_folder)."""
     if target.exists() and not target.is_dir():
         raise ValueError(f"{target}: exists and is not a folder; cannot save a diffusers model there")
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
+    recover_folder(target)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    staging.chmod(0o777 & ~_UMASK)  # mkdtemp makes it owner-only
-    old = staging.with_name(staging.name.replace(".tmp-", ".old-"))
+    staging.chmod(default_mode(folder=True))  # mkdtemp makes it owner-only
     try:
         write_diffusers_folder(model, staging, dtype)
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
+        swap_in_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
     return target
-
-
-def _recover(target: Path) -> None:
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and not target.exists():
-        olds.pop().rename(target)
-    for stale in [*olds, *target.parent.glob(f".{target.name}.tmp-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_diffusers_folder(model: SDModel, folder: Path, dtype) -> None:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.fsutil import atomic_write_json
+from core.fsutil import atomic_write_json, swap_in_folder
 
 STATE_FILE = "training_state.json"
 
@@ -73,9 +72,7 @@ def save_state(accelerator, folder: Path, position: Position) -> Path:
     accelerator.save_state(str(temp))
     if accelerator.is_main_process:
         atomic_write_json(temp / STATE_FILE, asdict(position))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(temp, folder)
+        swap_in_folder(temp, folder)
     accelerator.wait_for_everyone()
     return folder
 
