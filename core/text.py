@@ -3,8 +3,9 @@
 Users move their datasets and settings over from kohya, so every step here reproduces its
 behaviour, quirks included:
 
-- `process_caption`: tags are only split, stripped and re-joined when shuffling; without
-  `shuffle_caption` the caption passes through untouched (even with `keep_tokens`).
+- `process_caption`: prefix/suffix first, then caption dropout, then the tags; tags are only
+  split, stripped and re-joined when shuffling or dropping tags; otherwise the caption passes
+  through untouched (even with `keep_tokens` or a `keep_tokens_separator` in it).
 - `tokenize_prompts`: a prompt longer than 75 tokens (`max_token_length` 150/225) is tokenized
   once to `max_token_length + 2` ids, then cut into 75-token chunks, each wrapped as
   `BOS <75 ids> LAST` where LAST is the final id of the whole sequence (EOS, or for SD2 EOS/pad).
@@ -25,20 +26,54 @@ import torch
 CHUNK = 75  # text tokens per encoder pass (77 positions less BOS and EOS)
 
 
-def process_caption(caption: str, shuffle_caption: bool, keep_tokens: int, rng: random.Random) -> str:
-    """kohya's caption shuffle: the first `keep_tokens` comma-separated tags stay in front,
-    the others are shuffled with `rng`; tags are stripped and joined with ", ".
+def process_caption(caption: str, shuffle_caption: bool, keep_tokens: int, rng: random.Random, *,
+                    caption_dropout_rate: float = 0.0, caption_tag_dropout_rate: float = 0.0,
+                    caption_prefix: str = "", caption_suffix: str = "",
+                    keep_tokens_separator: str = "") -> str:
+    """The caption the model sees for one sample, in kohya's order (every draw from `rng`):
 
-    Like kohya, empty tags (from ",," or a trailing comma) are kept as tags, and nothing at all
-    happens without `shuffle_caption`.
+    1. `caption_prefix` / `caption_suffix` are glued on with a space *before* anything else, so
+       they become part of the first / last tag ("pre" + "a, b" -> "pre a, b").
+    2. With probability `caption_dropout_rate` the whole caption (prefix and suffix included)
+       becomes "" (one draw, made only when the rate is above 0).
+    3. Only with `shuffle_caption` or `caption_tag_dropout_rate` > 0 are the tags touched:
+       - with `keep_tokens_separator` present in the caption, the tags before it stay in front,
+         the tags after a second separator stay at the end, `keep_tokens` is ignored, and empty
+         tags are dropped; otherwise the first `keep_tokens` tags stay in front and empty tags
+         (from ",," or a trailing comma) are kept as tags;
+       - the other tags are shuffled (with `shuffle_caption`), then each of them is dropped with
+         probability `caption_tag_dropout_rate` (one draw per tag; kept tags never are);
+       - the tags are stripped and joined with ", ".
+       Otherwise the caption passes through untouched, separator included, as in kohya.
     """
-    if not shuffle_caption:
+    if caption_prefix:
+        caption = caption_prefix + " " + caption
+    if caption_suffix:
+        caption = caption + " " + caption_suffix
+    if caption_dropout_rate > 0 and rng.random() < caption_dropout_rate:
+        return ""
+    if not (shuffle_caption or caption_tag_dropout_rate > 0):
         return caption
-    tags = [tag.strip() for tag in caption.strip().split(",")]
-    keep = max(keep_tokens, 0)
-    fixed, flex = tags[:keep], tags[keep:]
-    rng.shuffle(flex)
-    return ", ".join(fixed + flex)
+    fixed_end: list[str] = []
+    if keep_tokens_separator and keep_tokens_separator in caption:
+        head, flex_part = caption.split(keep_tokens_separator, 1)
+        if keep_tokens_separator in flex_part:
+            flex_part, tail = flex_part.split(keep_tokens_separator, 1)
+            fixed_end = _nonempty_tags(tail)
+        fixed, flex = _nonempty_tags(head), _nonempty_tags(flex_part)
+    else:
+        tags = [tag.strip() for tag in caption.strip().split(",")]
+        keep = max(keep_tokens, 0)
+        fixed, flex = tags[:keep], tags[keep:]
+    if shuffle_caption:
+        rng.shuffle(flex)
+    if caption_tag_dropout_rate > 0:
+        flex = [tag for tag in flex if rng.random() >= caption_tag_dropout_rate]
+    return ", ".join(fixed + flex + fixed_end)
+
+
+def _nonempty_tags(part: str) -> list[str]:
+    return [tag.strip() for tag in part.split(",") if tag.strip()]
 
 
 def chunk_count(max_token_length: int | None) -> int:

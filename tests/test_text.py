@@ -59,6 +59,157 @@ def test_keep_tokens_zero_moves_the_first_tag():
     assert len(firsts) > 3
 
 
+# ---- caption options: dropout, tag dropout, prefix/suffix, keep_tokens_separator -------------
+
+def kohya_caption(caption, shuffle=False, keep=0, dropout=0.0, tag_dropout=0.0, prefix="", suffix="", sep=""):
+    """kohya's BaseDataset.process_caption (single-line captions, no wildcards, warm-up or
+    secondary separator), on the process-wide `random` as kohya draws: the reference."""
+    if prefix:
+        caption = prefix + " " + caption
+    if suffix:
+        caption = caption + " " + suffix
+    if dropout > 0 and random.random() < dropout:
+        return ""
+    if not (shuffle or tag_dropout > 0):
+        return caption
+    fixed, flex, end = [], [], []
+    if sep and sep in caption:
+        head, rest = caption.split(sep, 1)
+        if sep in rest:
+            rest, tail = rest.split(sep, 1)
+            end = [t.strip() for t in tail.split(",") if t.strip()]
+        fixed = [t.strip() for t in head.split(",") if t.strip()]
+        flex = [t.strip() for t in rest.split(",") if t.strip()]
+    else:
+        tokens = [t.strip() for t in caption.strip().split(",")]
+        flex = tokens[:]
+        if keep > 0:
+            fixed, flex = tokens[:keep], tokens[keep:]
+    if shuffle:
+        random.shuffle(flex)
+    if tag_dropout > 0:
+        flex = [t for t in flex if random.random() >= tag_dropout]
+    return ", ".join(fixed + flex + end)
+
+
+def caption_with(caption, seed, shuffle=False, keep=0, dropout=0.0, tag_dropout=0.0, prefix="",
+                 suffix="", sep=""):
+    return process_caption(caption, shuffle, keep, random.Random(seed), caption_dropout_rate=dropout,
+                           caption_tag_dropout_rate=tag_dropout, caption_prefix=prefix,
+                           caption_suffix=suffix, keep_tokens_separator=sep)
+
+
+SEP_TAGS = "masterpiece, 1girl ||| long hair, blue eyes,, smile, sky ||| by artist, 2024"
+OPTIONS = [dict(shuffle=True, keep=1), dict(dropout=0.3), dict(tag_dropout=0.4, keep=2),
+           dict(shuffle=True, keep=1, dropout=0.5, tag_dropout=0.3, prefix="pre", suffix="suf"),
+           dict(shuffle=True, keep=3, sep="|||", tag_dropout=0.25),
+           dict(sep="|||", prefix="pre", suffix="suf"), dict(sep="|||", dropout=0.5, tag_dropout=0.5)]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_caption_options_match_kohya_draw_for_draw(options):
+    for caption in (TAGS, SEP_TAGS, "a,, b ,", "one sentence. no tags"):
+        for seed in range(25):
+            random.seed(seed)
+            expected = kohya_caption(caption, **options)
+            rng = random.Random(seed)
+            assert process_caption(caption, options.get("shuffle", False), options.get("keep", 0), rng,
+                                   caption_dropout_rate=options.get("dropout", 0.0),
+                                   caption_tag_dropout_rate=options.get("tag_dropout", 0.0),
+                                   caption_prefix=options.get("prefix", ""),
+                                   caption_suffix=options.get("suffix", ""),
+                                   keep_tokens_separator=options.get("sep", "")) == expected
+            assert rng.random() == random.random()  # same number of draws as kohya
+
+
+def test_defaults_are_todays_behaviour_and_draw_nothing_extra():
+    for caption in (TAGS, SEP_TAGS):
+        for shuffle, keep in ((False, 0), (True, 1)):
+            a, b = random.Random(5), random.Random(5)
+            explicit = process_caption(caption, shuffle, keep, b, caption_dropout_rate=0.0,
+                                       caption_tag_dropout_rate=0.0, caption_prefix="",
+                                       caption_suffix="", keep_tokens_separator="")
+            assert process_caption(caption, shuffle, keep, a) == explicit
+            assert a.random() == b.random()
+    rng = random.Random(9)
+    process_caption(TAGS, False, 0, rng, caption_dropout_rate=0.0)
+    assert rng.random() == random.Random(9).random()  # rate 0: no draw
+
+
+def test_caption_dropout_extremes():
+    for seed in range(30):
+        assert caption_with(TAGS, seed, dropout=0.0) == TAGS
+        assert caption_with(TAGS, seed, dropout=1.0, shuffle=True, prefix="pre", suffix="suf") == ""
+    # Random(0).random() = 0.844..: kept at 0.8, dropped at 0.9
+    assert caption_with("a, b", 0, dropout=0.8) == "a, b"
+    assert caption_with("a, b", 0, dropout=0.9) == ""
+    dropped = sum(caption_with(TAGS, seed, dropout=0.25) == "" for seed in range(2000))
+    assert 400 < dropped < 600
+
+
+def test_tag_dropout_exact_and_keeps_the_kept_tags():
+    # Random(0) draws 0.844, 0.758, 0.421, 0.259: b, c survive, d and e are dropped at 0.5
+    assert caption_with("a, b, c, d, e", 0, keep=1, tag_dropout=0.5) == "a, b, c"
+    # without shuffle_caption the tags are still split, stripped and re-joined
+    assert caption_with(" a ,b,c ", 0, tag_dropout=0.1) == "a, b, c"
+    for seed in range(20):
+        assert caption_with(TAGS, seed, keep=2, tag_dropout=1.0) == "1girl, solo"
+        assert caption_with(TAGS, seed, keep=2, shuffle=True, tag_dropout=1.0) == "1girl, solo"
+        assert caption_with(SEP_TAGS, seed, keep=5, tag_dropout=1.0, sep="|||") == \
+            "masterpiece, 1girl, by artist, 2024"
+        assert caption_with(TAGS, seed, tag_dropout=1.0) == ""
+        assert caption_with(TAGS, seed, keep=2, tag_dropout=0.0) == TAGS  # nothing to do: untouched
+    tags = [t.strip() for t in TAGS.split(",")]
+    for seed in range(20):  # dropping keeps the order of the survivors
+        out = caption_with(TAGS, seed, keep=1, tag_dropout=0.5).split(", ")
+        assert out[0] == "1girl" and out == [t for t in tags if t in out]
+
+
+def test_keep_tokens_separator_like_kohya():
+    for seed in range(20):
+        out = caption_with(SEP_TAGS, seed, shuffle=True, keep=4, sep="|||").split(", ")
+        assert out[:2] == ["masterpiece", "1girl"]  # keep_tokens is ignored when the separator is there
+        assert out[-2:] == ["by artist", "2024"]
+        assert sorted(out[2:-2]) == sorted(["long hair", "blue eyes", "smile", "sky"])  # empty tag gone
+    one = "a, b ||| c, d, e"
+    assert {tuple(caption_with(one, s, shuffle=True, sep="|||").split(", ")[:2]) for s in range(10)} == {("a", "b")}
+    # no shuffle, no tag dropout: kohya leaves the caption, separators included, as it is
+    assert caption_with(SEP_TAGS, 0, sep="|||") == SEP_TAGS
+    # a caption without the separator falls back to keep_tokens
+    assert caption_with("x, y, z", 0, shuffle=True, keep=1, sep="|||").startswith("x, ")
+    # separator exactly: Random(1) shuffles [c, d, e] to [e, c, d] (checked against random.shuffle)
+    flex = ["c", "d", "e"]
+    random.Random(1).shuffle(flex)
+    assert caption_with("a ||| c, d, e ||| z", 1, shuffle=True, sep="|||") == ", ".join(["a", *flex, "z"])
+
+
+def test_prefix_and_suffix_are_glued_on_before_shuffling_like_kohya():
+    assert caption_with("a, b, c", 0, prefix="pre", suffix="suf") == "pre a, b, c suf"
+    assert caption_with("", 0, prefix="pre") == "pre "  # kohya joins with a space regardless
+    for seed in range(20):
+        out = caption_with("a, b, c", seed, shuffle=True, keep=1, prefix="pre", suffix="suf").split(", ")
+        assert out[0] == "pre a" and sorted(out[1:]) == ["b", "c suf"]  # the suffix moves with "c"
+        out = caption_with("a ||| b, c ||| d", seed, shuffle=True, sep="|||", prefix="pre", suffix="suf")
+        assert out.startswith("pre a, ") and out.endswith(", d suf")
+    # prefix first, then dropout: a dropped caption loses its prefix too
+    assert caption_with("a", 0, prefix="pre", dropout=1.0) == ""
+    # tag dropout happens after the prefix is glued on: "pre a" is one tag and can be dropped
+    assert caption_with("a, b", 0, prefix="pre", tag_dropout=1.0) == ""
+
+
+def test_composition_order_dropout_then_shuffle_then_tag_dropout():
+    # One draw for caption dropout comes first, then the shuffle, then one draw per flexible tag.
+    caption = "k, a, b, c, d"
+    for seed in range(20):
+        rng = random.Random(seed)
+        dropped = rng.random() < 0.5
+        flex = ["a", "b", "c", "d"]
+        rng.shuffle(flex)
+        flex = [t for t in flex if rng.random() >= 0.5]
+        expected = "" if dropped else ", ".join(["k", *flex])
+        assert caption_with(caption, seed, shuffle=True, keep=1, dropout=0.5, tag_dropout=0.5) == expected
+
+
 # ---- tokenize_prompts ------------------------------------------------------------------------
 
 def single_token_words(tokenizer, n: int) -> list[str]:

@@ -18,7 +18,6 @@ from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from accelerate.state import AcceleratorState
 
 from core.config import TrainConfig
-from core.demo import build_demo
 from core.jobs import JobContext
 from core.latents import load_cached
 from core.train.data import (BucketBatchSampler, TrainDataset, build_examples, cache_config,
@@ -28,10 +27,8 @@ NUM_IMAGES = 10  # 7 images in 5_demo, 3 in 2_shapes
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    build_demo(root / "demo", "sd1", num_images=NUM_IMAGES, seed=3)
-    return root / "demo"
+def demo(demo_kit):
+    return demo_kit("sd1", NUM_IMAGES, 3)
 
 
 @pytest.fixture
@@ -218,3 +215,69 @@ def test_pixels_are_the_bucket_crop_in_range(demo, dataset, tmp_path, ctx):
         seen.add("plain" if torch.equal(item, plain) else
                  "flipped" if torch.equal(item, plain.flip(-1)) else "other")
     assert seen == {"plain", "flipped"}
+
+
+def test_flip_p_decides_each_items_flip_with_flip_aug(demo, dataset, tmp_path, ctx):
+    base = make_cfg(demo, dataset, tmp_path)
+    examples = build_examples(base, ctx)
+    plain = TrainDataset(examples, base)
+    keys = [k for epoch in range(2) for b in BucketBatchSampler(
+        examples, [e.repeats for e in examples], 3, base.seed).batches(epoch) for k in b][::5]
+
+    def flipped(cfg_overrides) -> list[bool]:
+        data = TrainDataset(examples, make_cfg(demo, dataset, tmp_path, **cfg_overrides))
+        result = []
+        for key in keys:
+            item, reference = data[key]["pixels"], plain[key]["pixels"]
+            assert torch.equal(item, reference) or torch.equal(item, reference.flip(-1))
+            result.append(not torch.equal(item, reference))
+        return result
+
+    assert not any(flipped(dict(flip_aug=True, flip_p=0.0)))
+    assert all(flipped(dict(flip_aug=True, flip_p=1.0)))
+    assert not any(flipped(dict(flip_aug=False, flip_p=1.0)))  # flip_aug is the switch
+    some = flipped(dict(flip_aug=True, flip_p=0.3))
+    assert some == flipped(dict(flip_aug=True, flip_p=0.3))  # same seed and key, same flip
+    cfg = make_cfg(demo, dataset, tmp_path, flip_aug=True, flip_p=0.3)
+    assert some == [TrainDataset(examples, cfg).rng(k).random() < 0.3 for k in keys]
+    other_seed = make_cfg(demo, dataset, tmp_path, flip_aug=True, flip_p=0.3, seed=8)
+    assert [TrainDataset(examples, other_seed).rng(k).random() < 0.3 for k in keys] != some
+    # default flip_p 0.5: the draw is unchanged from before flip_p existed
+    assert TrainConfig.model_fields["flip_p"].default == 0.5
+
+
+def test_caption_options_reach_the_items(demo, dataset, tmp_path, ctx):
+    from core.text import process_caption
+
+    options = dict(shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.3,
+                   caption_tag_dropout_rate=0.2, caption_prefix="pre", caption_suffix="suf",
+                   keep_tokens_separator="|||", flip_aug=True, flip_p=0.5)
+    cfg = make_cfg(demo, dataset, tmp_path, **options)
+    examples = build_examples(cfg, ctx)
+    data, again = TrainDataset(examples, cfg), TrainDataset(examples, cfg)
+    keys = [k for epoch in range(3) for b in BucketBatchSampler(
+        examples, [e.repeats for e in examples], 3, cfg.seed).batches(epoch) for k in b]
+    captions = []
+    for key in keys[::3]:
+        item = data[key]
+        rng = data.rng(key)
+        rng.random()  # the flip comes first
+        assert item["caption"] == again[key]["caption"] == process_caption(
+            examples[item["index"]].caption, True, 1, rng, caption_dropout_rate=0.3,
+            caption_tag_dropout_rate=0.2, caption_prefix="pre", caption_suffix="suf",
+            keep_tokens_separator="|||")
+        assert item["caption"] == "" or item["caption"].startswith("pre ")
+        captions.append(item["caption"])
+    assert "" in captions and any(c for c in captions)
+    dropped = TrainDataset(examples, make_cfg(demo, dataset, tmp_path, caption_dropout_rate=1.0,
+                                               caption_prefix="pre"))
+    assert all(dropped[k]["caption"] == "" for k in keys[:12])
+
+
+@pytest.mark.parametrize("field", ["caption_dropout_rate", "caption_tag_dropout_rate", "flip_p"])
+def test_rates_must_be_probabilities(demo, dataset, tmp_path, field):
+    for value in (0.0, 1.0):
+        assert getattr(make_cfg(demo, dataset, tmp_path, **{field: value}), field) == value
+    for value in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=field):
+            make_cfg(demo, dataset, tmp_path, **{field: value})

@@ -37,6 +37,25 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
     shuffle_caption: bool = param(False, "Shuffle the comma-separated tags of each caption.",
                                   group="Captions")
     keep_tokens: int = param(0, "Keep the first N tags in place when shuffling.", group="Captions", ge=0)
+    keep_tokens_separator: str = param(
+        "", "Marker that splits a caption into kept and shuffled tags (kohya; \"|||\" is common): tags "
+        "before it stay in front, tags after a second marker stay at the end; replaces keep_tokens for "
+        "captions that contain it. Only used when shuffling or dropping tags.", group="Captions")
+    caption_prefix: str = param(
+        "", "Text added before every caption (joined with a space, before shuffling: it stays with "
+        "the first tag).", group="Captions")
+    caption_suffix: str = param(
+        "", "Text added after every caption (joined with a space, before shuffling: it moves with "
+        "the last tag).", group="Captions")
+    caption_dropout_rate: float = param(
+        0.0, "Chance (0-1) that a sample is trained with an empty caption, so the model also learns "
+        "unconditioned (helps classifier-free guidance).", group="Captions", ge=0, le=1)
+    caption_tag_dropout_rate: float = param(
+        0.0, "Chance (0-1) that each tag is left out of a sample's caption; the kept tags (keep_tokens "
+        "or keep_tokens_separator) never are.", group="Captions", ge=0, le=1)
+    flip_p: float = param(
+        0.5, "Chance (0-1) that a sample is horizontally flipped; needs flip_aug (which caches the "
+        "flipped latents).", group="Captions", ge=0, le=1)
     clip_skip: int = param(1, "Use the text encoder's output N layers from the end (2 for many anime "
                            "models).", group="Captions", ge=1, le=12)
     max_token_length: Literal[75, 150, 225] = param(

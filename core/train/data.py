@@ -7,8 +7,9 @@ and accelerate deals it out (rank r gets batches r, r + n, ...).
 
 Resuming mid-epoch must give exactly the batches an uninterrupted run would have seen, so no
 item draws from a global random state: the sampler yields *sample keys* that encode (epoch,
-repeat, example) as one integer, and the item's caption shuffle and flip come from a generator
-seeded by (seed, key) alone. `TrainDataset[i]` for a plain example index i is epoch 0, repeat 0.
+repeat, example) as one integer, and the item's flip (probability `flip_p`, only with
+`flip_aug`) and caption shuffle and dropouts come from a generator seeded by (seed, key) alone.
+`TrainDataset[i]` for a plain example index i is epoch 0, repeat 0.
 
 Pitfalls with accelerate (1.15), which wraps a custom batch sampler in `BatchSamplerShard`:
 - The sampler has no `batch_size` attribute on purpose: with one, `BatchSamplerShard` drops
@@ -152,9 +153,15 @@ class TrainDataset(Dataset):
     def __getitem__(self, key: int) -> dict:
         index = key % len(self.examples)
         example, rng = self.examples[index], self.rng(key)
-        flip = rng.random() < 0.5  # drawn first, so it does not depend on the caption's length
+        cfg = self.cfg
+        # Drawn first (even without flip_aug), so it does not depend on the caption's length.
+        flip = rng.random() < cfg.flip_p
         item = {"index": index, "key": key, "caption": process_caption(
-            example.caption, self.cfg.shuffle_caption, self.cfg.keep_tokens, rng)}
+            example.caption, cfg.shuffle_caption, cfg.keep_tokens, rng,
+            caption_dropout_rate=cfg.caption_dropout_rate,
+            caption_tag_dropout_rate=cfg.caption_tag_dropout_rate,
+            caption_prefix=cfg.caption_prefix, caption_suffix=cfg.caption_suffix,
+            keep_tokens_separator=cfg.keep_tokens_separator)}
         if example.cache is not None:
             cached = load_cached(example.cache)
             use_flipped = self.cfg.flip_aug and flip and "latents_flipped" in cached
