@@ -143,12 +143,11 @@ def parameter_counts(pipe) -> dict[str, int]:
 
 def save_demo_single_file(pipe, arch: str, path: Path) -> Path:
     """The demo pipeline as one original-layout .safetensors file, with metadata saying so."""
-    from core.models.single_file import modelspec_metadata, save_pipeline_single_file
+    from core.models.sd import save_single_file_of
 
-    prediction_type = pipe.scheduler.config.prediction_type
-    metadata = {"studio.arch": arch, "studio.demo": "true", "studio.prediction_type": prediction_type,
-                **modelspec_metadata(arch, "demo", prediction_type == "v_prediction")}
-    return save_pipeline_single_file(path, arch, pipe, torch.float32, metadata)
+    v_prediction = pipe.scheduler.config.prediction_type == "v_prediction"
+    return save_single_file_of(pipe, arch, v_prediction, path, torch.float32,
+                               {"studio.arch": arch, "studio.demo": "true"})
 
 
 def _draw_shape(draw, shape: str, box: tuple[int, int, int, int], color) -> None:

@@ -3,8 +3,8 @@ file, save as either.
 
 Single files are converted with diffusers' own single-file functions and loaded with strict key
 checks, in fp32 on the CPU. Their component configs come from, in order: the `studio.configs`
-metadata that save_sd_model writes (exact, any size); the demo kit's architecture for files made
-by core.demo; the published configs shipped in core/data/configs, chosen by the architecture the
+metadata that our writer (save_single_file_of) puts in every file, the demo kit's included (exact,
+any size); the published configs shipped in core/data/configs, chosen by the architecture the
 keys show (SD 1.x / 2.x / XL) and by v-prediction (SD 2.x 768-v or 512). v-prediction is read
 from the file's metadata or an A1111-style sibling .yaml; `v_parameterization` overrides it.
 """
@@ -222,10 +222,6 @@ def single_file_configs(path: Path, arch: str, metadata: dict[str, str],
         if not isinstance(configs, dict) or not expected <= set(configs):
             raise ValueError(f"{path}: {CONFIGS_KEY} metadata lacks some of {sorted(expected)}")
         return configs
-    if metadata.get("studio.demo") == "true":
-        from core.demo import build_pipeline
-
-        return model_configs(build_pipeline(metadata.get("studio.arch", arch)))
     return shipped_configs(arch, bool(v_prediction))
 
 
@@ -320,16 +316,24 @@ def save_sd_model(model: SDModel, path: str | os.PathLike, save_as: str, precisi
 
 
 def _save_single_file(model: SDModel, path: Path, dtype, metadata: dict) -> Path:
-    from core.models.ldm_convert import to_ldm_state_dict
+    return save_single_file_of(model, model.arch, model.v_prediction, path, dtype, metadata)
+
+
+def save_single_file_of(parts, arch: str, v_prediction: bool, path: str | os.PathLike, dtype,
+                        metadata: dict) -> Path:
+    """The U-Net, VAE and text encoder(s) of `parts` (an SDModel or a diffusers pipeline) as one
+    original-layout .safetensors file, with modelspec, `metadata` and the parts' diffusers configs
+    in its header, so that it loads back exactly whatever its size."""
+    from core.models.ldm_convert import family_of, to_ldm_state_dict
     from core.models.single_file import modelspec_metadata, save_single_file
 
-    spec_arch = "sd2v" if model.arch == "sd2" and model.v_prediction else model.arch
-    header = {**modelspec_metadata(spec_arch, path.stem, model.v_prediction), **metadata,
-              "studio.arch": model.arch,
-              "studio.prediction_type": "v_prediction" if model.v_prediction else "epsilon",
-              CONFIGS_KEY: json.dumps(model_configs(model))}
-    state = to_ldm_state_dict(model.arch, model.unet, model.vae, model.text_encoder,
-                              model.text_encoder_2)
+    family, path = family_of(arch), Path(path)
+    spec_arch = "sd2v" if family == "sd2" and v_prediction else family
+    header = {**modelspec_metadata(spec_arch, path.stem, v_prediction), "studio.arch": family,
+              "studio.prediction_type": "v_prediction" if v_prediction else "epsilon", **metadata,
+              CONFIGS_KEY: json.dumps(model_configs(parts))}
+    state = to_ldm_state_dict(family, parts.unet, parts.vae, parts.text_encoder,
+                              getattr(parts, "text_encoder_2", None))
     return save_single_file(path, state, dtype, header)
 
 

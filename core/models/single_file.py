@@ -60,13 +60,3 @@ def save_single_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
     with atomic_path(path) as tmp:  # streamed to disk: no second copy of the model in memory
         save_file(_prepare(state_dict, dtype), str(tmp), metadata=_metadata_strings(metadata))
     return path
-
-
-def save_pipeline_single_file(path: str | os.PathLike, arch: str, pipe,
-                              dtype: torch.dtype | None = None, metadata: Mapping | None = None) -> Path:
-    """A diffusers pipeline's UNet, VAE and text encoder(s) as one original-layout file."""
-    from core.models.ldm_convert import to_ldm_state_dict
-
-    state_dict = to_ldm_state_dict(arch, pipe.unet, pipe.vae, pipe.text_encoder,
-                                   getattr(pipe, "text_encoder_2", None))
-    return save_single_file(path, state_dict, dtype, metadata)
