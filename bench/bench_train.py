@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from core.config import TrainConfig, validate  # noqa: E402
 from core.jobs import JobContext  # noqa: E402
-from core.train import loop  # noqa: E402
+from core.train import loop, step as step_fn  # noqa: E402
+from core.train.conditioning import PromptEncoder  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,10 +73,11 @@ def bare_seconds_per_step(cfg: TrainConfig, steps: int, warmup: int) -> float:
     batches = list(make_dataloader(build_examples(cfg, ctx), cfg))
     model = load_sd_model(cfg.pretrained_model_name_or_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = loop.weight_dtype(cfg.mixed_precision)
+    dtype = step_fn.weight_dtype(cfg.mixed_precision)
     model.unet.to(device).train()
     model.vae.to(device, dtype=dtype)
     model.text_encoder.to(device, dtype=dtype)
+    prompts = PromptEncoder(model.tokenizer, model.text_encoder, cfg.clip_skip, cfg.max_token_length, device)
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=cfg.learning_rate)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for step in range(steps):
@@ -84,7 +86,7 @@ def bare_seconds_per_step(cfg: TrainConfig, steps: int, warmup: int) -> float:
                 torch.cuda.synchronize()
             start = time.perf_counter()
         with autocast:
-            loss = loop.loss_of_batch(batches[step % len(batches)], model, model.unet, cfg, dtype, device)
+            loss = step_fn.loss_of_batch(batches[step % len(batches)], model, model.unet, prompts, cfg, dtype, device)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

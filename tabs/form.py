@@ -32,6 +32,8 @@ def _component(model_name: str, name: str, field, meta: dict, value) -> gr.compo
         return gr.Dropdown(choices=list(choices), value=value, **common)
     if annotation in (int, float):
         return gr.Number(value=value, precision=0 if annotation is int else None, **_bounds(field), **common)
+    if typing.get_origin(annotation) is list and (items := _choices(typing.get_args(annotation)[0])):
+        return gr.CheckboxGroup(choices=list(items), value=list(value), **common)
     if typing.get_origin(annotation) is list:
         return gr.Textbox(value="\n".join(map(str, value)), lines=3, placeholder="one per line", **common)
     placeholder = {"dir": "path to a folder", "file": "path to a file"}.get(meta["widget"])
@@ -75,4 +77,5 @@ class SchemaForm:
     def show(self, values: dict) -> list:
         """A values dict (defaults filled in) -> component values in `inputs` order."""
         full = {**self.model.model_construct().model_dump(mode="json"), **values}
-        return ["\n".join(map(str, full[n])) if isinstance(full[n], list) else full[n] for n in self.names]
+        return ["\n".join(map(str, full[n])) if isinstance(self.components[n], gr.Textbox) and isinstance(full[n], list)
+                else full[n] for n in self.names]

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from core.config import TrainConfig, validate
-from core.jobs import JobContext
-from core.train import loop
+from core.train import step
+from trainkit import StopDuringTraining, assert_same_weights, events, prompt_encoder, train, train_values
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,43 +19,6 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def kit(demo_kit):
     return demo_kit("sd1", 6, 0)
-
-
-def train_values(kit: Path, output_dir: Path, **overrides) -> dict:
-    return {"pretrained_model_name_or_path": str(kit / "model"), "train_data_dir": [str(kit / "dataset")],
-            "output_dir": str(output_dir), "max_resolution": "128,128", "min_bucket_reso": 64,
-            "max_bucket_reso": 256, "train_batch_size": 2, "learning_rate": 1e-3, "max_train_steps": 6,
-            "save_precision": "fp32", "seed": 7, **overrides}
-
-
-class StopDuringTraining(JobContext):
-    """A user who presses Stop once training has started: data preparation does not see it."""
-
-    def check_stop(self) -> None:
-        pass
-
-
-def train(values: dict, run_dir: Path, context=JobContext) -> dict:
-    ctx = context(run_dir, echo=False)
-    try:
-        return loop.run(validate(TrainConfig, values, "test"), ctx)
-    finally:
-        ctx.close()
-
-
-def unet_weights(path: Path) -> dict:
-    return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.diffusion_model.")}
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = unet_weights(a), unet_weights(b)
-    assert wa.keys() == wb.keys() and wa
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +75,8 @@ def test_loss_falls_when_overfitting_a_fixed_batch(kit):
     losses = []
     for _ in range(30):
         torch.manual_seed(0)  # the same noise and timesteps every step: a fixed batch
-        loss = loop.loss_of_batch(batch, model, model.unet, cfg, torch.float32, torch.device("cpu"))
+        loss = step.loss_of_batch(batch, model, model.unet, prompt_encoder(model, cfg), cfg, torch.float32,
+                                  torch.device("cpu"))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -134,7 +97,8 @@ def option_loss(model, kit, **options) -> float:
              "captions": ["a red circle", "a blue square"]}
     torch.manual_seed(0)
     with torch.no_grad():
-        return loop.loss_of_batch(batch, model, model.unet, cfg, torch.float32, torch.device("cpu")).item()
+        return step.loss_of_batch(batch, model, model.unet, prompt_encoder(model, cfg), cfg, torch.float32,
+                                  torch.device("cpu")).item()
 
 
 @pytest.mark.parametrize("options", [
@@ -151,13 +115,13 @@ def test_each_noise_and_loss_option_changes_the_loss(sd1_model, kit, options):
 
 def test_timestep_range_reaches_the_sampler(sd1_model, kit, monkeypatch):
     seen = []
-    original = loop.sample_timesteps
+    original = step.sample_timesteps
 
     def spy(batch, low, high, device, generator=None):
         seen.append((low, high))
         return original(batch, low, high, device, generator)
 
-    monkeypatch.setattr(loop, "sample_timesteps", spy)
+    monkeypatch.setattr(step, "sample_timesteps", spy)
     option_loss(sd1_model, kit, min_timestep=500, max_timestep=900)
     assert seen == [(500, 900)]
 
@@ -179,10 +143,10 @@ def test_v_prediction_target_is_the_velocity():
     latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
     alpha = scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
     sigma = (1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
-    assert torch.allclose(loop.training_target(scheduler, latents, noise, t), alpha * noise - sigma * latents,
+    assert torch.allclose(step.training_target(scheduler, latents, noise, t), alpha * noise - sigma * latents,
                           atol=1e-6)
     scheduler = DDPMScheduler(prediction_type="epsilon")
-    assert loop.training_target(scheduler, latents, noise, t) is noise
+    assert step.training_target(scheduler, latents, noise, t) is noise
 
 
 def test_8bit_adamw_cosine_warmup_and_accumulation_run(kit, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.train.optimizers import OPTIMIZERS, make_optimizer, parse_optimizer_args, scaled_lr
-from core.train.schedules import lr_lambda, make_scheduler, warmup_steps_of
+from core.train.schedules import lr_lambda, make_scheduler, steps_of
 
 
 def _at(name, steps, total=100, warmup=10, **kw):
@@ -68,8 +68,8 @@ def test_unknown_schedule_is_an_error():
 
 
 def test_warmup_fraction_or_steps():
-    assert [warmup_steps_of(v, 200) for v in (0, 0.1, 0.29, 1, 20.0)] == [0, 20, 58, 1, 20]
-    assert warmup_steps_of(0.29, 100) == 29
+    assert [steps_of(v, 200) for v in (0, 0.1, 0.29, 1, 20.0)] == [0, 20, 58, 1, 20]
+    assert steps_of(0.29, 100) == 29
 
 
 def test_make_scheduler_follows_lr_lambda_and_resumes_from_its_state():

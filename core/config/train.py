@@ -8,9 +8,11 @@ from pydantic import model_validator
 from core.config.dataset import BucketSettings, CaptionSettings
 from core.config.models import LatentSettings, ModelSettings
 from core.config.schema import param
+from core.config.train_eval import SampleSettings, ValidationSettings
 
 
-class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings):  # reverse display order
+class TrainConfig(ValidationSettings, SampleSettings, LatentSettings, CaptionSettings, ModelSettings,
+                  BucketSettings):  # reverse display order
     """Fine-tune a Stable Diffusion model (SD 1.x / 2.x) on a captioned dataset."""
     v_parameterization: bool = param(
         False, "The model predicts v (SD 2.x 768-v). Detected from the checkpoint when it says so.",
@@ -63,6 +65,36 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
     cache_latents: bool = param(
         True, "Train from the latent cache (built first when missing or stale); off: encode each batch.",
         group="Cache")
+    cache_text_encoder_outputs: bool = param(
+        False, "Encode every caption once before training and free the text encoder's GPU memory. Needs "
+        "static captions: no shuffle_caption, no caption_tag_dropout_rate, text encoder not trained.",
+        group="Cache")
+
+    train_unet: bool = param(True, "Train the U-Net.", group="What is trained")
+    train_text_encoder: bool = param(
+        False, "Train the text encoder too (or alone, with train_unet off).", group="What is trained")
+    learning_rate_te: float = param(
+        0.0, "Learning rate of the text encoder (0: same as learning_rate; often lower, e.g. 1e-6).",
+        group="What is trained", ge=0)
+    unet_blocks: list[Literal["down", "mid", "up"]] = param(
+        [], "Train only these U-Net block groups (empty: the whole U-Net). The input/output layers and "
+        "the time embedding then stay frozen.", group="What is trained", advanced=True)
+    stop_text_encoder_training: float = param(
+        0, "Freeze the text encoder after this many steps, or this fraction of the run when below 1 "
+        "(0: train it to the end).", group="What is trained", advanced=True, ge=0)
+    use_ema: bool = param(
+        False, "Keep an exponential moving average (EMA) of the trained weights: smoother results, one more "
+        "copy of the weights in memory.", group="What is trained")
+    ema_decay: float = param(
+        0.9999, "EMA decay per update (warmed up as min(decay, (1+n)/(10+n)) at update n).",
+        group="What is trained", advanced=True, gt=0, lt=1)
+    ema_update_every: int = param(1, "Update the EMA every N steps.", group="What is trained",
+                                  advanced=True, ge=1)
+    ema_on_cpu: bool = param(False, "Keep the EMA in CPU memory (saves GPU memory, slower updates).",
+                             group="What is trained", advanced=True)
+    ema_save: Literal["alongside", "instead"] = param(
+        "alongside", "alongside: save the EMA weights as <output_name>-ema next to the raw ones; instead: the "
+        "saved model (and samples, validation) use the EMA weights.", group="What is trained", advanced=True)
 
     max_train_steps: int = param(1600, "Steps to train (ignored when max_train_epochs is set).",
                                  group="Training", ge=1)
@@ -129,6 +161,12 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
     mixed_precision: Literal["no", "fp16", "bf16"] = param(
         "no", "Compute precision (fp16/bf16 on GPUs; no: fp32).", group="Training")
     gradient_checkpointing: bool = param(False, "Trade compute for memory.", group="Training")
+    full_fp16: bool = param(
+        False, "Keep the trained weights themselves in fp16 (needs mixed_precision fp16): least memory, "
+        "less precise updates.", group="Training", advanced=True)
+    full_bf16: bool = param(
+        False, "Keep the trained weights themselves in bf16 (needs mixed_precision bf16).", group="Training",
+        advanced=True)
     seed: int = param(42, "Random seed (same seed, same run).", group="Training")
     log_every_n_steps: int = param(1, "Report loss and learning rate every N steps.", group="Training",
                                    advanced=True, ge=1)
@@ -144,6 +182,7 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
             raise ValueError("noise_offset and multires_noise_iterations cannot be used together (as in kohya)")
         if any(not 0 < d < 100 for d in self.lr_drops):
             raise ValueError(f"lr_drops are percentages of the run between 0 and 100, not {self.lr_drops}")
+        self._check_trained_parts()
         from core.train.optimizers import accepted_args, parse_optimizer_args
 
         unknown = set(parse_optimizer_args(self.optimizer_args)) - set(accepted_args(self.optimizer_type))
@@ -151,3 +190,24 @@ class TrainConfig(LatentSettings, CaptionSettings, ModelSettings, BucketSettings
             raise ValueError(f"optimizer_args {', '.join(sorted(unknown))} not accepted by {self.optimizer_type}; "
                              f"it accepts: {', '.join(accepted_args(self.optimizer_type))}")
         return self
+
+    def _check_trained_parts(self) -> None:
+        if not (self.train_unet or self.train_text_encoder):
+            raise ValueError("nothing to train: turn on train_unet or train_text_encoder (or both)")
+        if self.unet_blocks and not self.train_unet:
+            raise ValueError("unet_blocks chooses U-Net blocks to train, but train_unet is off")
+        if self.stop_text_encoder_training and not (self.train_text_encoder and self.train_unet):
+            raise ValueError("stop_text_encoder_training needs train_text_encoder and train_unet both on "
+                             "(it freezes the text encoder while the U-Net goes on)")
+        if self.full_fp16 and self.full_bf16:
+            raise ValueError("full_fp16 and full_bf16 cannot be used together")
+        for flag, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
+            if getattr(self, flag) and self.mixed_precision != precision:
+                raise ValueError(f"{flag} needs mixed_precision {precision} (it is {self.mixed_precision})")
+        if self.cache_text_encoder_outputs:
+            dynamic = [name for name, on in (("shuffle_caption", self.shuffle_caption),
+                                             ("caption_tag_dropout_rate", self.caption_tag_dropout_rate > 0),
+                                             ("train_text_encoder", self.train_text_encoder)) if on]
+            if dynamic:
+                raise ValueError(f"cache_text_encoder_outputs needs static captions and a frozen text encoder; "
+                                 f"turn off {', '.join(dynamic)} or the cache")

@@ -10,6 +10,8 @@ from pathlib import Path
 from core.fsutil import atomic_write_json, swap_in_folder
 
 STATE_FILE = "training_state.json"
+EMA_SUFFIX = "-ema"    # the EMA weights saved alongside the raw ones: model-ema, model-step00000100-ema
+BEST_SUFFIX = "-best"  # the model with the lowest validation loss (auto_stop)
 
 
 @dataclass
@@ -38,16 +40,16 @@ def state_dir(output_dir: str, output_name: str, step: int) -> Path:
     return Path(output_dir) / f"{output_name}{step_suffix(step)}-state"
 
 
-def should_save_step(step: int, every: int) -> bool:
+def is_due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
 def prune(output_dir: str, output_name: str, kind: str, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` step or epoch saves (and their states); 0 keeps all."""
+    """Delete all but the newest `keep` step or epoch saves (with their EMA saves and states); 0 keeps all."""
     if keep <= 0:
         return []
     tag = r"-step(\d{8})" if kind == "step" else r"-e(\d{6})"
-    pattern = re.compile(re.escape(output_name) + tag + r"(\.safetensors|-state)?$")
+    pattern = re.compile(re.escape(output_name) + tag + rf"({EMA_SUFFIX})?(\.safetensors|-state)?$")
     saves: dict[int, list[Path]] = {}
     for path in Path(output_dir).iterdir():
         match = pattern.match(path.name)

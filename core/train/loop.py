@@ -1,15 +1,16 @@
-"""The training loop (job `train`): SD 1.x / 2.x full fine-tuning of the U-Net.
+"""The training loop (job `train`): SD 1.x / 2.x fine-tuning of the U-Net and/or text encoder.
 
-Read top to bottom: load the model, prepare the data, then for each batch: latents, noise,
-timesteps, noisy latents, U-Net prediction, target (eps or v), loss, backward, step. Saving,
-stopping and resuming happen between optimizer steps. Multi-GPU and multi-node runs go through
-`accelerate launch`; nothing here is distributed code of our own.
+Read top to bottom: load the model, prepare the data, choose what trains, then for each batch the
+loss of core.train.step, backward, step. Saving, samples, validation, stopping and resuming happen
+between optimizer steps. Multi-GPU and multi-node runs go through `accelerate launch`; nothing here
+is distributed code of our own.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -17,74 +18,15 @@ import torch
 from core.config import TrainConfig
 from core.jobs import JobContext
 from core.train import checkpoints
-from core.train.checkpoints import Position
-from core.train.loss import debiased_weight, elementwise_loss, huber_c_for, min_snr_weight, reduce_loss, snr
-from core.train.noise import (apply_zero_terminal_snr, offset_noise, perturbed_noise, pyramid_noise,
-                              sample_timesteps)
+from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position
+from core.train.conditioning import PromptEncoder, static_captions
+from core.train.ema import EMA
+from core.train.loss import snr
+from core.train.noise import apply_zero_terminal_snr
 from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
-from core.train.schedules import make_scheduler, warmup_steps_of
-
-
-def weight_dtype(mixed_precision: str) -> torch.dtype:
-    """Dtype of the frozen modules (VAE, text encoder) under mixed precision."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
-
-
-def training_target(noise_scheduler, latents, noise, timesteps) -> torch.Tensor:
-    """What the U-Net learns to predict: the noise (eps) or the velocity (v-prediction)."""
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return noise_scheduler.get_velocity(latents, noise, timesteps)
-    return noise
-
-
-def batch_latents(batch: dict, model, dtype: torch.dtype, device) -> torch.Tensor:
-    """Scaled latents of a batch: from the cache, or encoded now when caching is off."""
-    if "latents" in batch:
-        latents = batch["latents"].to(device)
-    else:
-        with torch.no_grad():
-            pixels = batch["pixels"].to(device, dtype=dtype)
-            latents = model.vae.encode(pixels).latent_dist.sample()
-    return latents.float() * model.scaling_factor
-
-
-def loss_of_batch(batch: dict, model, unet, cfg: TrainConfig, dtype, device,
-                  all_snr: torch.Tensor | None = None) -> torch.Tensor:
-    """One training step's loss (the heart of the trainer). `all_snr`: SNR per timestep of the
-    schedule before zero-terminal-SNR rescaling (kohya weights the loss with those)."""
-    from core.text import encode_prompts, tokenize_prompts
-
-    scheduler = model.noise_scheduler
-    latents = batch_latents(batch, model, dtype, device)
-    noise = torch.randn_like(latents)
-    noise = offset_noise(noise, latents, cfg.noise_offset, cfg.noise_offset_random_strength)
-    noise = pyramid_noise(noise, cfg.multires_noise_iterations, cfg.multires_noise_discount)
-    timesteps = sample_timesteps(latents.shape[0], cfg.min_timestep, cfg.max_timestep, device)
-    input_noise = perturbed_noise(noise, cfg.ip_noise_gamma, cfg.ip_noise_gamma_random_strength)
-    noisy_latents = scheduler.add_noise(latents, input_noise, timesteps)
-    with torch.no_grad():
-        input_ids = tokenize_prompts(model.tokenizer, batch["captions"], cfg.max_token_length)
-        hidden_states = encode_prompts(model.text_encoder, input_ids.to(device), cfg.clip_skip)
-    prediction = unet(noisy_latents, timesteps, hidden_states.to(noisy_latents.dtype)).sample
-    target = training_target(scheduler, latents, noise, timesteps)
-    huber_c = huber_c_for(timesteps, scheduler, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type != "l2" else None
-    loss = elementwise_loss(prediction.float(), target.float(), cfg.loss_type, huber_c)
-    return reduce_loss(loss, loss_weights(cfg, scheduler, timesteps, all_snr))
-
-
-def loss_weights(cfg: TrainConfig, scheduler, timesteps, all_snr: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-sample loss weights: min-SNR and/or debiased estimation (None: equal weights)."""
-    if not (cfg.min_snr_gamma or cfg.debiased_estimation_loss):
-        return None
-    snr_t = (all_snr if all_snr is not None else snr(scheduler, torch.arange(
-        scheduler.config.num_train_timesteps)))[timesteps.cpu()].to(timesteps.device)
-    v_prediction = scheduler.config.prediction_type == "v_prediction"
-    weights = torch.ones_like(snr_t)
-    if cfg.min_snr_gamma:
-        weights = weights * min_snr_weight(snr_t, cfg.min_snr_gamma, v_prediction)
-    if cfg.debiased_estimation_loss:
-        weights = weights * debiased_weight(snr_t, v_prediction)
-    return weights
+from core.train.schedules import make_scheduler, steps_of
+from core.train.step import loss_of_batch, weight_dtype
+from core.train.trainable import param_groups, set_trainable, text_encoder_stop_step
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -97,35 +39,101 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
 
 def check_outputs(cfg: TrainConfig) -> None:
     """Refuse to overwrite a finished model of an earlier run (unless resuming it)."""
-    final = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as)
-    if final.exists() and not cfg.resume:
-        raise ValueError(f"{final} exists already: choose another output_name or output_dir "
-                         "(nothing is overwritten), or resume the run that made it")
+    for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
+        final = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
+        if final.exists() and not cfg.resume:
+            raise ValueError(f"{final} exists already: choose another output_name or output_dir "
+                             "(nothing is overwritten), or resume the run that made it")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+
+
+def load_model(cfg: TrainConfig, ctx: JobContext):
+    from core.models.sd import load_sd_model
+
+    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v_parameterization or None)
+    if model.arch not in ("sd1", "sd2"):
+        raise ValueError(f"{cfg.pretrained_model_name_or_path}: {model.arch} training is not supported yet "
+                         "(SD 1.x and SD 2.x are)")
+    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+    return model
+
+
+def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
+    """(training examples, validation examples): latent caches built (by the main process), the
+    validation images split off or read from validation_data_dir."""
+    from core.train.data import build_examples, prepare_latent_cache
+    from core.train.validation import split_validation
+
+    configs = [cfg]
+    if cfg.validation_data_dir.strip():
+        configs.append(cfg.model_copy(update={"train_data_dir": [cfg.validation_data_dir]}))
+    if cfg.cache_latents:
+        if accelerator.is_main_process:
+            for c in configs:
+                prepare_latent_cache(c, ctx)
+        accelerator.wait_for_everyone()
+    examples = build_examples(cfg, ctx)
+    if cfg.validation_data_dir.strip():
+        validation = build_examples(configs[1], ctx)
+        if not validation:
+            raise ValueError(f"validation_data_dir {cfg.validation_data_dir}: no usable images")
+    else:
+        examples, validation = split_validation(examples, cfg.validation_split, cfg.validation_seed)
+    if not examples:
+        raise ValueError("no usable images in train_data_dir (see the warnings above)")
+    if validation:
+        ctx.log(f"validation: {len(validation)} images held out")
+    return examples, validation
+
+
+def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None:
+    """Devices, dtypes and modes: trained modules in fp32 (or fully in fp16/bf16), frozen ones in
+    the mixed-precision dtype; gradient checkpointing and xformers where they apply."""
+    full = cfg.full_fp16 or cfg.full_bf16
+    model.vae.to(device, dtype=dtype)
+    for part in ("unet", "text_encoder"):
+        module = getattr(model, part)
+        module.to(device, dtype=dtype if full or part not in trained else torch.float32)
+        module.train(part in trained)
+    if device.type == "cuda" and importlib.util.find_spec("xformers"):
+        model.unet.enable_xformers_memory_efficient_attention()  # else diffusers uses PyTorch SDPA
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()  # also saves memory when only the text encoder trains
+        if "text_encoder" in trained:
+            model.text_encoder.gradient_checkpointing_enable()
+
+
+def allow_fp16_gradients(accelerator) -> None:
+    """full_fp16: the gradient scaler refuses to unscale fp16 gradients unless told it may (as kohya)."""
+    scaler = accelerator.scaler
+    if scaler is None:
+        return
+    unscale = scaler._unscale_grads_
+    scaler._unscale_grads_ = lambda optimizer, inv_scale, found_inf, allow_fp16: unscale(
+        optimizer, inv_scale, found_inf, True)
 
 
 def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
-    from core.models.sd import load_sd_model, save_sd_model
-    from core.train.data import build_examples, make_dataloader, prepare_latent_cache
+    from core.train.data import make_dataloader
+    from core.train.samples import load_clip, read_prompt_file
+    from core.train.validation import Plateau
 
     check_outputs(cfg)
+    sample_prompts = read_prompt_file(cfg.sample_prompts) if cfg.sample_prompts.strip() else []
+    if cfg.sample_clip_model.strip():
+        load_clip(cfg.sample_clip_model)  # a bad folder fails now, not as a warning at every sample set
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
         log_with="tensorboard", project_config=ProjectConfiguration(
             project_dir=str(ctx.run_dir), logging_dir=str(ctx.run_dir / "tensorboard")))
     set_seed(cfg.seed)
-    ctx.log(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
-            f"mixed precision: {cfg.mixed_precision}")
+    device = accelerator.device
+    ctx.log(f"processes: {accelerator.num_processes}, device: {device}, mixed precision: {cfg.mixed_precision}")
 
-    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae,
-                          cfg.v_parameterization or None)
-    if model.arch not in ("sd1", "sd2"):
-        raise ValueError(f"{cfg.pretrained_model_name_or_path}: {model.arch} training is not supported yet "
-                         "(SD 1.x and SD 2.x are)")
-    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+    model = load_model(cfg, ctx)
     all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
     if cfg.zero_terminal_snr:
         apply_zero_terminal_snr(model.noise_scheduler)
@@ -133,38 +141,55 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
             ctx.warning("zero_terminal_snr without v-prediction: the last timestep is pure noise, which an "
                         "eps-prediction model cannot denoise; use it with v_parameterization")
 
-    if cfg.cache_latents:
-        if accelerator.is_main_process:
-            prepare_latent_cache(cfg, ctx)
-        accelerator.wait_for_everyone()
-    examples = build_examples(cfg, ctx)
-    if not examples:
-        raise ValueError("no usable images in train_data_dir (see the warnings above)")
+    examples, validation = prepare_data(cfg, ctx, accelerator)
     dataloader = make_dataloader(examples, cfg)
     sampler = dataloader.batch_sampler  # ours; accelerate wraps it when sharding
 
     dtype = weight_dtype(cfg.mixed_precision)
-    model.vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
-    model.text_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
-    unet = model.unet
-    if accelerator.device.type == "cuda" and importlib.util.find_spec("xformers"):
-        unet.enable_xformers_memory_efficient_attention()  # else diffusers uses PyTorch SDPA
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    lr = scaled_lr(cfg.learning_rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr \
-        else cfg.learning_rate
-    optimizer = make_optimizer(cfg.optimizer_type, unet.parameters(), lr, parse_optimizer_args(cfg.optimizer_args))
+    trained = set_trainable(model, cfg.train_unet, cfg.train_text_encoder, cfg.unet_blocks, cfg.clip_skip)
+    place_modules(model, cfg, trained, device, dtype)
+    ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
+                                     for part, params in trained.items()))
+    prompts = PromptEncoder(model.tokenizer, model.text_encoder, cfg.clip_skip, cfg.max_token_length, device)
+    if cfg.cache_text_encoder_outputs:
+        captions = static_captions([e.caption for e in examples + validation], cfg.caption_prefix,
+                                   cfg.caption_suffix, with_empty=cfg.caption_dropout_rate > 0)
+        prompts.fill_cache(captions, dtype, ctx=ctx)
+        model.text_encoder.to("cpu", torch.float32)  # needed again only for sample prompts
+        ctx.log(f"cached text-encoder outputs of {len(captions)} captions")
+
+    def scaled(rate: float) -> float:
+        return scaled_lr(rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr else rate
+
+    lr = scaled(cfg.learning_rate)
+    optimizer = make_optimizer(cfg.optimizer_type, param_groups(trained, lr, scaled(cfg.learning_rate_te or
+                                                                                    cfg.learning_rate)),
+                               lr, parse_optimizer_args(cfg.optimizer_args))
     if is_self_scheduling(optimizer):
-        ctx.warning("Adafactor in relative-step mode sets its own step size: learning_rate, lr_scheduler and "
-                    "lr_drops are ignored (optimizer_args relative_step=False scale_parameter=False to use them)")
+        ctx.warning("Adafactor in relative-step mode sets its own step size: learning_rate, lr_scheduler, "
+                    "lr_drops and auto_stop's reductions are ignored (optimizer_args relative_step=False "
+                    "scale_parameter=False to use them)")
     dataloader = accelerator.prepare(dataloader)
     max_steps, num_epochs = total_steps(cfg, len(dataloader))  # batches of this process, once sharded
     n = accelerator.num_processes  # accelerate steps the scheduler once per process for each update
     lr_scheduler = make_scheduler(
-        optimizer, cfg.lr_scheduler, max_steps * n, warmup_steps_of(cfg.lr_warmup_steps, max_steps) * n,
+        optimizer, cfg.lr_scheduler, max_steps * n, steps_of(cfg.lr_warmup_steps, max_steps) * n,
         cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power, cfg.lr_decay_steps * n, cfg.lr_drops)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    modules = {part: getattr(model, part) for part in trained}
+    *prepared, optimizer, lr_scheduler = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
+    wrapped = dict(zip(modules, prepared))
+    unet = wrapped.get("unet", model.unet)
+    if "text_encoder" in wrapped:
+        prompts.text_encoder, prompts.trains = wrapped["text_encoder"], True
+    if cfg.full_fp16:
+        allow_fp16_gradients(accelerator)
+    trained_params = [p for params in trained.values() for p in params]
+    ema = EMA(trained_params, cfg.ema_decay, cfg.ema_update_every, cfg.ema_on_cpu) if cfg.use_ema else None
+    plateau = Plateau(cfg.auto_stop_patience, cfg.auto_stop_min_delta, cfg.auto_stop_lr_reductions,
+                      cfg.auto_stop_lr_factor) if cfg.auto_stop else None
+    for extra_state in (ema, plateau):
+        if extra_state is not None:
+            accelerator.register_for_checkpointing(extra_state)
 
     position = Position()
     if cfg.resume:
@@ -172,38 +197,38 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
         accelerator.load_state(cfg.resume)
         ctx.log(f"resumed from {cfg.resume} at step {position.global_step} (epoch {position.epoch + 1}, "
                 f"batch {position.batch_in_epoch})")
+    te_stop = text_encoder_stop_step(cfg.stop_text_encoder_training, max_steps)
+
+    def freeze_text_encoder_if_due() -> None:
+        if prompts.trains and te_stop is not None and position.global_step >= te_stop:
+            model.text_encoder.requires_grad_(False).eval()
+            prompts.text_encoder, prompts.trains = model.text_encoder, False
+            ctx.log(f"text encoder frozen from step {te_stop} (stop_text_encoder_training)")
+
+    freeze_text_encoder_if_due()
     if accelerator.is_main_process:
         accelerator.init_trackers("train")
     ctx.log(f"training {max_steps} steps over {num_epochs} epoch(s), {len(examples)} images, "
             f"{len(dataloader)} batches per epoch")
+    watch = RunOutputs(cfg, ctx, accelerator, model, position, ema, sample_prompts, validation,
+                       PromptEncoder(model.tokenizer, model.text_encoder, cfg.clip_skip, cfg.max_token_length,
+                                     device), prompts, dtype)
 
-    def save(suffix: str, with_state: bool) -> None:
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            path = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
-            save_sd_model(_unwrapped(accelerator, unet, model), path, cfg.save_model_as, cfg.save_precision,
-                          metadata=_metadata(cfg, position))
-            ctx.event("checkpoint", path=str(path), step=position.global_step)
-            ctx.log(f"saved {path}")
-        if with_state:
-            folder = checkpoints.save_state(
-                accelerator, checkpoints.state_dir(cfg.output_dir, cfg.output_name, position.global_step),
-                position)
-            ctx.log(f"saved training state {folder} (resume with --set resume=...)")
-
-    started, stopped = time.time(), False
+    started, stopped, auto_stopped = time.time(), False, False
     ctx.progress(position.global_step, max_steps)
-    while position.epoch < num_epochs and position.global_step < max_steps and not stopped:
+    if cfg.sample_at_first and position.global_step == 0:
+        watch.sample()
+    while position.epoch < num_epochs and position.global_step < max_steps and not (stopped or auto_stopped):
         sampler.set_epoch(position.epoch)
         dataloader.set_epoch(position.epoch)
         batches = (accelerator.skip_first_batches(dataloader, position.batch_in_epoch)
                    if position.batch_in_epoch else dataloader)
         for batch in batches:
-            with accelerator.accumulate(unet):
-                loss = loss_of_batch(batch, model, unet, cfg, dtype, accelerator.device, all_snr)
+            with accelerator.accumulate(*wrapped.values()), accelerator.autocast():
+                loss = loss_of_batch(batch, model, unet, prompts, cfg, dtype, device, all_snr)
                 accelerator.backward(loss)
                 if cfg.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+                    accelerator.clip_grad_norm_(trained_params, cfg.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -211,24 +236,35 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
             if not accelerator.sync_gradients:
                 continue
             position.global_step += 1
-            ctx.progress(position.global_step, max_steps)
-            if position.global_step % cfg.log_every_n_steps == 0 or position.global_step == max_steps:
-                _log_metrics(ctx, accelerator, position.global_step, loss, lr_scheduler)
-            if checkpoints.should_save_step(position.global_step, cfg.save_every_n_steps) \
-                    and position.global_step < max_steps:
-                save(checkpoints.step_suffix(position.global_step), cfg.save_state)
+            step = position.global_step
+            if ema is not None:
+                ema.step(step)
+            ctx.progress(step, max_steps)
+            if step % cfg.log_every_n_steps == 0 or step == max_steps:
+                _log_metrics(ctx, accelerator, step, loss, lr_scheduler)
+            freeze_text_encoder_if_due()
+            if checkpoints.is_due(step, cfg.save_every_n_steps) and step < max_steps:
+                watch.save(checkpoints.step_suffix(step), cfg.save_state)
                 checkpoints.prune(cfg.output_dir, cfg.output_name, "step", cfg.save_last_n_steps)
-            if position.global_step >= max_steps:
+            if checkpoints.is_due(step, cfg.sample_every_n_steps) and step < max_steps:
+                watch.sample()
+            if checkpoints.is_due(step, cfg.validate_every_n_steps) and step < max_steps:
+                auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
+            if step >= max_steps or auto_stopped:
                 break
             if _stop_requested(accelerator, ctx):
                 stopped = True
                 break
         else:
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-            if cfg.save_every_n_epochs and position.epoch % cfg.save_every_n_epochs == 0 \
-                    and position.epoch < num_epochs:
-                save(checkpoints.epoch_suffix(position.epoch), cfg.save_state)
-                checkpoints.prune(cfg.output_dir, cfg.output_name, "epoch", cfg.save_last_n_epochs)
+            if position.epoch < num_epochs:
+                if checkpoints.is_due(position.epoch, cfg.save_every_n_epochs):
+                    watch.save(checkpoints.epoch_suffix(position.epoch), cfg.save_state)
+                    checkpoints.prune(cfg.output_dir, cfg.output_name, "epoch", cfg.save_last_n_epochs)
+                if checkpoints.is_due(position.epoch, cfg.sample_every_n_epochs):
+                    watch.sample()
+                if checkpoints.is_due(position.epoch, cfg.validate_every_n_epochs):
+                    auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
 
     if stopped:
         folder = checkpoints.save_state(
@@ -236,13 +272,105 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
         ctx.log(f"stopped at step {position.global_step}; resume with --set resume={folder}")
         result = {"stopped_at": position.global_step, "state": str(folder)}
     else:
-        save("", cfg.save_state)
+        if validation and not auto_stopped:
+            watch.validate(optimizer, lr_scheduler, plateau)
+        watch.save("", cfg.save_state)
+        watch.sample()
         result = {"steps": position.global_step, "model": str(checkpoints.model_path(
             cfg.output_dir, cfg.output_name, cfg.save_model_as))}
-    ctx.log(f"U-Net checksum on process {accelerator.process_index}: {_checksum(unet):.10e}")
+        if auto_stopped:
+            result["auto_stopped"] = True
+    ctx.log(f"weights checksum on process {accelerator.process_index}: {_checksum(trained_params):.10e}")
     accelerator.end_training()
     result["seconds"] = round(time.time() - started, 1)
     return result
+
+
+class RunOutputs:
+    """What a run writes between steps: model saves (raw, EMA, best), samples, validation."""
+
+    def __init__(self, cfg, ctx, accelerator, model, position, ema, sample_prompts, validation,
+                 eval_prompts: PromptEncoder, prompts: PromptEncoder, dtype):
+        self.cfg, self.ctx, self.accelerator, self.model, self.position = cfg, ctx, accelerator, model, position
+        self.ema, self.sample_prompts, self.validation, self.dtype = ema, sample_prompts, validation, dtype
+        self.eval_prompts = eval_prompts  # the raw (unwrapped) text encoder, sharing the training cache
+        self.eval_prompts.cache = prompts.cache
+
+    def evaluated_weights(self):
+        """The weights that samples and validation use: the EMA ones when they are what is saved."""
+        if self.ema is not None and self.cfg.ema_save == "instead":
+            return self.ema.swapped_in()
+        return nullcontext()
+
+    def _write_model(self, suffix: str) -> None:
+        cfg, position = self.cfg, self.position
+        from core.models.sd import save_sd_model
+
+        path = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
+        save_sd_model(self.model, path, cfg.save_model_as, cfg.save_precision, metadata=_metadata(cfg, position))
+        self.ctx.event("checkpoint", path=str(path), step=position.global_step)
+        self.ctx.log(f"saved {path}")
+
+    def save(self, suffix: str, with_state: bool) -> None:
+        accelerator, cfg = self.accelerator, self.cfg
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if self.ema is None or cfg.ema_save == "alongside":
+                self._write_model(suffix)
+            if self.ema is not None:
+                with self.ema.swapped_in():
+                    self._write_model(suffix if cfg.ema_save == "instead" else suffix + EMA_SUFFIX)
+        if with_state:
+            folder = checkpoints.save_state(
+                accelerator, checkpoints.state_dir(cfg.output_dir, cfg.output_name, self.position.global_step),
+                self.position)
+            self.ctx.log(f"saved training state {folder} (resume with --set resume=...)")
+
+    def sample(self) -> None:
+        """Sample images from the prompt file (main process; the others wait)."""
+        from core.train.samples import generate_samples
+
+        if not self.sample_prompts:
+            return
+        cfg, accelerator = self.cfg, self.accelerator
+        if accelerator.is_main_process:
+            with self.evaluated_weights():
+                generate_samples(self.model, self.model.unet, self.model.text_encoder, self.sample_prompts,
+                                 self.ctx.run_dir / "samples", self.position.global_step, seed=cfg.seed,
+                                 clip_skip=cfg.clip_skip, max_token_length=cfg.max_token_length,
+                                 device=accelerator.device, autocast=accelerator.autocast, ctx=self.ctx,
+                                 clip_dir=cfg.sample_clip_model)
+        accelerator.wait_for_everyone()
+
+    def validate(self, optimizer, lr_scheduler, plateau) -> bool:
+        """Validation loss on every process (same value everywhere, so every process takes the same
+        auto_stop decision without talking); True when auto_stop ends the run."""
+        from core.train.validation import scale_learning_rates, validation_loss
+
+        if not self.validation:
+            return False
+        cfg, accelerator, step = self.cfg, self.accelerator, self.position.global_step
+        with self.evaluated_weights(), accelerator.autocast():
+            value = validation_loss(self.validation, self.model.unet, self.eval_prompts, self.model,
+                                    seed=cfg.validation_seed, batch_size=cfg.train_batch_size,
+                                    device=accelerator.device, dtype=self.dtype, caption_prefix=cfg.caption_prefix,
+                                    caption_suffix=cfg.caption_suffix, max_image_pixels=cfg.max_image_pixels)
+        if accelerator.is_main_process:
+            self.ctx.metric("val_loss", step, value)
+            accelerator.log({"val_loss": value}, step=step)
+        self.ctx.log(f"step {step}: validation loss {value:.6f}")
+        if plateau is None:
+            return False
+        decision = plateau.update(value)
+        if decision == "improved":
+            self.save(BEST_SUFFIX, with_state=False)
+        elif decision == "reduce":
+            scale_learning_rates(optimizer.optimizer, lr_scheduler.scheduler, cfg.auto_stop_lr_factor)
+            self.ctx.log(f"validation loss has not improved for {cfg.auto_stop_patience} validations: learning "
+                         f"rate x {cfg.auto_stop_lr_factor} (reduction {plateau.reductions})")
+        elif decision == "stop":
+            self.ctx.log(f"auto_stop: validation loss has not improved (best {plateau.best:.6f}); stopping")
+        return decision == "stop"
 
 
 def _stop_requested(accelerator, ctx) -> bool:
@@ -261,20 +389,15 @@ def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> None:
         accelerator.log({"loss": value, "lr": lr}, step=step)
 
 
-def _checksum(module: torch.nn.Module) -> float:
+def _checksum(params: list[torch.nn.Parameter]) -> float:
     """A number that differs when weights differ: every process must end with the same one."""
     with torch.no_grad():
-        return float(sum(p.double().abs().sum() for p in module.parameters()))
-
-
-def _unwrapped(accelerator, unet, model):
-    """The model with the trained U-Net taken out of its accelerate/DDP wrapper."""
-    model.unet = accelerator.unwrap_model(unet)
-    return model
+        return float(sum(p.double().abs().sum() for p in params))
 
 
 def _metadata(cfg: TrainConfig, position: Position) -> dict:
-    keys = ("learning_rate", "train_batch_size", "gradient_accumulation_steps", "optimizer_type",
-            "lr_scheduler", "mixed_precision", "clip_skip", "max_token_length", "max_resolution", "seed")
+    keys = ("learning_rate", "learning_rate_te", "train_unet", "train_text_encoder", "train_batch_size",
+            "gradient_accumulation_steps", "optimizer_type", "lr_scheduler", "mixed_precision", "clip_skip",
+            "max_token_length", "max_resolution", "seed", "use_ema")
     return {"ss_training_steps": position.global_step, "ss_epoch": position.epoch,
             **{f"ss_{k}": getattr(cfg, k) for k in keys}}

@@ -19,10 +19,11 @@ from torch.optim.lr_scheduler import LambdaLR
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
-def warmup_steps_of(value: float, total_steps: int) -> int:
-    """`lr_warmup_steps`: below 1 a fraction of the run, else a number of steps."""
+def steps_of(value: float, total_steps: int) -> int:
+    """A step count given as steps, or as a fraction of the run when below 1 (lr_warmup_steps,
+    stop_text_encoder_training)."""
     if value < 0:
-        raise ValueError(f"lr_warmup_steps must be >= 0, got {value}")
+        raise ValueError(f"a step count must be >= 0, got {value}")
     return round(value * total_steps) if value < 1 else int(value)
 
 
