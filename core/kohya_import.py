@@ -1,0 +1,252 @@
+"""Import a kohya_ss GUI config (.json) or a kohya sd-scripts config (.toml) as trainer values.
+
+Most kohya names are ours already and pass with their type converted (kohya_ss stores numbers
+as strings and "" for unset); RULES renames or converts the others. What we do not support is
+listed in `unknown` for the user to see, and every conversion is explained in `notes`.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args, get_origin
+
+from pydantic import TypeAdapter, ValidationError
+
+from core.config import ConfigError, TrainConfig, parse_resolution, validate_partial
+
+
+@dataclass
+class KohyaImport:
+    values: dict = field(default_factory=dict)  # TrainConfig fields, typed and checked one by one
+    unknown: list[str] = field(default_factory=list)  # "key=value" (shortened) not imported, sorted
+    notes: list[str] = field(default_factory=list)  # the conversions made, in words
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A kohya key that becomes our field `target` through `convert`; `unit` says what the kohya
+    value counts, for the note."""
+    target: str
+    convert: Callable[[Any], Any] = lambda value: value
+    unit: str = ""
+
+
+def _folders(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _resolution(value: Any) -> str:
+    return "{},{}".format(*parse_resolution(value))
+
+
+def _fraction(percent: Any) -> float:
+    if not 0 <= float(percent) < 100:
+        raise ValueError("expected a percentage from 0 to 99")
+    return float(percent) / 100
+
+
+def _optimizer_args(value: Any) -> list[str]:
+    """kohya_ss: "weight_decay=0.01 betas=0.9,0.99"; sd-scripts: a list of key=value."""
+    return value.split() if isinstance(value, str) else [str(item) for item in value]
+
+
+def _renamed(names: dict[str, str]) -> Callable[[Any], Any]:
+    """A converter for kohya choices that have another name here (the others pass unchanged)."""
+    return lambda value: names.get(str(value).strip().lower(), value)
+
+
+def _prompt_file(value: Any) -> str:
+    if not str(value).strip().lower().endswith((".txt", ".toml", ".json")):
+        raise ValueError("kohya_ss keeps the prompts themselves; save them to a .txt file and choose it")
+    return str(value)
+
+
+RULES: dict[str, Rule] = {
+    "train_data_dir": Rule("train_data_dir", _folders),
+    "image_folder": Rule("train_data_dir", _folders),  # kohya_ss fine-tune tab
+    "resolution": Rule("max_resolution", _resolution),
+    "max_resolution": Rule("max_resolution", _resolution),
+    "epoch": Rule("max_train_epochs"),
+    "lr_warmup": Rule("lr_warmup_steps", _fraction, " (% of the run)"),
+    "optimizer": Rule("optimizer_type"),
+    "optimizer_args": Rule("optimizer_args", _optimizer_args),
+    "text_encoder_lr": Rule("learning_rate_te"),
+    "save_precision": Rule("save_precision", _renamed({"float": "fp32"})),
+    "save_model_as": Rule("save_model_as", _renamed({"ckpt": "safetensors", "diffusers_safetensors": "diffusers"})),
+    "sdxl_no_half_vae": Rule("no_half_vae"),
+    "sdxl_cache_text_encoder_outputs": Rule("cache_text_encoder_outputs"),
+}
+# kohya_ss GUI files count this in percent of the run (sd-scripts: steps) and hold the prompts inline.
+GUI_RULES: dict[str, Rule] = {
+    "stop_text_encoder_training": Rule("stop_text_encoder_training", _fraction, " (% of the run)"),
+    "sample_prompts": Rule("sample_prompts", _prompt_file),
+}
+
+# Understood but not needed here: key -> (the setting that gets the note, None: any; the note).
+IGNORED: dict[str, tuple[bool | None, str]] = {
+    "xformers": (True, "xformers: ignored (used automatically when installed, else PyTorch SDPA)"),
+    "sdpa": (True, "sdpa: ignored (PyTorch SDPA is used when xformers is not installed)"),
+    "mem_eff_attn": (True, "mem_eff_attn: ignored (xformers or PyTorch SDPA is used)"),
+    "cache_latents_to_disk": (None, "cache_latents_to_disk: ignored (the latent cache is always on disk)"),
+    "enable_bucket": (False, "enable_bucket off: ignored (images are always bucketed by aspect ratio)"),
+    "v2": (True, "v2: ignored (SD 2.x is detected from the model)"),
+    "sdxl": (True, "sdxl: ignored (the model type is detected from the checkpoint)"),
+    "sdxl_checkbox": (True, "sdxl_checkbox: ignored (the model type is detected from the checkpoint)"),
+}
+
+# Features that come later: (key prefixes, key names, the note given once); their keys are unknown.
+LATER: tuple[tuple[tuple[str, ...], frozenset[str], str], ...] = (
+    (("network_", "lora_", "lycoris_", "conv_"),
+     frozenset({"unet_lr", "dim_from_weights", "factor", "use_cp", "use_tucker", "use_scalar", "rank_dropout",
+                "rank_dropout_scale", "module_dropout", "block_dims", "block_alphas", "block_lr_zero_threshold",
+                "down_lr_weight", "mid_lr_weight", "up_lr_weight", "decompose_both", "train_norm",
+                "train_on_input", "dora_wd", "bypass_mode", "constrain", "rescaled", "unit", "scale_weight_norms"}),
+     "LoRA settings are not imported: LoRA import comes with LoRA support"),
+    ((), frozenset({"reg_data_dir", "prior_loss_weight", "no_token_padding"}),
+     "DreamBooth settings (regularization images) are not imported: DreamBooth support comes later"),
+)
+
+# kohya_ss keeps both kinds of noise settings and uses those its noise_offset_type picks.
+UNUSED_NOISE = {"original": ("multires_noise_iterations", "multires_noise_discount"),
+                "multires": ("noise_offset", "noise_offset_random_strength", "adaptive_noise_scale")}
+
+SECRET_ENDINGS = ("_key", "_token", "password")  # listed as unknown without their value
+
+
+def read_kohya_config(path: str | Path) -> KohyaImport:
+    """Import a kohya_ss GUI .json or an sd-scripts .toml; ValueError names the file and the problem."""
+    path = Path(path)
+    toml = path.suffix.lower() == ".toml"
+    if not toml and path.suffix.lower() != ".json":
+        raise ValueError(f"{path}: not a kohya config (expected a kohya_ss .json or an sd-scripts .toml)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        data = tomllib.loads(text) if toml else json.loads(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: invalid TOML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, found a {type(data).__name__}")
+    return import_kohya_values(_flatten(data) if toml else data, gui=not toml)
+
+
+def _flatten(table: dict) -> dict:
+    """Merge one level of tables ([model_arguments], ... as sd-scripts' --output_config writes)."""
+    flat = {}
+    for key, value in table.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def import_kohya_values(raw: dict, gui: bool = True) -> KohyaImport:
+    """Map kohya settings to TrainConfig values. `gui`: they come from a kohya_ss GUI file
+    (percentages of the run, inline sample prompts) rather than sd-scripts (steps, a prompt file)."""
+    rules = RULES | GUI_RULES if gui else RULES
+    result = KohyaImport()
+    found: dict[str, list[tuple[str, Any, Any, Rule]]] = {}  # target -> [(key, raw, typed, rule)]
+    rejected: set[str] = set()
+    for key, value in _active_noise(raw).items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue  # kohya_ss writes "" for unset
+        rule = rules.get(key, Rule(key))
+        if rule.target not in TrainConfig.model_fields:
+            _set_aside(key, value, result)
+            continue
+        try:
+            typed = _typed(rule.target, rule.convert(value))
+        except ValueError as err:
+            if not _is_zero(value):  # else kohya's 0 for "default" where ours must be at least 1
+                result.unknown.append(_entry(key, value))
+                result.notes.append(f"{key} {_short(value)}: not imported ({err})")
+                rejected.add(rule.target)
+            continue
+        found.setdefault(rule.target, []).append((key, value, typed, rule))
+    if "optimizer_type" in rejected and "optimizer_type" not in found and "optimizer_args" in found:
+        result.unknown += [_entry(key, value) for key, value, _, _ in found.pop("optimizer_args")]
+        result.notes.append("optimizer_args: not imported (they belong to the optimizer that was not)")
+    for target, candidates in found.items():
+        _choose(target, candidates, result)
+    result.unknown.sort()
+    return result
+
+
+def _set_aside(key: str, value: Any, result: KohyaImport) -> None:
+    """A key that is no field of ours: a note when it is understood, else listed as unknown."""
+    if key in IGNORED:
+        when, note = IGNORED[key]
+        if when is None or _is_on(value) == when:
+            result.notes.append(note)
+        return
+    result.unknown.append(_entry(key, value))
+    later = next((note for prefixes, names, note in LATER if key in names or key.lower().startswith(prefixes)), None)
+    if later and later not in result.notes:
+        result.notes.append(later)
+
+
+def _choose(target: str, candidates: list, result: KohyaImport) -> None:
+    """Several kohya keys may give one field (epoch, max_train_epochs): a set value beats 0,
+    then our own name beats an alias."""
+    key, raw, value, rule = max(candidates, key=lambda c: (bool(c[2]), c[0] == target))
+    result.values[target] = value
+    if key != target or rule.unit:
+        result.notes.append(f"{key} {_short(raw)}{rule.unit} -> {target} {_short(value)}")
+    elif isinstance(raw, str) and isinstance(value, str) and raw.strip() != value:
+        result.notes.append(f"{key} {_short(raw)} -> {_short(value)}")
+    for other, other_raw, other_value, _ in candidates:
+        if other != key and other_value and other_value != value:
+            result.notes.append(f"{other} {_short(other_raw)}: ignored ({key} is set)")
+
+
+@lru_cache(maxsize=None)
+def _adapter(name: str) -> TypeAdapter:
+    return TypeAdapter(TrainConfig.model_fields[name].annotation)
+
+
+def _typed(name: str, value: Any) -> Any:
+    """`value` as our field `name` takes it (choices match case-insensitively), checked against
+    the field's bounds and validators; ValueError says why not."""
+    annotation = TrainConfig.model_fields[name].annotation
+    if get_origin(annotation) is Literal:
+        text = str(value).strip().lower()
+        value = next((choice for choice in get_args(annotation) if str(choice).lower() == text), value)
+    try:
+        value = _adapter(name).validate_python(value)
+        validate_partial(TrainConfig, {name: value}, name)
+    except ValidationError as err:
+        raise ValueError(err.errors()[0]["msg"]) from None
+    except ConfigError as err:  # "name: field 'name': problem (got value)"
+        raise ValueError(str(err).split(": ", 2)[-1]) from None
+    return value
+
+
+def _active_noise(raw: dict) -> dict:
+    unused = UNUSED_NOISE.get(str(raw.get("noise_offset_type", "")).lower())
+    if unused is None:
+        return raw
+    return {key: value for key, value in raw.items() if key not in unused and key != "noise_offset_type"}
+
+
+def _is_on(value: Any) -> bool:
+    return str(value).strip().lower() not in ("", "false", "no", "none", "off", "0", "0.0")
+
+
+def _is_zero(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = " ".join((value if isinstance(value, str) else json.dumps(value, default=str)).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _entry(key: str, value: Any) -> str:
+    return key if key.lower().endswith(SECRET_ENDINGS) else f"{key}={_short(value)}"

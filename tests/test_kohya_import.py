@@ -1,0 +1,275 @@
+import json
+
+import pytest
+
+from core.config import TrainConfig, validate, validate_partial
+from core.kohya_import import GUI_RULES, RULES, KohyaImport, import_kohya_values, read_kohya_config
+
+# A dreambooth/fine-tune config as the kohya_ss GUI saves it: numbers as strings, "" for unset,
+# LoRA keys of the shared form, a stale multires setting that noise_offset_type "Original" leaves unused.
+KOHYA_SS = {
+    "LoRA_type": "Standard", "adaptive_noise_scale": 0, "additional_parameters": "", "bucket_no_upscale": True,
+    "bucket_reso_steps": 64, "cache_latents": True, "cache_latents_to_disk": True,
+    "caption_dropout_every_n_epochs": 0.0, "caption_dropout_rate": 0.05, "caption_extension": ".txt",
+    "clip_skip": "2", "color_aug": False, "enable_bucket": True, "epoch": 10, "flip_aug": False,
+    "full_bf16": False, "full_fp16": False, "gradient_accumulation_steps": 1.0, "gradient_checkpointing": True,
+    "keep_tokens": "1", "learning_rate": "1e-6", "learning_rate_te": "5e-7", "logging_dir": "/runs/logs",
+    "lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": "3", "lr_scheduler_power": "",
+    "lr_warmup": "10", "max_bucket_reso": "1024", "max_data_loader_n_workers": "0", "max_resolution": "768",
+    "max_timestep": 1000, "max_token_length": "150", "max_train_epochs": "", "max_train_steps": "",
+    "mem_eff_attn": False, "min_bucket_reso": "256", "min_snr_gamma": 5, "mixed_precision": "bf16",
+    "multires_noise_discount": 0.3, "multires_noise_iterations": 6, "network_alpha": 8, "network_dim": 16,
+    "noise_offset": 0.05, "noise_offset_type": "Original", "num_cpu_threads_per_process": 2,
+    "optimizer": "adamw8bit", "optimizer_args": "weight_decay=0.01 betas=0.9,0.99", "output_dir": "/models/out",
+    "output_name": "my-style", "pretrained_model_name_or_path": "/models/v1-5.safetensors", "reg_data_dir": "",
+    "resume": "", "sample_every_n_epochs": 0, "sample_every_n_steps": 0,
+    "sample_prompts": "a photo of sks dog --n blurry", "sample_sampler": "euler_a", "save_every_n_epochs": "1",
+    "save_model_as": "ckpt", "save_precision": "float", "save_state": "False", "seed": "",
+    "shuffle_caption": "True", "stop_text_encoder_training": 20, "train_batch_size": 2,
+    "train_data_dir": "/data/img", "train_text_encoder": True, "v2": False, "v_parameterization": False,
+    "vae": "", "vae_batch_size": 0, "wandb_api_key": "secret123", "xformers": "xformers",
+}
+
+# sd-scripts TOML as --output_config writes it, keys grouped in tables.
+SD_SCRIPTS = """
+[model_arguments]
+pretrained_model_name_or_path = "/models/sd21-768v.safetensors"
+v2 = true
+v_parameterization = true
+
+[dataset_arguments]
+train_data_dir = "/data/img"
+resolution = "768,640"
+caption_extension = ".caption"
+shuffle_caption = true
+keep_tokens = 2
+enable_bucket = true
+min_bucket_reso = 320
+max_bucket_reso = 1280
+cache_latents = true
+cache_latents_to_disk = true
+
+[training_arguments]
+output_dir = "/models/out"
+output_name = "sd21-style"
+save_precision = "bf16"
+save_every_n_steps = 500
+save_model_as = "diffusers"
+train_batch_size = 4
+max_train_steps = 3000
+seed = 42
+gradient_checkpointing = true
+mixed_precision = "bf16"
+full_bf16 = true
+sdpa = true
+max_token_length = 225
+min_snr_gamma = 5.0
+zero_terminal_snr = true
+train_text_encoder = true
+stop_text_encoder_training = 1000
+sample_prompts = "/data/prompts.txt"
+sample_every_n_steps = 250
+logging_dir = "/logs"
+log_with = "tensorboard"
+
+[optimizer_arguments]
+optimizer_type = "Lion"
+learning_rate = 2e-6
+optimizer_args = [ "weight_decay=0.05", "betas=(0.95,0.98)",]
+lr_scheduler = "constant_with_warmup"
+lr_warmup_steps = 200
+max_grad_norm = 1.0
+"""
+
+
+def checked(result: KohyaImport) -> KohyaImport:
+    """Every import must pass the schema field by field, as presets do."""
+    validate_partial(TrainConfig, result.values, "kohya import")
+    assert result.unknown == sorted(result.unknown)
+    return result
+
+
+def test_kohya_ss_gui_json(tmp_path):
+    path = tmp_path / "my-style_20240101-120000.json"
+    path.write_text(json.dumps(KOHYA_SS, indent=2))
+    result = checked(read_kohya_config(path))
+    assert result.values == {
+        "bucket_no_upscale": True, "bucket_reso_steps": 64, "cache_latents": True, "caption_dropout_rate": 0.05,
+        "caption_extension": ".txt", "clip_skip": 2, "max_train_epochs": 10, "flip_aug": False,
+        "full_bf16": False, "full_fp16": False, "gradient_accumulation_steps": 1, "gradient_checkpointing": True,
+        "keep_tokens": 1, "learning_rate": 1e-6, "learning_rate_te": 5e-7, "lr_scheduler": "cosine_with_restarts",
+        "lr_scheduler_num_cycles": 3, "lr_warmup_steps": 0.1, "max_bucket_reso": 1024,
+        "max_data_loader_n_workers": 0, "max_resolution": "768,768", "max_timestep": 1000, "max_token_length": 150,
+        "min_bucket_reso": 256, "min_snr_gamma": 5.0, "mixed_precision": "bf16", "noise_offset": 0.05,
+        "optimizer_type": "AdamW8bit", "optimizer_args": ["weight_decay=0.01", "betas=0.9,0.99"],
+        "output_dir": "/models/out", "output_name": "my-style",
+        "pretrained_model_name_or_path": "/models/v1-5.safetensors", "sample_every_n_epochs": 0,
+        "sample_every_n_steps": 0, "save_every_n_epochs": 1, "save_model_as": "safetensors",
+        "save_precision": "fp32", "save_state": False, "shuffle_caption": True, "stop_text_encoder_training": 0.2,
+        "train_batch_size": 2, "train_data_dir": ["/data/img"], "train_text_encoder": True,
+        "v_parameterization": False,
+    }
+    assert result.unknown == [
+        "LoRA_type=Standard", "adaptive_noise_scale=0", "caption_dropout_every_n_epochs=0.0", "color_aug=false",
+        "logging_dir=/runs/logs", "network_alpha=8", "network_dim=16", "num_cpu_threads_per_process=2",
+        "sample_prompts=a photo of sks dog --n blurry", "sample_sampler=euler_a", "wandb_api_key",
+    ]
+    for note in ("lr_warmup 10 (% of the run) -> lr_warmup_steps 0.1", "epoch 10 -> max_train_epochs 10",
+                 "stop_text_encoder_training 20 (% of the run) -> stop_text_encoder_training 0.2",
+                 "optimizer adamw8bit -> optimizer_type AdamW8bit", "max_resolution 768 -> 768,768",
+                 "save_precision float -> fp32", "save_model_as ckpt -> safetensors",
+                 "LoRA settings are not imported: LoRA import comes with LoRA support",
+                 "xformers: ignored (used automatically when installed, else PyTorch SDPA)",
+                 "cache_latents_to_disk: ignored (the latent cache is always on disk)"):
+        assert note in result.notes
+    assert any(n.startswith("sample_prompts a photo of sks dog") and ".txt file" in n for n in result.notes)
+    assert not any(n.startswith(("v2", "mem_eff_attn", "enable_bucket")) for n in result.notes)  # off / on: nothing
+    # with the required fields it is a complete, consistent training config
+    validate(TrainConfig, result.values, str(path))
+
+
+def test_sd_scripts_toml_with_tables(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(SD_SCRIPTS)
+    result = checked(read_kohya_config(path))
+    assert result.values == {
+        "pretrained_model_name_or_path": "/models/sd21-768v.safetensors", "v_parameterization": True,
+        "train_data_dir": ["/data/img"], "max_resolution": "768,640", "caption_extension": ".caption",
+        "shuffle_caption": True, "keep_tokens": 2, "min_bucket_reso": 320, "max_bucket_reso": 1280,
+        "cache_latents": True, "output_dir": "/models/out", "output_name": "sd21-style", "save_precision": "bf16",
+        "save_every_n_steps": 500, "save_model_as": "diffusers", "train_batch_size": 4, "max_train_steps": 3000,
+        "seed": 42, "gradient_checkpointing": True, "mixed_precision": "bf16", "full_bf16": True,
+        "max_token_length": 225, "min_snr_gamma": 5.0, "zero_terminal_snr": True, "train_text_encoder": True,
+        "stop_text_encoder_training": 1000.0, "sample_prompts": "/data/prompts.txt", "sample_every_n_steps": 250,
+        "optimizer_type": "Lion", "learning_rate": 2e-6, "optimizer_args": ["weight_decay=0.05", "betas=(0.95,0.98)"],
+        "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 200.0, "max_grad_norm": 1.0,
+    }
+    assert result.unknown == ["log_with=tensorboard", "logging_dir=/logs"]
+    assert "resolution 768,640 -> max_resolution 768,640" in result.notes
+    assert "v2: ignored (SD 2.x is detected from the model)" in result.notes
+    assert "sdpa: ignored (PyTorch SDPA is used when xformers is not installed)" in result.notes
+    validate(TrainConfig, result.values, str(path))
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"lr_warmup": 5}, {"lr_warmup_steps": 0.05}),
+    ({"lr_warmup": "0"}, {"lr_warmup_steps": 0.0}),
+    ({"lr_warmup_steps": 150}, {"lr_warmup_steps": 150.0}),
+    ({"lr_warmup": 10, "lr_warmup_steps": 0}, {"lr_warmup_steps": 0.1}),  # a set value beats 0
+    ({"epoch": "3"}, {"max_train_epochs": 3}),
+    ({"epoch": 3, "max_train_epochs": ""}, {"max_train_epochs": 3}),
+    ({"max_train_steps": "0", "epoch": 2}, {"max_train_epochs": 2}),  # kohya_ss "0": computed from epochs
+    ({"resolution": "512"}, {"max_resolution": "512,512"}),
+    ({"resolution": 640}, {"max_resolution": "640,640"}),
+    ({"resolution": "512,768"}, {"max_resolution": "512,768"}),
+    ({"max_resolution": "1024,1024"}, {"max_resolution": "1024,1024"}),
+    ({"optimizer": "PRODIGY"}, {"optimizer_type": "Prodigy"}),
+    ({"optimizer_type": "lion8bit"}, {"optimizer_type": "Lion8bit"}),
+    ({"optimizer_args": "weight_decay=0.01 betas=0.9,0.99"},
+     {"optimizer_args": ["weight_decay=0.01", "betas=0.9,0.99"]}),
+    ({"optimizer_args": ["weight_decay=0.01", "eps=1e-08"]}, {"optimizer_args": ["weight_decay=0.01", "eps=1e-08"]}),
+    ({"save_precision": "float"}, {"save_precision": "fp32"}),
+    ({"save_precision": "fp16"}, {"save_precision": "fp16"}),
+    ({"save_precision": "bf16"}, {"save_precision": "bf16"}),
+    ({"save_model_as": "diffusers_safetensors"}, {"save_model_as": "diffusers"}),
+    ({"stop_text_encoder_training": "25"}, {"stop_text_encoder_training": 0.25}),
+    ({"text_encoder_lr": 0}, {"learning_rate_te": 0.0}),
+    ({"text_encoder_lr": "1e-6", "learning_rate_te": 0.0}, {"learning_rate_te": 1e-6}),
+    ({"lr_scheduler": "Constant_With_Warmup"}, {"lr_scheduler": "constant_with_warmup"}),
+    ({"shuffle_caption": "False", "flip_aug": "true", "save_state": 1}, {"shuffle_caption": False, "flip_aug": True,
+                                                                         "save_state": True}),
+    ({"image_folder": "/data/ft"}, {"train_data_dir": ["/data/ft"]}),
+    ({"sdxl_no_half_vae": True, "sdxl_cache_text_encoder_outputs": "True"},
+     {"no_half_vae": True, "cache_text_encoder_outputs": True}),
+    ({"sample_prompts": "/data/prompts.txt"}, {"sample_prompts": "/data/prompts.txt"}),
+    ({"seed": "", "vae": None, "vae_batch_size": 0, "lr_scheduler_num_cycles": "0"}, {}),
+])
+def test_conversions(raw, expected):
+    result = checked(import_kohya_values(raw))
+    assert result.values == expected and result.unknown == []
+
+
+def test_sd_scripts_counts_stop_text_encoder_training_in_steps():
+    assert checked(import_kohya_values({"stop_text_encoder_training": 20}, gui=False)).values == {
+        "stop_text_encoder_training": 20.0}
+
+
+def test_our_own_name_wins_over_an_alias_and_the_other_is_noted():
+    result = checked(import_kohya_values({"epoch": 3, "max_train_epochs": "5"}))
+    assert result.values == {"max_train_epochs": 5}
+    assert "epoch 3: ignored (max_train_epochs is set)" in result.notes
+
+
+def test_unsupported_optimizer_goes_to_unknown_with_its_arguments():
+    result = checked(import_kohya_values({"optimizer": "DAdaptAdam", "optimizer_args": "decouple=True",
+                                          "learning_rate": 1.0}))
+    assert result.values == {"learning_rate": 1.0}
+    assert result.unknown == ["optimizer=DAdaptAdam", "optimizer_args=decouple=True"]
+    assert any(n.startswith("optimizer DAdaptAdam: not imported") and "'Prodigy'" in n for n in result.notes)
+    assert "optimizer_args: not imported (they belong to the optimizer that was not)" in result.notes
+
+
+@pytest.mark.parametrize("raw, unknown, note", [
+    ({"lr_scheduler": "adafactor"}, ["lr_scheduler=adafactor"], "lr_scheduler adafactor: not imported (Input should"),
+    ({"lr_warmup": 100}, ["lr_warmup=100"], "lr_warmup 100: not imported (expected a percentage from 0 to 99)"),
+    ({"bucket_reso_steps": 1}, ["bucket_reso_steps=1"], "bucket_reso_steps 1: not imported (Input should be greater"),
+    ({"max_token_length": "100"}, ["max_token_length=100"], "max_token_length 100: not imported (Input should be 75"),
+    ({"caption_dropout_rate": 1.5}, ["caption_dropout_rate=1.5"], "caption_dropout_rate 1.5: not imported"),
+    ({"resolution": "big"}, ["resolution=big"], "resolution big: not imported (expected WIDTH,HEIGHT"),
+    ({"reg_data_dir": "/data/reg", "prior_loss_weight": 1.0}, ["prior_loss_weight=1.0", "reg_data_dir=/data/reg"],
+     "DreamBooth settings (regularization images) are not imported"),
+    ({"network_module": "networks.lora", "unet_lr": 1e-4, "conv_dim": 8}, ["conv_dim=8",
+     "network_module=networks.lora", "unet_lr=0.0001"], "LoRA settings are not imported"),
+])
+def test_values_we_cannot_take_are_listed_with_a_note(raw, unknown, note):
+    result = checked(import_kohya_values(raw))
+    assert result.values == {} and result.unknown == unknown
+    assert len(result.notes) == 1 and result.notes[0].startswith(note)
+
+
+def test_unknown_keys_are_listed_shortened_and_secrets_without_their_value():
+    result = import_kohya_values({"training_comment": "x" * 100, "huggingface_token": "hf_x", "wandb_api_key": "k",
+                                  "lr_scheduler_args": ["a=1"]})
+    assert result.unknown == ["huggingface_token", 'lr_scheduler_args=["a=1"]',
+                              "training_comment=" + "x" * 37 + "...", "wandb_api_key"]
+    assert result.values == {} and result.notes == []
+
+
+def test_noise_offset_type_picks_the_noise_settings_kohya_ss_uses():
+    raw = {"noise_offset": 0.1, "noise_offset_random_strength": True, "multires_noise_iterations": 8,
+           "multires_noise_discount": 0.4}
+    multires = checked(import_kohya_values({**raw, "noise_offset_type": "Multires"}))
+    assert multires.values == {"multires_noise_iterations": 8, "multires_noise_discount": 0.4}
+    original = checked(import_kohya_values({**raw, "noise_offset_type": "Original"}))
+    assert original.values == {"noise_offset": 0.1, "noise_offset_random_strength": True}
+    assert multires.unknown == original.unknown == []
+
+
+def test_ignored_flags_are_noted_only_when_they_matter():
+    assert import_kohya_values({"xformers": "none", "v2": False, "enable_bucket": True}).notes == []
+    assert import_kohya_values({"enable_bucket": "False"}).notes == [
+        "enable_bucket off: ignored (images are always bucketed by aspect ratio)"]
+
+
+def test_every_rule_targets_a_trainer_field():
+    for rule in (RULES | GUI_RULES).values():
+        assert rule.target in TrainConfig.model_fields
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("broken.json", '{"learning_rate": 1e-6,', "invalid JSON at line 1"),
+    ("list.json", '["learning_rate", 1e-6]', "expected a JSON object of settings, found a list"),
+    ("broken.toml", "learning_rate = = 1", "invalid TOML"),
+    ("config.yaml", "learning_rate: 1e-6", "not a kohya config"),
+])
+def test_bad_files_name_the_file_and_the_problem(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        read_kohya_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="missing.json: cannot read"):
+        read_kohya_config(tmp_path / "missing.json")
