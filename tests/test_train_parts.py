@@ -155,10 +155,23 @@ def test_ema_saved_instead_replaces_the_raw_weights(kit, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors"]
 
 
-def test_full_bf16_trains_in_bf16(kit, tmp_path):
-    result = train(train_values(kit, tmp_path / "out", max_train_steps=2, mixed_precision="bf16", full_bf16=True,
-                                train_text_encoder=True), tmp_path / "run")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_full_half_precision_trains_the_weights_in_that_dtype(kit, tmp_path, monkeypatch, precision):
+    from core.train import loop
+
+    seen = {}
+    place = loop.place_modules
+
+    def spy(model, cfg, trained, device, dtype):
+        place(model, cfg, trained, device, dtype)
+        seen.update(unet=model.unet.dtype, text_encoder=model.text_encoder.dtype)
+
+    monkeypatch.setattr(loop, "place_modules", spy)
+    result = train(train_values(kit, tmp_path / "out", max_train_steps=2, mixed_precision=precision,
+                                train_text_encoder=True, **{f"full_{precision}": True}), tmp_path / "run")
     assert result["steps"] == 2
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    assert seen == {"unet": dtype, "text_encoder": dtype}
 
 
 def test_static_captions_include_prefix_suffix_and_the_empty_caption():

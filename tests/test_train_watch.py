@@ -67,3 +67,16 @@ def test_auto_stop_reduces_the_rate_then_stops_on_a_plateau_keeping_the_best(kit
     assert out == ["model-best.safetensors", "model.safetensors"]
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "auto_stop: validation loss has not improved" in log
+
+
+def test_auto_stop_state_resumes_with_the_run(kit, tmp_path):
+    values = {"max_train_steps": 20, "lr_scheduler": "constant", "validation_split": 0.34, "validate_every_n_steps": 1,
+              "auto_stop": True, "auto_stop_patience": 1, "auto_stop_min_delta": 10.0, "auto_stop_lr_reductions": 1,
+              "auto_stop_lr_factor": 0.5, "save_every_n_steps": 2, "save_state": True}
+    train(train_values(kit, tmp_path / "out", **values), tmp_path / "run")
+    state = tmp_path / "out" / "model-step00000002-state"
+    train(train_values(kit, tmp_path / "again", resume=str(state), **values), tmp_path / "run2")
+    # the plateau (best loss, one reduction made) and the reduced rate came back: it stops at step 3 again
+    assert [s for s, _ in metrics(tmp_path / "run2", "val_loss")] == [3]
+    assert dict(metrics(tmp_path / "run2", "lr"))[3] == pytest.approx(0.5e-3)
+    assert "auto_stop" in (tmp_path / "run2" / "log.txt").read_text()

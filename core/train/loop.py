@@ -243,28 +243,31 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
             if step % cfg.log_every_n_steps == 0 or step == max_steps:
                 _log_metrics(ctx, accelerator, step, loss, lr_scheduler)
             freeze_text_encoder_if_due()
-            if checkpoints.is_due(step, cfg.save_every_n_steps) and step < max_steps:
-                watch.save(checkpoints.step_suffix(step), cfg.save_state)
-                checkpoints.prune(cfg.output_dir, cfg.output_name, "step", cfg.save_last_n_steps)
-            if checkpoints.is_due(step, cfg.sample_every_n_steps) and step < max_steps:
-                watch.sample()
+            # validation first: a state saved at this step includes its auto_stop decision
             if checkpoints.is_due(step, cfg.validate_every_n_steps) and step < max_steps:
                 auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
             if step >= max_steps or auto_stopped:
                 break
+            if checkpoints.is_due(step, cfg.sample_every_n_steps):
+                watch.sample()
+            if checkpoints.is_due(step, cfg.save_every_n_steps):
+                watch.save(checkpoints.step_suffix(step), cfg.save_state)
+                checkpoints.prune(cfg.output_dir, cfg.output_name, "step", cfg.save_last_n_steps)
             if _stop_requested(accelerator, ctx):
                 stopped = True
                 break
         else:
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
             if position.epoch < num_epochs:
+                if checkpoints.is_due(position.epoch, cfg.validate_every_n_epochs):
+                    auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
+                if auto_stopped:
+                    break
+                if checkpoints.is_due(position.epoch, cfg.sample_every_n_epochs):
+                    watch.sample()
                 if checkpoints.is_due(position.epoch, cfg.save_every_n_epochs):
                     watch.save(checkpoints.epoch_suffix(position.epoch), cfg.save_state)
                     checkpoints.prune(cfg.output_dir, cfg.output_name, "epoch", cfg.save_last_n_epochs)
-                if checkpoints.is_due(position.epoch, cfg.sample_every_n_epochs):
-                    watch.sample()
-                if checkpoints.is_due(position.epoch, cfg.validate_every_n_epochs):
-                    auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
 
     if stopped:
         folder = checkpoints.save_state(

@@ -47,7 +47,8 @@ def loss_of_batch(batch: dict, model, unet, encode, cfg: TrainConfig, dtype, dev
     input_noise = perturbed_noise(noise, cfg.ip_noise_gamma, cfg.ip_noise_gamma_random_strength)
     noisy_latents = scheduler.add_noise(latents, input_noise, timesteps)
     hidden_states = encode(batch["captions"])
-    prediction = unet(noisy_latents, timesteps, hidden_states.to(noisy_latents.dtype)).sample
+    unet_dtype = next(unet.parameters()).dtype  # fp32, or fp16/bf16 with full_fp16/full_bf16 or a frozen U-Net
+    prediction = unet(noisy_latents.to(unet_dtype), timesteps, hidden_states.to(unet_dtype)).sample
     target = training_target(scheduler, latents, noise, timesteps)
     huber_c = huber_c_for(timesteps, scheduler, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type != "l2" else None
     loss = elementwise_loss(prediction.float(), target.float(), cfg.loss_type, huber_c)
