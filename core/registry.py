@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -14,10 +15,18 @@ class JobSpec:
     config: type[config.JobConfig]
     target: str  # "module:function", imported only when the job runs (keeps --help fast)
     summary: str
+    launcher: str = ""  # "module:function" giving the argv before `-m core <job>`; default: this Python
 
     def load(self) -> Callable:
-        module, _, func = self.target.partition(":")
-        return getattr(importlib.import_module(module), func)
+        return _import(self.target)
+
+    def launcher_argv(self, cfg: config.JobConfig) -> list[str]:
+        return _import(self.launcher)(cfg) if self.launcher else [sys.executable]
+
+
+def _import(target: str) -> Callable:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
@@ -28,7 +37,8 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("cache", config.CacheConfig, "core.latents:run",
             "Encode the dataset with the model's VAE into a latent cache."),
     JobSpec("train", config.TrainConfig, "core.train.loop:run",
-            "Fine-tune an SD 1.x / 2.x model (U-Net) on a captioned dataset."),
+            "Fine-tune an SD 1.x / 2.x model (U-Net and/or text encoder) on a captioned dataset.",
+            launcher="core.train.launch:launcher_argv"),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}

@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ ACTIVE_STATES = ("starting", "running")
 _children: dict[str, subprocess.Popen] = {}  # processes this GUI started, polled so none lingers
 
 
-def job_command(job: str, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "core", job, "--config", str(run_dir / "config.json"),
+def job_command(job: str, run_dir: Path, cfg) -> list[str]:
+    """The argv of a job run (for training with several processes: through `accelerate launch`)."""
+    return [*JOBS[job].launcher_argv(cfg), "-m", "core", job, "--config", str(run_dir / "config.json"),
             "--run-dir", str(run_dir)]
 
 
@@ -41,7 +41,7 @@ def start_job(job: str, values: dict, name: str = "", root: Path | None = None) 
     cfg = validate(JOBS[job].config, values, "form")
     run_dir = new_run_dir(job, name, root)
     write_run_config(run_dir, job, cfg)
-    argv = job_command(job, run_dir)
+    argv = job_command(job, run_dir, cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
     detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
               else {"start_new_session": True})

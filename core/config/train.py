@@ -7,11 +7,12 @@ from pydantic import model_validator
 
 from core.config.dataset import BucketSettings, CaptionSettings
 from core.config.models import LatentSettings, ModelSettings
+from core.config.launch import LaunchSettings
 from core.config.schema import param
 from core.config.train_eval import SampleSettings, ValidationSettings
 
 
-class TrainConfig(ValidationSettings, SampleSettings, LatentSettings, CaptionSettings, ModelSettings,
+class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, CaptionSettings, ModelSettings,
                   BucketSettings):  # reverse display order
     """Fine-tune a Stable Diffusion model (SD 1.x / 2.x) on a captioned dataset."""
     v_parameterization: bool = param(

@@ -132,6 +132,9 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     set_seed(cfg.seed)
     device = accelerator.device
     ctx.log(f"processes: {accelerator.num_processes}, device: {device}, mixed precision: {cfg.mixed_precision}")
+    if cfg.num_processes != accelerator.num_processes:
+        ctx.warning(f"num_processes is {cfg.num_processes} but this run has {accelerator.num_processes} process(es): "
+                    "several processes start through `accelerate launch` (the GUI does it; copy its command)")
 
     model = load_model(cfg, ctx)
     all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
@@ -241,7 +244,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
                 ema.step(step)
             ctx.progress(step, max_steps)
             if step % cfg.log_every_n_steps == 0 or step == max_steps:
-                _log_metrics(ctx, accelerator, step, loss, lr_scheduler)
+                watch.last_loss = _log_metrics(ctx, accelerator, step, loss, lr_scheduler)
             freeze_text_encoder_if_due()
             # validation first: a state saved at this step includes its auto_stop decision
             if checkpoints.is_due(step, cfg.validate_every_n_steps) and step < max_steps:
@@ -280,7 +283,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
         watch.save("", cfg.save_state)
         watch.sample()
         result = {"steps": position.global_step, "model": str(checkpoints.model_path(
-            cfg.output_dir, cfg.output_name, cfg.save_model_as))}
+            cfg.output_dir, cfg.output_name, cfg.save_model_as)), "final_loss": watch.last_loss}
         if auto_stopped:
             result["auto_stopped"] = True
     ctx.log(f"weights checksum on process {accelerator.process_index}: {_checksum(trained_params):.10e}")
@@ -298,6 +301,7 @@ class RunOutputs:
         self.ema, self.sample_prompts, self.validation, self.dtype = ema, sample_prompts, validation, dtype
         self.eval_prompts = eval_prompts  # the raw (unwrapped) text encoder, sharing the training cache
         self.eval_prompts.cache = prompts.cache
+        self.last_loss: float | None = None
 
     def evaluated_weights(self):
         """The weights that samples and validation use: the EMA ones when they are what is saved."""
@@ -382,14 +386,16 @@ def _stop_requested(accelerator, ctx) -> bool:
     return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> None:
-    """Loss of the step, averaged over processes, and the learning rate of the next step (as kohya logs)."""
+def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> float:
+    """Loss of the step, averaged over processes (returned), and the learning rate of the next step (as
+    kohya logs)."""
     value = accelerator.gather(loss.detach()).mean().item()
     lr = lr_scheduler.get_last_lr()[0]
     if accelerator.is_main_process:
         ctx.metric("loss", step, value)
         ctx.metric("lr", step, lr)
         accelerator.log({"loss": value, "lr": lr}, step=step)
+    return value
 
 
 def _checksum(params: list[torch.nn.Parameter]) -> float:
