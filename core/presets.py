@@ -151,17 +151,25 @@ def find_preset(job: str, name: str) -> Preset | None:
     return matches[-1] if matches else None  # a user preset shadows a built-in of the same name
 
 
+def differences(job: str, values: dict, base: dict) -> dict[str, tuple]:
+    """{field: (base value, value)} for every field where `values` differs from `base` (a preset's
+    overrides; both filled in with the defaults)."""
+    model = config_model(job)
+    before = model.model_construct(**base).model_dump(mode="json")
+    after = model.model_construct(**values).model_dump(mode="json")
+    return {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+
+
 def diff_from_defaults(job: str, values: dict) -> dict:
     """Only the values that differ from the schema defaults (what a preset stores)."""
-    model = config_model(job)
-    defaults = model.model_construct().model_dump(mode="json")
-    given = model.model_construct(**values).model_dump(mode="json")
-    return {k: v for k, v in given.items() if defaults.get(k) != v}
+    return {k: value for k, (_, value) in differences(job, values, {}).items()}
 
 
 def save_preset(job: str, name: str, values: dict, description: str = "",
                 overwrite: bool = False) -> Path:
-    """Write a user preset (values stored as overrides of the defaults)."""
+    """Write a user preset (values stored as overrides of the defaults, so fields left at their
+    defaults, such as an empty model path, are neither stored nor checked)."""
+    values = diff_from_defaults(job, values)
     check_values(job, values, f"preset '{name}'")
     existing = find_preset(job, name)
     if existing and existing.builtin and not (user_dir() / job / f"{slugify(name)}.json").exists():
@@ -170,7 +178,7 @@ def save_preset(job: str, name: str, values: dict, description: str = "",
     if path.exists() and not overwrite:
         raise PresetError(f"a user preset named '{name}' exists already ({path})")
     atomic_write_json(path, {"schema_version": SCHEMA_VERSION, "job": job, "name": name.strip(),
-                             "description": description, "values": diff_from_defaults(job, values)})
+                             "description": description, "values": values})
     return path
 
 

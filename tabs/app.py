@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import buckets, dataset, runs
+from tabs import buckets, dataset, runs, training
 
 TITLE = "SD Studio"
 
@@ -14,5 +14,6 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             dataset.build(blocks)
             buckets.build(blocks)
+            training.build(blocks)
             runs.build(blocks)
     return blocks

@@ -61,20 +61,23 @@ def status_markdown(run: dict) -> str:
 class JobPanel:
     """Build inside a Blocks context; call `wire(blocks)` once the page is laid out."""
 
-    def __init__(self, job: str, grace_s: float = 60.0, max_lines: int = 1000):
+    def __init__(self, job: str, grace_s: float = 60.0, max_lines: int = 1000, elem_prefix: str = ""):
+        """`elem_prefix`: prefix of the element ids (default: the job name); a second panel for the
+        same job on the page needs its own."""
         self.job, self.grace_s, self.max_lines = job, grace_s, max_lines
+        prefix = elem_prefix or job
         self.run = gr.State(None)
         self.finished = gr.State(None)  # run folder of the last finished run; tabs hook .change
-        with gr.Group(elem_id=f"{job}-job-panel"):
+        with gr.Group(elem_id=f"{prefix}-job-panel"):
             with gr.Row():
-                self.status = gr.Markdown("No run yet.", elem_id=f"{job}-status")
+                self.status = gr.Markdown("No run yet.", elem_id=f"{prefix}-status")
                 self.stop = gr.Button("Stop", variant="stop", interactive=False, scale=0,
-                                      elem_id=f"{job}-stop")
-            self.progress = gr.HTML(progress_html(None), elem_id=f"{job}-progress")
+                                      elem_id=f"{prefix}-stop")
+            self.progress = gr.HTML(progress_html(None), elem_id=f"{prefix}-progress")
             self.log = gr.Textbox(label="Log", lines=10, max_lines=10, autoscroll=True,
-                                  interactive=False, elem_id=f"{job}-log")
+                                  interactive=False, elem_id=f"{prefix}-log")
             self.command = gr.Textbox(label="Command (runs the same job from a terminal)",
-                                      interactive=False, buttons=["copy"], elem_id=f"{job}-command")
+                                      interactive=False, buttons=["copy"], elem_id=f"{prefix}-command")
         self.timer = gr.Timer(1.0, active=False)  # ticks only while a run is followed
 
     @property
@@ -96,7 +99,8 @@ class JobPanel:
 
     def _attach(self, run_dir: Path) -> dict:
         run = {"run_dir": str(run_dir), "log_offset": 0, "events_offset": 0, "lines": [], "step": 0,
-               "total": 0, "samples": [], "warnings": 0, "error": None, "state": "starting"}
+               "total": 0, "samples": [], "warnings": 0, "error": None, "state": "starting",
+               "metrics": {}, "images": [], "checkpoints": []}
         updates = self.poll(run)
         updates[self.command] = read_status(run_dir).get("command", "")
         updates[self.timer] = gr.Timer(active=updates[self.run]["state"] in ACTIVE_STATES)
@@ -138,6 +142,12 @@ class JobPanel:
             run["warnings"] += 1
         elif kind == "error":
             run["error"] = event.get("message")
+        elif kind == "metric":
+            run["metrics"].setdefault(event.get("name", "?"), []).append((event.get("step", 0), event.get("value")))
+        elif kind == "image":
+            run["images"].append(event.get("path"))
+        elif kind == "checkpoint":
+            run["checkpoints"].append((event.get("path"), event.get("step")))
 
     def request_stop(self, run: dict | None) -> dict:
         if not run or run.get("state") not in ACTIVE_STATES:

@@ -1,4 +1,4 @@
-"""Preset picker for a job's form: load, save, save as, delete (user presets), defaults."""
+"""Preset picker for a job's form: choose (loads it), reset to it, save, save as, delete (user presets), defaults."""
 from __future__ import annotations
 
 import gradio as gr
@@ -24,7 +24,7 @@ class PresetBar:
             with gr.Column(scale=3):
                 self.choice = gr.Dropdown(choices=choices, value=None, label="Preset", elem_id=f"{job}-preset")
                 with gr.Row():
-                    self.load = gr.Button("Load", elem_id=f"{job}-preset-load", **button)
+                    self.reset = gr.Button("Reset to preset", elem_id=f"{job}-preset-reset", **button)
                     self.save = gr.Button("Save", elem_id=f"{job}-preset-save", **button)
                     self.delete = gr.Button("Delete", elem_id=f"{job}-preset-delete", **button)
                     self.defaults = gr.Button("Defaults", elem_id=f"{job}-preset-defaults", **button)
@@ -73,7 +73,8 @@ class PresetBar:
         self.form = form
         form_inputs = form.inputs
         blocks.load(lambda: self._refresh(None, ""), outputs=[self.choice, self.message])
-        self.load.click(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message])
+        for trigger in (self.choice.input, self.reset.click):  # choosing a preset loads it
+            trigger(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message])
         self.save.click(self.do_save, inputs=[self.choice, *form_inputs], outputs=[self.choice, self.message])
         self.save_as.click(self.do_save_as, inputs=[self.name, *form_inputs], outputs=[self.choice, self.message])
         self.delete.click(self.do_delete, inputs=self.choice, outputs=[self.choice, self.message])

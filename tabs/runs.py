@@ -1,4 +1,4 @@
-"""Runs tab: every job run with its status; open one to read its log, config and result."""
+"""Runs tab: every job run with its status; open one to read its log, config, result and outputs."""
 from __future__ import annotations
 
 import time
@@ -8,10 +8,16 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core.run_summary import last_metric, output_files
 from core.runner import ACTIVE_STATES, list_runs, read_status, request_stop
+from core.tensorboard import has_tensorboard_logs, start_tensorboard
 from tabs.job_panel import STATE_TEXT, format_duration
 
-COLUMNS = ["started", "job", "status", "duration", "folder"]
+COLUMNS = ["started", "job", "status", "duration", "final loss", "folder"]
+
+
+def format_loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
 
 
 def runs_table() -> tuple[pd.DataFrame, list[str]]:
@@ -20,7 +26,7 @@ def runs_table() -> tuple[pd.DataFrame, list[str]]:
         started = datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M:%S") if run.started else "?"
         duration = (run.ended or time.time()) - run.started if run.started else None
         rows.append([started, run.job, STATE_TEXT.get(run.state, run.state), format_duration(duration),
-                     run.run_dir.name])
+                     format_loss(last_metric(run.run_dir, "loss")), run.run_dir.name])
         folders.append(str(run.run_dir))
     return pd.DataFrame(rows, columns=COLUMNS), folders
 
@@ -33,7 +39,17 @@ def _read(path: Path, limit: int = 200_000) -> str:
     return data[-limit:].decode("utf-8", errors="replace")
 
 
-def run_details(run_dir: str) -> tuple[str, str, str, str]:
+def outputs_markdown(run_dir: str) -> str:
+    files = output_files(run_dir)
+    if not files:
+        return "**Output files:** none recorded."
+    lines = [f"- `{path}`" + ("" if exists else " — *no longer exists (pruned, moved or deleted)*")
+             for path, exists in files]
+    return "**Output files**\n\n" + "\n".join(lines)
+
+
+def run_details(run_dir: str) -> tuple[str, str, str, str, str]:
+    """Header, log tail, config.json, result.json and output files of a run."""
     folder = Path(run_dir)
     status = read_status(folder)
     header = f"**{status.get('job', '?')}** · {status.get('state', '?')} · `{folder}`"
@@ -41,7 +57,17 @@ def run_details(run_dir: str) -> tuple[str, str, str, str]:
         header += f"\n\n```\n{status['command']}\n```"
     config = _read(folder / "config.json")
     result = _read(folder / "result.json") or "(no result: the run has not finished, or failed)"
-    return header, "\n".join(_read(folder / "log.txt").splitlines()[-300:]), config, result
+    log = "\n".join(_read(folder / "log.txt").splitlines()[-300:])
+    return header, log, config, result, outputs_markdown(run_dir)
+
+
+def tensorboard_link(run_dir: str) -> str:
+    """Start (or find) TensorBoard for the run: a link to it, or why it did not start."""
+    try:
+        url = start_tensorboard(run_dir)
+    except (ValueError, RuntimeError, OSError) as err:
+        return f"**TensorBoard did not start.**\n\n```\n{err}\n```"
+    return f"[Open TensorBoard]({url}) · `{url}` (reachable from this computer only)"
 
 
 def build(blocks: gr.Blocks) -> None:
@@ -52,7 +78,11 @@ def build(blocks: gr.Blocks) -> None:
         table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table")
         selected = gr.State(None)
         header = gr.Markdown(elem_id="run-header")
-        stop = gr.Button("Stop this run", variant="stop", interactive=False, elem_id="run-stop")
+        with gr.Row():
+            stop = gr.Button("Stop this run", variant="stop", interactive=False, elem_id="run-stop")
+            tensorboard = gr.Button("Open TensorBoard", interactive=False, elem_id="run-tensorboard")
+        tensorboard_info = gr.Markdown(elem_id="run-tensorboard-link")
+        outputs = gr.Markdown(elem_id="run-outputs")
         log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="run-log")
         with gr.Row():
             config = gr.Code(label="config.json", language="json", interactive=False)
@@ -61,14 +91,20 @@ def build(blocks: gr.Blocks) -> None:
     def select(folder_list: list[str], evt: gr.SelectData):
         run_dir = folder_list[evt.index[0]]
         active = read_status(Path(run_dir)).get("state") in ACTIVE_STATES
-        return (run_dir, *run_details(run_dir), gr.update(interactive=active))
+        return (run_dir, *run_details(run_dir), gr.update(interactive=active),
+                gr.update(interactive=has_tensorboard_logs(run_dir)), "")
 
     def stop_selected(run_dir: str | None):
         if run_dir:
             request_stop(Path(run_dir))
         return gr.update(interactive=False), f"Stop requested for `{run_dir}`."
 
+    def open_tensorboard(run_dir: str | None):
+        return tensorboard_link(run_dir) if run_dir else gr.skip()
+
     for trigger in (refresh.click, blocks.load):
         trigger(runs_table, outputs=[table, folders])
-    table.select(select, inputs=folders, outputs=[selected, header, log, config, result, stop])
+    table.select(select, inputs=folders,
+                 outputs=[selected, header, log, config, result, outputs, stop, tensorboard, tensorboard_info])
     stop.click(stop_selected, inputs=selected, outputs=[stop, header])
+    tensorboard.click(open_tensorboard, inputs=selected, outputs=tensorboard_info)

@@ -136,3 +136,75 @@ def test_plan_buckets_then_cache_latents(page, tmp_path):
     page.wait_for_function("document.querySelector('#cache-log textarea').value.includes('cache: done')",
                            timeout=120_000)
     assert len(list((tmp_path / "kit" / "dataset").rglob("*.latents.safetensors"))) == 10
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    page.fill(f"#{elem_id} :is(textarea, input)", value)
+
+
+def wait_value(page, elem_id: str, expected_js: str, number: bool = False) -> None:
+    """Wait until the form field's value equals `expected_js` (a JS literal)."""
+    value = f"document.querySelector('#{elem_id} :is(textarea, input)').value"
+    page.wait_for_function(f"{'+' if number else ''}{value} === {expected_js}")
+
+
+def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
+    from core.demo import build_demo
+
+    kit = tmp_path / "kit é"
+    build_demo(kit, arch="sd1", num_images=8, seed=4)
+    page.click("#tab-training-button")
+    page.click("#train-preset input")
+    page.click("ul[role='listbox'] li:has-text('CPU demo')")
+    wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
+    page.wait_for_selector("#train-changes:has-text('Same as preset')")
+    fill(page, "TrainConfig-pretrained_model_name_or_path", str(kit / "model"))
+    fill(page, "TrainConfig-train_data_dir", str(kit / "dataset"))
+    fill(page, "TrainConfig-output_dir", str(tmp_path / "out"))
+    fill(page, "TrainConfig-max_train_steps", "120")
+    page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
+
+    page.click("#train-check")
+    page.wait_for_selector("#train-report:has-text('The run will start with')")
+    page.click("#train-button")
+    page.wait_for_function("document.querySelector('#train-log textarea').value.includes('training 120 steps')",
+                           timeout=120_000)
+    page.wait_for_selector("#train-checkpoint:has-text('Latest checkpoint')", timeout=120_000)
+    page.wait_for_function("+document.querySelector('#train-loss-chart polyline').dataset.points > 5")
+    page.wait_for_selector("#train-samples img")
+    page.click("#train-stop")
+    page.wait_for_selector("#train-status:has-text('stopped')", timeout=120_000)
+    assert list((tmp_path / "out").glob("demo-finetune-step*-state"))
+
+    page.click("text=Resume a stopped run")
+    page.click("#train-resume-find")
+    page.wait_for_selector("#train-report:has-text('saved state(s)')")
+    page.click("#train-resume")
+    page.wait_for_function("document.querySelector('#train-log textarea').value.includes('resumed from')",
+                           timeout=120_000)
+    page.wait_for_selector("#train-status:has-text('done')", timeout=300_000)
+    assert (tmp_path / "out" / "demo-finetune.safetensors").is_file()
+    assert "120/120" in page.inner_text("#train-progress")
+
+
+def test_train_preset_save_as_and_kohya_import(page, tmp_path):
+    page.click("#tab-training-button")
+    fill(page, "TrainConfig-learning_rate", "0.000123")
+    fill(page, "train-preset-name", "My settings")
+    page.click("#train-preset-save-as")
+    page.wait_for_selector("#train-preset-message:has-text('Saved **My settings**'), "
+                           "#train-preset-message:has-text('Saved My settings')")
+    page.click("#train-preset-defaults")
+    wait_value(page, "TrainConfig-learning_rate", "0.000002", number=True)
+    page.click("#train-preset input")
+    page.click("ul[role='listbox'] li:has-text('My settings')")
+    wait_value(page, "TrainConfig-learning_rate", "0.000123", number=True)
+
+    config = tmp_path / "kohya config.json"
+    config.write_text('{"learning_rate": "5e-6", "epoch": 3, "lr_warmup": 10, "optimizer": "AdamW8bit", '
+                      '"lr_scheduler": "cosine", "network_dim": 32, "xformers": true}', encoding="utf-8")
+    page.set_input_files("#train-import input[type=file]", str(config))
+    page.wait_for_selector("#train-import-message:has-text('Imported')")
+    assert "network_dim" in page.inner_text("#train-import-message")
+    wait_value(page, "TrainConfig-max_train_epochs", "3", number=True)
+    wait_value(page, "TrainConfig-optimizer_type", "'AdamW8bit'")

@@ -85,3 +85,12 @@ def load_position(folder: Path) -> Position:
         raise ValueError(f"resume: {folder} is not a saved training state (no {STATE_FILE}); "
                          "choose a folder named like '<output_name>-step00000100-state'")
     return Position(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def saved_states(output_dir: str, output_name: str) -> list[Path]:
+    """The resumable states of `output_name` in `output_dir`, newest step first."""
+    pattern = re.compile(re.escape(output_name) + r"-step(\d{8})-state$")
+    folder = Path(output_dir)
+    found = [(int(m.group(1)), path) for path in (folder.iterdir() if folder.is_dir() else [])
+             if (m := pattern.match(path.name)) and (path / STATE_FILE).is_file()]
+    return [path for _, path in sorted(found, reverse=True)]

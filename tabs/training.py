@@ -1,0 +1,202 @@
+"""Training tab: presets (with what differs from them, kohya import), the trainer's settings, checks
+before start, start / stop / resume, and the live view (log, progress, loss and lr curves, samples)."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from core.config import CacheConfig, ConfigError, TrainConfig, validate
+from core.images import ImageError, thumbnail
+from core.presets import differences, find_preset
+from core.runner import display_command, job_command
+from core.train.checkpoints import saved_states
+from tabs.charts import line_chart_svg
+from tabs.form import SchemaForm
+from tabs.job_panel import JobPanel
+from tabs.preset_bar import PresetBar
+
+GALLERY_SIZE = 16
+
+
+def smoothed(points: list[tuple[float, float]], weight: float = 0.9) -> list[tuple[float, float]]:
+    """Exponential moving average of a noisy curve (TensorBoard's smoothing, debiased)."""
+    out, average = [], 0.0
+    for i, (step, value) in enumerate(points, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append((step, average / (1 - weight ** i)))
+    return out
+
+
+def _counts(run: dict | None) -> tuple:
+    if not run:
+        return ()
+    return (tuple(len(v) for v in run.get("metrics", {}).values()), len(run.get("images", [])),
+            len(run.get("checkpoints", [])))
+
+
+class TrainingPanel(JobPanel):
+    """The job panel plus curves, the latest checkpoint and a gallery of samples."""
+
+    def __init__(self):
+        super().__init__("train", grace_s=600.0)  # a graceful stop saves a state: give it time
+        with gr.Row():
+            self.loss_chart = gr.HTML(line_chart_svg({}, "Loss"), elem_id="train-loss-chart")
+            self.lr_chart = gr.HTML(line_chart_svg({}, "Learning rate"), elem_id="train-lr-chart")
+        self.checkpoint = gr.Markdown(elem_id="train-checkpoint")
+        self.gallery = gr.Gallery(label="Samples (newest first)", columns=4, height=320, elem_id="train-samples")
+
+    @property
+    def outputs(self) -> list:
+        return [*super().outputs, self.loss_chart, self.lr_chart, self.checkpoint, self.gallery]
+
+    def poll(self, run: dict | None) -> dict:
+        before = _counts(run)
+        updates = super().poll(run)
+        new = updates.get(self.run)
+        if isinstance(new, dict) and (_counts(new) != before or not run.get("events_offset")):
+            updates.update(self.views(new))
+        return updates
+
+    def views(self, run: dict) -> dict:
+        metrics = run.get("metrics", {})
+        loss = metrics.get("loss", [])
+        curves = {"loss": loss, "smoothed": smoothed(loss), "validation loss": metrics.get("val_loss", [])}
+        latest = run["checkpoints"][-1] if run.get("checkpoints") else None
+        return {self.loss_chart: line_chart_svg(curves, "Loss"),
+                self.lr_chart: line_chart_svg({"learning rate": metrics.get("lr", [])}, "Learning rate"),
+                self.checkpoint: f"Latest checkpoint: `{latest[0]}` (step {latest[1]})" if latest else "",
+                self.gallery: _gallery(run.get("images", []))}
+
+
+def _gallery(paths: list[str]) -> list:
+    items = []
+    for path in reversed(paths[-GALLERY_SIZE:]):
+        try:
+            items.append((thumbnail(path, 384), Path(path).name))
+        except (ImageError, OSError):
+            continue  # removed meanwhile
+    return items
+
+
+def changes_markdown(preset_name: str | None, values: dict) -> str:
+    """Which settings differ from the chosen preset (or from the defaults)."""
+    preset = find_preset("train", preset_name) if preset_name else None
+    changed = differences("train", values, preset.values if preset else {})
+    base = f"preset **{preset.name}**" if preset else "the defaults"
+    if not changed:
+        return f"Same as {base}."
+    rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(repr(a))}</td>"
+                   f"<td>{html.escape(repr(b))}</td></tr>" for k, (a, b) in changed.items())
+    return (f"<details><summary>{len(changed)} setting(s) differ from {base}</summary><table class='changes'>"
+            f"<tr><th>setting</th><th>preset</th><th>now</th></tr>{rows}</table></details>")
+
+
+def check_report(values: dict) -> tuple[str, bool, bool]:
+    """(Markdown report, ok to start, latent cache to build) for the form's values."""
+    from core.train.preflight import check_training
+
+    found = check_training(values)
+    report = found.report()
+    if found.ok:
+        cfg = validate(TrainConfig, values, "settings")
+        command = display_command(job_command("train", Path("runs") / "train-<new run>", cfg))
+        report += f"\n\nThe run will start with:\n```\n{command}\n```"
+    return report, found.ok, found.needs_cache
+
+
+def import_kohya(path: str | None, form: SchemaForm) -> list:
+    """The form's values from a kohya_ss / sd-scripts config file, then the import message."""
+    from core.kohya_import import read_kohya_config
+
+    if not path:
+        return [gr.skip()] * len(form.inputs) + [""]
+    try:
+        imported = read_kohya_config(path)
+    except ValueError as err:
+        return [gr.skip()] * len(form.inputs) + [f"**Not imported:** {err}"]
+    lines = [f"Imported {len(imported.values)} setting(s) from `{Path(path).name}`."]
+    lines += [f"- {note}" for note in imported.notes]
+    if imported.unknown:
+        lines.append("**Not imported** (unknown here or not supported yet): " +
+                     ", ".join(f"`{key}`" for key in imported.unknown))
+    return form.show(imported.values) + ["\n".join(lines)]
+
+
+def build(blocks: gr.Blocks) -> None:
+    with gr.Tab("Training", id="training", elem_id="tab-training"):
+        gr.Markdown("Pick a preset, adjust it, check and start. Values that differ from the preset are listed "
+                    "below it; a kohya_ss (.json) or sd-scripts (.toml) config can be imported.")
+        presets = PresetBar("train")
+        with gr.Row():
+            kohya_file = gr.File(label="Import a kohya config (.json / .toml)", file_types=[".json", ".toml"],
+                                 type="filepath", elem_id="train-import", scale=1)
+            import_message = gr.Markdown(elem_id="train-import-message")
+        changes = gr.HTML(elem_id="train-changes")
+        form = SchemaForm(TrainConfig)
+        with gr.Row():
+            check = gr.Button("Check settings", elem_id="train-check")
+            start = gr.Button("Start training", variant="primary", elem_id="train-button")
+        report = gr.Markdown(elem_id="train-report")
+        with gr.Accordion("Resume a stopped run", open=False):
+            with gr.Row():
+                state = gr.Dropdown(label="Saved training state (in the output folder)", choices=[],
+                                    elem_id="train-resume-state", scale=3)
+                find = gr.Button("Find saved states", elem_id="train-resume-find", scale=1)
+                resume = gr.Button("Resume", elem_id="train-resume", scale=1)
+        with gr.Accordion("Latent cache", open=False):
+            build_cache = gr.Button("Build the latent cache now", interactive=False, elem_id="train-build-cache")
+            cache_panel = JobPanel("cache", elem_prefix="train-cache")
+        panel = TrainingPanel()
+
+    inputs = form.inputs
+
+    def values_of(raw) -> dict:
+        return form.read(*raw)
+
+    def do_check(*raw):
+        text, _, needs_cache = check_report(values_of(raw))
+        return text, gr.update(interactive=needs_cache)
+
+    def do_start(*raw, resume_from: str = ""):
+        values = values_of(raw)
+        if resume_from:
+            values["resume"] = resume_from
+        text, ok, needs_cache = check_report(values)
+        if not ok:
+            return {report: text + "\n\n**Nothing was started.**", build_cache: gr.update(interactive=needs_cache)}
+        return {**panel.launch(values), report: text}
+
+    def do_resume(chosen: str | None, *raw):
+        if not chosen:
+            return {report: "Choose a saved state first (Find saved states lists those in the output folder)."}
+        return do_start(*raw, resume_from=chosen)
+
+    def do_find(*raw):
+        values = values_of(raw)
+        found = [str(p) for p in saved_states(values.get("output_dir", ""), values.get("output_name", ""))]
+        message = f"{len(found)} saved state(s) in `{values.get('output_dir', '')}`." if found else \
+            "No saved states for this output folder and name (a run saves one when stopped, or with save_state)."
+        return gr.Dropdown(choices=found, value=found[0] if found else None), message
+
+    def do_build_cache(*raw):
+        values = values_of(raw)
+        try:
+            cfg = validate(TrainConfig, values, "settings")
+        except ConfigError as err:
+            return {cache_panel.status: f"**Invalid settings:**\n\n```\n{err}\n```"}
+        return cache_panel.launch({key: getattr(cfg, key) for key in CacheConfig.model_fields})
+
+    check.click(do_check, inputs=inputs, outputs=[report, build_cache])
+    start.click(do_start, inputs=inputs, outputs=[*panel.outputs, report, build_cache])
+    resume.click(do_resume, inputs=[state, *inputs], outputs=[*panel.outputs, report, build_cache])
+    find.click(do_find, inputs=inputs, outputs=[state, report])
+    build_cache.click(do_build_cache, inputs=inputs, outputs=cache_panel.outputs)
+    kohya_file.upload(lambda path: import_kohya(path, form), inputs=kohya_file, outputs=[*inputs, import_message])
+    gr.on([presets.choice.change, *(c.change for c in inputs)],
+          lambda name, *raw: changes_markdown(name, values_of(raw)), inputs=[presets.choice, *inputs],
+          outputs=changes, show_progress="hidden", trigger_mode="always_last")
+    presets.wire(form, blocks)
+    panel.wire(blocks)
+    cache_panel.wire(blocks)
