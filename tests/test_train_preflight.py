@@ -284,3 +284,12 @@ def test_report_lists_errors_then_warnings_then_counts(values):
     report = check_training(values).report()
     assert report.startswith("**Settings look good.**") and "6 images; latent cache: 6 missing" in report
     assert check_training({**values, "cache_latents": False}).report().endswith("6 images; latent cache: off")
+
+
+def test_more_processes_than_gpus_are_a_warning(values, monkeypatch, no_cuda):
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert warnings_of(check_training({**values, "num_processes": 2}), "num_processes")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert not preflight.check_device(validate(TrainConfig, {**values, "num_processes": 4}, "t"))
+    assert preflight.check_device(validate(TrainConfig, {**values, "num_processes": 4, "gpu_ids": "0,1"}, "t"))

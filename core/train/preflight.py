@@ -258,10 +258,20 @@ def check_samples(cfg: TrainConfig) -> list[Problem]:
 
 
 def check_device(cfg: TrainConfig) -> list[Problem]:
-    """Warnings for settings meant for a CUDA GPU when there is none."""
+    """Warnings for settings meant for a CUDA GPU when there is none, and for more processes on this
+    machine than it has GPUs."""
+    local = cfg.num_processes // cfg.num_machines  # accelerate launches this many here
     if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        wanted = len(cfg.gpu_ids.split(",")) if cfg.gpu_ids.strip() not in ("", "all") else gpus
+        if local > min(gpus, wanted):
+            return [Problem("num_processes", f"{local} processes on this machine but {min(gpus, wanted)} GPU(s) "
+                            "to run them (see gpu_ids): use one process per GPU", "warning")]
         return []
     problems = []
+    if local > 1 and os.environ.get("ACCELERATE_USE_CPU") != "1":
+        problems.append(Problem("num_processes", "several processes need one CUDA GPU each and none was found: "
+                                "set num_processes to 1", "warning"))
     if cfg.mixed_precision != "no":
         full = next((f" with {f}" for f in ("full_fp16", "full_bf16") if getattr(cfg, f)), "")
         problems.append(Problem("mixed_precision", f"mixed_precision {cfg.mixed_precision}{full} is meant "
