@@ -94,6 +94,37 @@ def save_caption(path: str | os.PathLike, text: str) -> bool:
     return True
 
 
+def merge_caption(existing: str | None, parts: list[str], mode: str, separator: str) -> str | None:
+    """The caption to write for generated `parts` (tags, or one sentence) given the current caption
+    (None: no caption file), or None to leave the file alone.
+
+    overwrite: the parts joined with `separator`; skip: only images without a caption file;
+    append: the current text untouched, followed by the parts it does not contain yet (compared as
+    stripped items split on the separator's non-space characters, e.g. the comma of ", ")."""
+    new = separator.join(parts)
+    if existing is None or mode == "overwrite":
+        return new
+    if mode == "skip":
+        return None
+    if mode != "append":
+        raise ValueError(f"existing_captions must be skip, overwrite or append, not {mode!r}")
+    split_on = separator.strip() or separator
+    present = {item.strip() for item in existing.split(split_on)}
+    extra = [p for p in parts if p.strip() and p.strip() not in present]
+    if not extra:
+        return None
+    head = existing.rstrip()
+    return (head + separator if head else "") + separator.join(extra)
+
+
+def write_generated_caption(path: str | os.PathLike, parts: list[str], mode: str, separator: str) -> bool:
+    """Write generated parts to the caption file `path` as `merge_caption` says (backed up,
+    atomic); True when the file changed."""
+    current = read_caption_detailed(path)
+    merged = merge_caption(current.text if current.encoding else None, parts, mode, separator)
+    return merged is not None and save_caption(path, merged)
+
+
 def list_caption_backups(path: str | os.PathLike) -> list[Backup]:
     """The backups of one caption file, newest first."""
     entries = _backup_entries(_backup_folder(Path(path)))

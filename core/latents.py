@@ -29,7 +29,6 @@ from contextlib import closing
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from core.config import CacheConfig
 from core.fsutil import atomic_path
 from core.images import ImageError, open_image
 from core.jobs import JobContext, JobStopped
+from core.prefetch import prefetch
 
 CACHE_SUFFIX = ".latents.safetensors"
 CACHE_FORMAT = 1
@@ -159,34 +159,6 @@ def decode(item: Item, max_pixels: int) -> tuple[torch.Tensor, os.stat_result]:
     stat = os.stat(item.assignment.path)
     image = crop_to_bucket(open_image(item.assignment.path, max_pixels), item.assignment)
     return pixels_of(image), stat
-
-
-def prefetch(fn: Callable, items: Iterable, workers: int, ahead: int) -> Iterator[tuple]:
-    """Yield (item, fn(item) or the exception it raised) in order, computing up to `ahead`
-    items in advance on `workers` threads (in the caller's thread when workers is 0)."""
-    def call(item):
-        try:
-            return fn(item)
-        except Exception as exc:  # reported by the consumer, per item
-            return exc
-
-    if workers == 0:
-        for item in items:
-            yield item, call(item)
-        return
-    items = iter(items)
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending: deque[tuple[object, Future]] = deque(
-            (item, pool.submit(call, item)) for item in islice(items, max(ahead, 1)))
-        try:
-            while pending:
-                item, future = pending.popleft()
-                for following in islice(items, 1):
-                    pending.append((following, pool.submit(call, following)))
-                yield item, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
 
 
 def batches_by_bucket(items: list[Item], batch_size: int) -> list[list[Item]]:

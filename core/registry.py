@@ -39,6 +39,10 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("train", config.TrainConfig, "core.train.loop:run",
             "Fine-tune an SD 1.x / 2.x model (U-Net and/or text encoder) on a captioned dataset.",
             launcher="core.train.launch:launcher_argv"),
+    JobSpec("tag", config.TagConfig, "core.taggers.wd14:run",
+            "Tag images with a WD14 tagger (ONNX) into caption files."),
+    JobSpec("caption", config.BlipCaptionConfig, "core.taggers.blip:run",
+            "Caption images in sentences with a BLIP model into caption files."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}

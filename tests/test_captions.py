@@ -160,3 +160,29 @@ def test_atomic_write_keeps_permissions_of_the_file_it_replaces(tmp_path):
     atomic_write_text(fresh, "x")
     assert stat.S_IMODE(fresh.stat().st_mode) & 0o044 == 0o044  # readable by others, unlike mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("existing, mode, expected", [
+    (None, "skip", "a, b"),                       # no caption file: every mode writes
+    (None, "append", "a, b"),
+    ("old", "skip", None),
+    ("old", "overwrite", "a, b"),
+    ("b,  c ", "append", "b,  c, a"),              # the user's text is kept as it is; only new tags follow
+    ("a, b", "append", None),                     # nothing new
+    ("", "append", "a, b"),
+])
+def test_merge_caption_modes(existing, mode, expected):
+    from core.captions import merge_caption
+
+    assert merge_caption(existing, ["a", "b"], mode, ", ") == expected
+
+
+def test_write_generated_caption_backs_up_what_it_replaces(tmp_path):
+    from core.captions import list_caption_backups, write_generated_caption
+
+    path = tmp_path / "img.txt"
+    assert write_generated_caption(path, ["a dog on grass"], "skip", " ")
+    assert not write_generated_caption(path, ["a cat"], "skip", " ")
+    assert write_generated_caption(path, ["a cat"], "overwrite", " ")
+    assert path.read_text() == "a cat"
+    assert [b.preview for b in list_caption_backups(path)][:1] == ["a dog on grass"]

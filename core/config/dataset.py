@@ -26,6 +26,13 @@ class DatasetSettings(JobConfig):
     _check_dirs = field_validator("train_data_dir")(_non_empty_paths)
 
 
+class LoaderSettings(JobConfig):
+    """How images are read: shared by the jobs that run a model over a dataset."""
+    max_data_loader_n_workers: int = param(
+        2, "Threads that decode and resize images ahead of the model.", group="Performance", advanced=True,
+        ge=0, le=32)
+
+
 class CaptionSettings(JobConfig):
     """Where the captions are."""
     caption_extension: str = param(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from core.config.dataset import BucketSettings
+from core.config.dataset import BucketSettings, LoaderSettings
 from core.config.schema import JobConfig, param
 
 
@@ -17,7 +17,7 @@ class ModelSettings(JobConfig):
         widget="file", group="Model")
 
 
-class LatentSettings(JobConfig):
+class LatentSettings(LoaderSettings):
     """How VAE latents are made and where their cache files go."""
     latents_dir: str = param(
         "", "Folder for the cache files; empty: beside each image in the dataset (as kohya does).",
@@ -27,9 +27,6 @@ class LatentSettings(JobConfig):
     no_half_vae: bool = param(
         False, "Run the VAE in fp32 on GPU (SDXL's original VAE is always run in fp32).",
         group="Cache", advanced=True)
-    max_data_loader_n_workers: int = param(
-        2, "Threads that decode and resize images ahead of the VAE.", group="Cache", advanced=True,
-        ge=0, le=32)
 
 
 class CacheConfig(LatentSettings, ModelSettings, BucketSettings):  # bases in reverse display order

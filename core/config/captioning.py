@@ -1,0 +1,52 @@
+"""Parameters of the captioning jobs: WD14 tagging (`tag`) and BLIP captioning (`caption`)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from core.config.dataset import CaptionSettings, DatasetSettings, LoaderSettings
+from core.config.schema import param
+
+
+class CaptionWriteSettings(LoaderSettings, CaptionSettings, DatasetSettings):  # bases in reverse display order
+    """Which images get a caption file and what happens to one that exists."""
+    existing_captions: Literal["skip", "overwrite", "append"] = param(
+        "skip", "When an image has a caption file already: skip it, overwrite it (the old one is backed up and can "
+        "be restored), or append the new tags/text that are not in it yet.")
+    batch_size: int = param(8, "Images run through the model at once (1 when the model fixes it).", ge=1, le=512)
+
+
+class TagConfig(CaptionWriteSettings):
+    """Tag images with a WD14 tagger (ONNX, SmilingWolf's v2/v3 layout) from a local folder."""
+    model_dir: str = param(
+        "", "Folder with the tagger's model.onnx and selected_tags.csv (download both from a SmilingWolf WD "
+        "tagger repository on Hugging Face, e.g. wd-vit-tagger-v3).", widget="dir", min_length=1, group="Model")
+    general_threshold: float = param(0.35, "Confidence needed for a general tag.", group="Tags", ge=0, le=1)
+    character_threshold: float = param(0.85, "Confidence needed for a character tag.", group="Tags", ge=0, le=1)
+    use_rating_tags: bool = param(False, "Add the most likely rating tag (general, sensitive, ...).", group="Tags")
+    character_tags_first: bool = param(True, "Put character tags before general tags.", group="Tags")
+    always_first_tags: list[str] = param(
+        [], "Tags always put first when present, one per line (e.g. your trigger word, 1girl).", group="Tags")
+    undesired_tags: list[str] = param([], "Tags never written, one per line.", group="Tags")
+    remove_underscore: bool = param(
+        True, "Write tags with spaces instead of underscores (emoticons like ^_^ are kept).", group="Tags")
+    tag_replacement: list[str] = param(
+        [], "Replacements, one `old,new` pair per line (after underscores are removed).", group="Tags",
+        advanced=True)
+    caption_separator: str = param(", ", "Text between tags.", group="Tags", advanced=True, min_length=1)
+
+
+class BlipCaptionConfig(CaptionWriteSettings):
+    """Caption images in sentences with a BLIP model (transformers) from a local folder."""
+    model_dir: str = param(
+        "", "Folder of a BLIP captioning model saved by transformers (BlipForConditionalGeneration with its "
+        "processor, e.g. Salesforce/blip-image-captioning-large).", widget="dir", min_length=1, group="Model")
+    beam_search: bool = param(
+        True, "Beam search (steady captions); off: nucleus sampling (more varied).", group="Generation")
+    num_beams: int = param(3, "Beams for beam search.", group="Generation", ge=1, le=16)
+    top_p: float = param(0.9, "Nucleus sampling: keep the smallest set of words with this total probability.",
+                         group="Generation", gt=0, le=1)
+    min_length: int = param(5, "Shortest caption in tokens.", group="Generation", ge=0, le=500)
+    max_length: int = param(75, "Longest caption in tokens.", group="Generation", ge=1, le=500)
+    prefix: str = param("", "Text written before every caption (e.g. a trigger word).", group="Generation")
+    postfix: str = param("", "Text written after every caption.", group="Generation")
+    seed: int = param(42, "Random seed (nucleus sampling).", group="Generation", advanced=True)
