@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import buckets, dataset, runs, training
+from tabs import buckets, captioning, dataset, runs, training
 
 TITLE = "SD Studio"
 
@@ -13,6 +13,7 @@ def build_app() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nPrepare datasets and fine-tune Stable Diffusion models.")
         with gr.Tabs():
             dataset.build(blocks)
+            captioning.build(blocks)
             buckets.build(blocks)
             training.build(blocks)
             runs.build(blocks)

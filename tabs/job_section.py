@@ -1,6 +1,8 @@
 """One job's controls: preset bar, schema form, start button and live job panel."""
 from __future__ import annotations
 
+from typing import Callable
+
 import gradio as gr
 
 from core.registry import JOBS
@@ -17,11 +19,14 @@ class JobSection:
     """
 
     def __init__(self, job: str, button_label: str, grace_s: float = 60.0, fields: list[str] | None = None,
-                 base_form: SchemaForm | None = None):
+                 base_form: SchemaForm | None = None, before_panel: Callable[[], None] | None = None):
+        """`before_panel`: builds more controls between the start button and the job panel."""
         self.job, self.base_form = job, base_form
         self.presets = PresetBar(job)
         self.form = SchemaForm(JOBS[job].config, fields=fields)
         self.button = gr.Button(button_label, variant="primary", elem_id=f"{job}-button")
+        if before_panel:
+            before_panel()
         self.panel = JobPanel(job, grace_s=grace_s)
 
     def values(self, *raw) -> dict:
