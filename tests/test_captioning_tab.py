@@ -20,3 +20,13 @@ def test_preview_reports_bad_settings_instead_of_failing(tmp_path):
     assert items == [] and message.startswith("**No preview:**") and "model_dir" in message
     items, message = preview("caption", {"train_data_dir": [str(tmp_path)], "model_dir": str(tmp_path / "nope")})
     assert items == [] and "No preview" in message
+
+
+def test_caption_lengths_must_be_ordered(tmp_path):
+    import pytest
+
+    from core.config import BlipCaptionConfig, ConfigError, validate
+
+    with pytest.raises(ConfigError, match="min_length"):
+        validate(BlipCaptionConfig, {"train_data_dir": [str(tmp_path)], "model_dir": "m", "min_length": 80,
+                                     "max_length": 20}, "test")

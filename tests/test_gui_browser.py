@@ -186,6 +186,12 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     assert (tmp_path / "out" / "demo-finetune.safetensors").is_file()
     assert "120/120" in page.inner_text("#train-progress")
 
+    page.reload()  # the run's view is rebuilt from its folder
+    page.click("#tab-training-button")
+    page.wait_for_selector("#train-status:has-text('done')")
+    page.wait_for_function("+document.querySelector('#train-loss-chart polyline').dataset.points > 5")
+    page.wait_for_selector("#train-samples img")
+
 
 def test_train_preset_save_as_and_kohya_import(page, tmp_path):
     page.click("#tab-training-button")

@@ -22,8 +22,9 @@ def kit(demo_kit):
 
 @pytest.fixture
 def dataset(kit, tmp_path):
-    """A copy of the demo dataset (the latent cache is written beside its images)."""
-    return shutil.copytree(kit / "dataset", tmp_path / "dataset")
+    """A copy of the demo dataset's images and captions (the latent cache is written beside the images, and
+    other tests may have cached the shared kit already)."""
+    return shutil.copytree(kit / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.latents.*"))
 
 
 @pytest.fixture

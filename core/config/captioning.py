@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from core.config.dataset import CaptionSettings, DatasetSettings, LoaderSettings
 from core.config.schema import param
 
@@ -50,3 +52,9 @@ class BlipCaptionConfig(CaptionWriteSettings):
     prefix: str = param("", "Text written before every caption (e.g. a trigger word).", group="Generation")
     postfix: str = param("", "Text written after every caption.", group="Generation")
     seed: int = param(42, "Random seed (nucleus sampling).", group="Generation", advanced=True)
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.min_length > self.max_length:
+            raise ValueError(f"min_length ({self.min_length}) is above max_length ({self.max_length})")
+        return self

@@ -1,0 +1,312 @@
+"""WD14 tags (job `tag`): booru-style tags from a SmilingWolf WD tagger (ONNX, v2 and v3 layout).
+
+The model folder holds `model.onnx` and `selected_tags.csv` (tag_id,name,category,count; category
+9 = rating, 0 = general, 4 = character); nothing is downloaded. Images are prepared as the reference
+(SmilingWolf's wd-tagger space) does: transparency on white, padded to a centred white square,
+resized bicubic to the graph's input side, RGB->BGR, float32 0..255, NHWC. Scores are the model's
+sigmoid outputs: the most probable rating (with use_rating_tags), general tags scoring above
+general_threshold, character tags above character_threshold, each category by score descending.
+
+Tag text: underscores become spaces (remove_underscore) except in the emoticons of KAOMOJIS, then
+`tag_replacement` applies. undesired_tags and always_first_tags go through the same steps, so either
+spelling (`long_hair` or `long hair`, the original or the replaced tag) matches. Order written:
+always_first_tags present (in the user's order), rating, character and general tags (general first
+without character_tags_first).
+
+existing_captions: `skip` leaves images with a caption file alone (they are not even decoded, so a
+stopped run continues where it stopped); `overwrite` and `append` (new tags only) go through
+core.captions, which backs up every changed file.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import re
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from core.captions import write_generated_caption
+from core.config import TagConfig
+from core.dataset import caption_path, find_images
+from core.images import ImageError, open_image, to_rgb
+from core.jobs import JobContext, JobStopped
+from core.prefetch import prefetch
+
+MODEL_FILES = ("model.onnx", "selected_tags.csv")
+MODEL_HINT = ("download model.onnx and selected_tags.csv of a SmilingWolf WD tagger from Hugging Face "
+              "(e.g. https://huggingface.co/SmilingWolf/wd-vit-tagger-v3) into this folder")
+GENERAL, CHARACTER, RATING = 0, 4, 9
+# Emoticon tags whose underscores are part of the face (the reference's list and kohya's additions).
+KAOMOJIS = frozenset({
+    "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o",
+    "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||", ">_@", "^_o", "c_c", "~_~", ";_;", "0_o"})
+
+
+class Tagger(NamedTuple):
+    session: object          # onnxruntime.InferenceSession
+    input_name: str
+    size: int                # side of the square input image
+    fixed_batch: int | None  # the graph's batch dimension when it is a fixed number
+    names: list[str]         # tag names in output order
+    categories: np.ndarray   # category of each tag
+
+
+def load_tagger(model_dir: str) -> Tagger:
+    """The tagger of a local folder, on CUDA when onnxruntime offers it, else on the CPU. Sessions are
+    cached per folder (and reloaded when its files change). ValueError for a wrong folder."""
+    folder = Path(os.path.abspath(os.path.expanduser(model_dir.strip())))
+    if not folder.is_dir():
+        raise ValueError(f"WD14 tagger folder not found: {folder}; {MODEL_HINT}")
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"the WD14 tagger folder {folder} has no {' and no '.join(missing)}; {MODEL_HINT}")
+    stats = [(folder / name).stat() for name in MODEL_FILES]
+    return _load_tagger(str(folder), tuple((s.st_mtime_ns, s.st_size) for s in stats))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_tagger(folder: str, _files_key: tuple) -> Tagger:
+    import onnxruntime as ort
+
+    names, categories = read_selected_tags(Path(folder) / "selected_tags.csv")
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        session = ort.InferenceSession(str(Path(folder) / "model.onnx"), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types for a damaged or foreign file
+        raise ValueError(f"cannot load {Path(folder) / 'model.onnx'} ({exc}); {MODEL_HINT}") from None
+    graph_input, output = session.get_inputs()[0], session.get_outputs()[0]
+    shape = list(graph_input.shape)
+    if len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int) or shape[1] != shape[2]:
+        raise ValueError(f"{folder}: model.onnx takes {graph_input.shape}, not a square NHWC RGB image "
+                         "[batch, side, side, 3] like the WD taggers")
+    scores = output.shape[-1] if output.shape else None
+    if isinstance(scores, int) and scores != len(names):
+        raise ValueError(f"{folder}: model.onnx gives {scores} scores but selected_tags.csv lists "
+                         f"{len(names)} tags; the two files must come from the same tagger")
+    return Tagger(session, graph_input.name, shape[1], shape[0] if isinstance(shape[0], int) else None,
+                  names, categories)
+
+
+def read_selected_tags(path: Path) -> tuple[list[str], np.ndarray]:
+    """(tag names, categories) of a selected_tags.csv."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [row["name"] for row in rows], np.array([int(row["category"]) for row in rows])
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a WD tagger tag list (columns tag_id,name,category,count): "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """[size, size, 3] float32 BGR in 0..255: transparency on white, padded to a centred white
+    square, resized bicubic (see the module docstring)."""
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    if side != size:
+        square = square.resize((size, size), Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(square, dtype=np.float32)[:, :, ::-1])
+
+
+def model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
+    """One image file as the model's input (runs on the decoding threads)."""
+    return preprocess(open_image(path, max_pixels), size)
+
+
+def predict(tagger: Tagger, inputs: list[np.ndarray]) -> np.ndarray:
+    """[len(inputs), tags] scores; a batch shorter than a fixed batch dimension is padded."""
+    batch = np.stack(inputs)
+    if tagger.fixed_batch and len(inputs) < tagger.fixed_batch:
+        batch = np.concatenate([batch, np.zeros((tagger.fixed_batch - len(inputs), *batch.shape[1:]),
+                                                batch.dtype)])
+    return tagger.session.run(None, {tagger.input_name: batch})[0][:len(inputs)]
+
+
+@dataclass(frozen=True)
+class TagRules:
+    """The tag options of a TagConfig, applied to one model's tags."""
+    texts: list[str]               # the written form of every model tag ("" drops it)
+    categories: np.ndarray
+    undesired: frozenset[str]
+    always_first: list[str]
+    cfg: TagConfig
+
+    @classmethod
+    def build(cls, cfg: TagConfig, tagger: Tagger) -> TagRules:
+        replacements = parse_replacements(cfg.tag_replacement, cfg.remove_underscore)
+
+        def text(name: str) -> str:
+            name = underscores_to_spaces(name.strip()) if cfg.remove_underscore else name.strip()
+            return replacements.get(name, name)
+
+        return cls([text(name) for name in tagger.names], tagger.categories,
+                   frozenset(text(tag) for tag in cfg.undesired_tags),
+                   list(dict.fromkeys(text(tag) for tag in cfg.always_first_tags if tag.strip())), cfg)
+
+    def select(self, scores: np.ndarray) -> list[str]:
+        """The tags of one image, in the order they are written."""
+        picked: list[int] = []
+        ratings = np.flatnonzero(self.categories == RATING)
+        if self.cfg.use_rating_tags and ratings.size:
+            picked.append(int(ratings[np.argmax(scores[ratings])]))
+        character = self._above(scores, CHARACTER, self.cfg.character_threshold)
+        general = self._above(scores, GENERAL, self.cfg.general_threshold)
+        picked += character + general if self.cfg.character_tags_first else general + character
+        tags = list(dict.fromkeys(self.texts[i] for i in picked))
+        tags = [tag for tag in tags if tag and tag not in self.undesired]
+        first = [tag for tag in self.always_first if tag in tags]
+        return first + [tag for tag in tags if tag not in first]
+
+    def _above(self, scores: np.ndarray, category: int, threshold: float) -> list[int]:
+        index = np.flatnonzero((self.categories == category) & (scores > threshold))
+        return index[np.argsort(-scores[index], kind="stable")].tolist()
+
+
+def underscores_to_spaces(tag: str) -> str:
+    return tag if tag in KAOMOJIS else tag.replace("_", " ")
+
+
+def parse_replacements(items: list[str], remove_underscore: bool) -> dict[str, str]:
+    """{old: new} from `old,new` lines (`\\,` is a comma inside a tag; an empty new drops the tag)."""
+    pairs = {}
+    for item in items:
+        if not item.strip():
+            continue
+        parts = [part.replace("\\,", ",").strip() for part in re.split(r"(?<!\\),", item)]
+        if len(parts) != 2 or not parts[0]:
+            raise ValueError(f"tag_replacement {item!r}: expected one `old,new` pair a line "
+                             "(write \\, for a comma inside a tag)")
+        old, new = parts
+        pairs[underscores_to_spaces(old) if remove_underscore else old] = new
+    return pairs
+
+
+def images_to_tag(cfg: TagConfig, on_error: Callable[[Path, str], None] | None = None) -> tuple[list[Path], int]:
+    """(images the run tags, how many are skipped because they have a caption file)."""
+    images = [image.path for image in find_images(cfg.train_data_dir, cfg.recursive, on_error)]
+    if cfg.existing_captions != "skip":
+        return images, 0
+    todo = [path for path in images if not caption_path(path, cfg.caption_extension).exists()]
+    return todo, len(images) - len(todo)
+
+
+@dataclass
+class Tally:
+    """What happened to each image, with the progress report."""
+    total: int
+    skipped: int
+    written: int = 0
+    unchanged: int = 0
+    failed_paths: list[str] = field(default_factory=list)
+
+    def fail(self, ctx: JobContext, message: str, path: Path) -> None:
+        self.failed_paths.append(str(path))
+        ctx.warning(message, path)
+
+    def report(self, ctx: JobContext) -> None:
+        ctx.progress(self.skipped + self.written + self.unchanged + len(self.failed_paths), self.total)
+
+
+def tag_all(cfg: TagConfig, ctx: JobContext, tagger: Tagger, rules: TagRules, todo: list[Path],
+            batch_size: int, tally: Tally) -> None:
+    """Decode ahead on worker threads, tag batch by batch, write; stops between batches."""
+    ahead = 2 * batch_size + cfg.max_data_loader_n_workers
+    decoded = prefetch(lambda path: model_input(path, tagger.size, cfg.max_image_pixels), todo,
+                       cfg.max_data_loader_n_workers, ahead)
+    with closing(decoded):
+        for _ in range(0, len(todo), batch_size):
+            ctx.check_stop()
+            ready = []
+            for path, result in islice(decoded, batch_size):
+                if isinstance(result, Exception):
+                    tally.fail(ctx, f"skipped: {_reason(result)}", path)
+                    tally.report(ctx)
+                else:
+                    ready.append((path, result))
+            if ready:
+                scores = predict(tagger, [array for _, array in ready])
+                for (path, _), image_scores in zip(ready, scores):
+                    write_tags(cfg, ctx, path, rules.select(image_scores), tally)
+                    tally.report(ctx)
+
+
+def write_tags(cfg: TagConfig, ctx: JobContext, path: Path, tags: list[str], tally: Tally) -> None:
+    target = caption_path(path, cfg.caption_extension)
+    try:
+        changed = write_generated_caption(target, tags, cfg.existing_captions, cfg.caption_separator)
+    except OSError as exc:
+        tally.fail(ctx, f"cannot write the caption file {target}: {exc.strerror or exc}", path)
+        return
+    if changed:
+        tally.written += 1
+    else:
+        tally.unchanged += 1
+
+
+def run(cfg: TagConfig, ctx: JobContext) -> dict:
+    """The `tag` job: write WD14 tags to the caption file of every image."""
+    started = time.perf_counter()
+    tagger = load_tagger(cfg.model_dir)
+    rules = TagRules.build(cfg, tagger)
+    batch_size = tagger.fixed_batch or cfg.batch_size
+    counts = {name: int((tagger.categories == c).sum()) for name, c in
+              (("general", GENERAL), ("character", CHARACTER), ("rating", RATING))}
+    ctx.log(f"WD14 tagger from {cfg.model_dir}: {len(tagger.names)} tags "
+            f"({', '.join(f'{n} {name}' for name, n in counts.items())}), {tagger.size}x{tagger.size} input, "
+            f"on {tagger.session.get_providers()[0]}")
+    if tagger.fixed_batch and tagger.fixed_batch != cfg.batch_size:
+        ctx.log(f"the model's batch size is fixed to {tagger.fixed_batch}: batch_size {cfg.batch_size} not used")
+    todo, skipped = images_to_tag(cfg, lambda path, reason: ctx.warning(reason, path))
+    tally = Tally(total=len(todo) + skipped, skipped=skipped)
+    ctx.log(f"{tally.total} images: {len(todo)} to tag, {skipped} with a caption file already (skipped)")
+    tally.report(ctx)
+    complete = True
+    try:
+        tag_all(cfg, ctx, tagger, rules, todo, batch_size, tally)
+    except JobStopped:
+        complete = False
+        ctx.log("stopped: every caption written is complete; run again with existing_captions=skip to continue")
+    seconds = time.perf_counter() - started
+    ctx.log(f"tags {'complete' if complete else 'PARTIAL (stopped)'}: {tally.written} written, "
+            f"{tally.unchanged} unchanged, {tally.skipped} skipped, {len(tally.failed_paths)} failed, "
+            f"{seconds:.1f} s")
+    return {"complete": complete, "images": tally.total, "written": tally.written, "skipped": tally.skipped,
+            "unchanged": tally.unchanged, "failed": len(tally.failed_paths), "failed_paths": tally.failed_paths,
+            "seconds": round(seconds, 3)}
+
+
+def preview_tags(cfg: TagConfig, limit: int = 4) -> list[tuple[str, str]]:
+    """(image path, the tags the run would write, or append) for the first `limit` readable images
+    the run would tag. Writes nothing."""
+    tagger = load_tagger(cfg.model_dir)
+    rules = TagRules.build(cfg, tagger)
+    todo, _ = images_to_tag(cfg)
+    chosen: list[tuple[Path, np.ndarray]] = []
+    for path in todo:
+        if len(chosen) == limit:
+            break
+        try:
+            chosen.append((path, model_input(path, tagger.size, cfg.max_image_pixels)))
+        except ImageError:
+            continue
+    return [(str(path), cfg.caption_separator.join(rules.select(predict(tagger, [array])[0])))
+            for path, array in chosen]
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ImageError):
+        return exc.reason
+    return f"{type(exc).__name__}: {exc}"
