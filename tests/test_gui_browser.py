@@ -214,3 +214,27 @@ def test_train_preset_save_as_and_kohya_import(page, tmp_path):
     assert "network_dim" in page.inner_text("#train-import-message")
     wait_value(page, "TrainConfig-max_train_epochs", "3", number=True)
     wait_value(page, "TrainConfig-optimizer_type", "'AdamW8bit'")
+
+
+def test_tag_with_a_tiny_wd14_model_preview_then_run(page, tmp_path):
+    from PIL import Image
+    from test_tagger_wd14 import EXPECTED, RED, build_model
+
+    model = build_model(tmp_path / "tagger é")
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 32), RED).save(data / f"red {i}.png")
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    page.click("#tab-captioning-button")
+    fill(page, "TagConfig-train_data_dir", str(data))
+    fill(page, "TagConfig-model_dir", str(model))
+    page.click("#tag-preview-button")
+    page.wait_for_selector("#tag-preview-message:has-text('nothing was written')")
+    page.wait_for_selector(f"#tag-preview:has-text('{EXPECTED[RED]}')")
+    assert not list(data.glob("*.txt"))
+    page.click("#tag-button")
+    page.wait_for_function("document.querySelector('#tag-log textarea').value.includes('tag: done')")
+    page.wait_for_selector("#tag-summary:has-text('written 5')")
+    page.wait_for_selector("#tag-summary:has-text('broken.png')")
+    assert {p.read_text() for p in data.glob("*.txt")} == {EXPECTED[RED]}

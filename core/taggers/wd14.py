@@ -8,8 +8,8 @@ sigmoid outputs: the most probable rating (with use_rating_tags), general tags s
 general_threshold, character tags above character_threshold, each category by score descending.
 
 Tag text: underscores become spaces (remove_underscore) except in the emoticons of KAOMOJIS, then
-`tag_replacement` applies. undesired_tags and always_first_tags go through the same steps, so either
-spelling (`long_hair` or `long hair`, the original or the replaced tag) matches. Order written:
+`tag_replacement` applies. Tags the user lists (replacements, undesired_tags, always_first_tags) match
+with underscores and spaces alike, and the last two also before or after replacement. Order written:
 always_first_tags present (in the user's order), rating, character and general tags (general first
 without character_tags_first).
 
@@ -81,7 +81,9 @@ def _load_tagger(folder: str, _files_key: tuple) -> Tagger:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        session = ort.InferenceSession(str(Path(folder) / "model.onnx"), providers=providers)
+        so = ort.SessionOptions()
+        so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SPIN", "1"))
+        session = ort.InferenceSession(str(Path(folder) / "model.onnx"), so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own types for a damaged or foreign file
         raise ValueError(f"cannot load {Path(folder) / 'model.onnx'} ({exc}); {MODEL_HINT}") from None
     graph_input, output = session.get_inputs()[0], session.get_outputs()[0]
@@ -118,7 +120,7 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     if side != size:
         square = square.resize((size, size), Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(square, dtype=np.float32)[:, :, ::-1])
+    return np.asarray(square)[:, :, ::-1].astype(np.float32, order="C")
 
 
 def model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
@@ -137,24 +139,25 @@ def predict(tagger: Tagger, inputs: list[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TagRules:
-    """The tag options of a TagConfig, applied to one model's tags."""
-    texts: list[str]               # the written form of every model tag ("" drops it)
+    """The tag options of a TagConfig, applied to one model's tags. User-given tags are matched by
+    `tag_key`, so `long_hair` and `long hair` name the same tag whatever remove_underscore says."""
+    texts: list[str]          # the written form of every model tag ("" drops it)
     categories: np.ndarray
-    undesired: frozenset[str]
-    always_first: list[str]
+    undesired: frozenset[str]  # keys
+    always_first: list[str]    # keys, in the user's order
     cfg: TagConfig
 
     @classmethod
     def build(cls, cfg: TagConfig, tagger: Tagger) -> TagRules:
-        replacements = parse_replacements(cfg.tag_replacement, cfg.remove_underscore)
+        replacements = parse_replacements(cfg.tag_replacement)
 
         def text(name: str) -> str:
-            name = underscores_to_spaces(name.strip()) if cfg.remove_underscore else name.strip()
-            return replacements.get(name, name)
+            name = name.strip()
+            return replacements.get(tag_key(name), tag_key(name) if cfg.remove_underscore else name)
 
         return cls([text(name) for name in tagger.names], tagger.categories,
-                   frozenset(text(tag) for tag in cfg.undesired_tags),
-                   list(dict.fromkeys(text(tag) for tag in cfg.always_first_tags if tag.strip())), cfg)
+                   frozenset(tag_key(text(tag)) for tag in cfg.undesired_tags),
+                   list(dict.fromkeys(tag_key(text(tag)) for tag in cfg.always_first_tags if tag.strip())), cfg)
 
     def select(self, scores: np.ndarray) -> list[str]:
         """The tags of one image, in the order they are written."""
@@ -166,21 +169,22 @@ class TagRules:
         general = self._above(scores, GENERAL, self.cfg.general_threshold)
         picked += character + general if self.cfg.character_tags_first else general + character
         tags = list(dict.fromkeys(self.texts[i] for i in picked))
-        tags = [tag for tag in tags if tag and tag not in self.undesired]
-        first = [tag for tag in self.always_first if tag in tags]
-        return first + [tag for tag in tags if tag not in first]
+        by_key = {tag_key(tag): tag for tag in tags if tag and tag_key(tag) not in self.undesired}
+        first = [by_key.pop(key) for key in self.always_first if key in by_key]
+        return first + list(by_key.values())
 
     def _above(self, scores: np.ndarray, category: int, threshold: float) -> list[int]:
         index = np.flatnonzero((self.categories == category) & (scores > threshold))
         return index[np.argsort(-scores[index], kind="stable")].tolist()
 
 
-def underscores_to_spaces(tag: str) -> str:
+def tag_key(tag: str) -> str:
+    """The tag with underscores as spaces, except in emoticons (KAOMOJIS)."""
     return tag if tag in KAOMOJIS else tag.replace("_", " ")
 
 
-def parse_replacements(items: list[str], remove_underscore: bool) -> dict[str, str]:
-    """{old: new} from `old,new` lines (`\\,` is a comma inside a tag; an empty new drops the tag)."""
+def parse_replacements(items: list[str]) -> dict[str, str]:
+    """{key of old: new} from `old,new` lines (`\\,` is a comma inside a tag; an empty new drops the tag)."""
     pairs = {}
     for item in items:
         if not item.strip():
@@ -189,8 +193,7 @@ def parse_replacements(items: list[str], remove_underscore: bool) -> dict[str, s
         if len(parts) != 2 or not parts[0]:
             raise ValueError(f"tag_replacement {item!r}: expected one `old,new` pair a line "
                              "(write \\, for a comma inside a tag)")
-        old, new = parts
-        pairs[underscores_to_spaces(old) if remove_underscore else old] = new
+        pairs[tag_key(parts[0])] = parts[1]
     return pairs
 
 
