@@ -43,6 +43,10 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
             "Tag images with a WD14 tagger (ONNX) into caption files."),
     JobSpec("caption", config.BlipCaptionConfig, "core.taggers.blip:run",
             "Caption images in sentences with a BLIP model into caption files."),
+    JobSpec("clean", config.CleanConfig, "core.cleaning:run",
+            "Clean caption files with ordered rules (snapshot first: undoable)."),
+    JobSpec("undo_clean", config.UndoCleanConfig, "core.cleaning:run_undo",
+            "Restore the caption files of a cleaning snapshot byte for byte."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}

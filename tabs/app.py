@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import buckets, captioning, dataset, runs, training
+from tabs import buckets, captioning, cleaning, dataset, runs, training
 
 TITLE = "SD Studio"
 
@@ -14,6 +14,7 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             dataset.build(blocks)
             captioning.build(blocks)
+            cleaning.build(blocks)
             buckets.build(blocks)
             training.build(blocks)
             runs.build(blocks)

@@ -4,7 +4,8 @@ The GUI form, the CLI flags, presets and run configs are all generated from thes
 Each field is declared with `param(...)`: default, help text, a UI group, a basic/advanced
 flag and an optional widget hint; bounds via ge/le, choices via Literal types.
 """
-from core.config.captioning import BlipCaptionConfig, CaptionWriteSettings, TagConfig  # noqa: F401
+from core.config.captioning import (BlipCaptionConfig, CaptionWriteSettings, CleanConfig, TagConfig,  # noqa: F401
+                                    UndoCleanConfig)
 from core.config.dataset import (BucketConfig, BucketSettings, CaptionSettings, DatasetSettings,  # noqa: F401
                                  ScanConfig, parse_resolution)
 from core.config.models import CacheConfig, DemoConfig, LatentSettings, ModelSettings  # noqa: F401

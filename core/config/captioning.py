@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from core.config.dataset import CaptionSettings, DatasetSettings, LoaderSettings
-from core.config.schema import param
+from core.config.schema import JobConfig, param
 
 
 class CaptionWriteSettings(LoaderSettings, CaptionSettings, DatasetSettings):  # bases in reverse display order
@@ -58,3 +58,30 @@ class BlipCaptionConfig(CaptionWriteSettings):
         if self.min_length > self.max_length:
             raise ValueError(f"min_length ({self.min_length}) is above max_length ({self.max_length})")
         return self
+
+
+class CleanConfig(CaptionSettings, DatasetSettings):  # bases in reverse display order
+    """Clean caption files with an ordered list of rules; a snapshot taken first makes it undoable."""
+    rules: list[str] = param(
+        ["underscores", "whitespace", "dedupe"],
+        "Rules applied in order, one per line: underscores, whitespace, dedupe, lowercase, drop_ratings, "
+        "drop_subsumed, sd_normalize, `remove: tag1, tag2`, `remove_regex: PATTERN`, `replace: old -> new`, "
+        "`replace_regex: PATTERN -> REPLACEMENT`, `prefix: tag` (kept first), `suffix: tag` (kept last), "
+        "`max_tags: N`.", widget="textarea", group="Rules")
+    only_with_tag: str = param(
+        "", "Apply the rules only to captions that contain this tag (bulk edit of a search result; empty: all).",
+        group="Rules")
+    dry_run: bool = param(False, "Only count the files that would change; write nothing.", group="Rules")
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, lines: list[str]) -> list[str]:
+        from core.caption_rules import parse_rules
+
+        parse_rules(lines)  # a ValueError names the line and what is wrong
+        return lines
+
+
+class UndoCleanConfig(JobConfig):
+    """Restore the caption files of a cleaning snapshot byte for byte (itself undoable)."""
+    snapshot: str = param("", "Snapshot to restore (its id, as listed by the Cleaning tab).", min_length=1)
