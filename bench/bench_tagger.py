@@ -7,7 +7,7 @@ decoded and preprocessed in memory. Target ratio >= 0.9.
 
 With no arguments it builds a synthetic tagger (3x3 convolutions at 448x448, NHWC input like the WD
 taggers, about 16 GFLOPs per image: a real WD ViT tagger is several times heavier) and 200 JPEG images
-of mixed sizes, so it runs on a CPU in about a minute and a half. On a CPU the job's own work (about
+of mixed sizes, so it runs on a CPU in about two minutes. On a CPU the job's own work (about
 8 ms per image on the machine it was written on) shares the cores with the model, so the ratio is
 roughly model time / (model time + that work); on a GPU the decoding overlaps the model. For a real
 tagger on a GPU (onnxruntime-gpu):
@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tags", type=int, default=2000, help="tags of the synthetic tagger")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many timings")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many interleaved timings")
     return parser.parse_args(argv)
 
 
@@ -97,35 +98,32 @@ def draw_dataset(folder: Path, count: int) -> None:
         Image.fromarray(pixels).save(folder / f"img_{i:04d}.jpg", quality=90)
 
 
-def session_alone(cfg: TagConfig, repeats: int) -> tuple[float, int]:
-    """Best images/s of the session alone on preprocessed arrays, batched as the job batches."""
+def session_alone(cfg: TagConfig) -> Callable[[], float]:
+    """A timer of the session alone on preprocessed arrays, batched as the job batches: images/s."""
     tagger = load_tagger(cfg.model_dir)
     paths, _ = images_to_tag(cfg)
     arrays = [model_input(path, tagger.size, cfg.max_image_pixels) for path in paths]
     batch = tagger.fixed_batch or cfg.batch_size
     batches = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]
     predict(tagger, batches[0])  # warm-up
-    best = 0.0
-    for _ in range(repeats):
+
+    def timed() -> float:
         started = time.perf_counter()
         for inputs in batches:
             predict(tagger, inputs)
-        best = max(best, len(arrays) / (time.perf_counter() - started))
-    return best, len(arrays)
+        return len(arrays) / (time.perf_counter() - started)
+    return timed
 
 
-def job_rate(cfg: TagConfig, work: Path, repeats: int) -> float:
-    """Best images/s of the whole `run` call; every repeat writes a fresh set of caption files."""
-    best = 0.0
-    for i in range(repeats):
-        ctx = JobContext(work / f"run-{i}", echo=False)
-        started = time.perf_counter()
-        result = run(cfg.model_copy(update={"caption_extension": f".bench{i}"}), ctx)
-        seconds = time.perf_counter() - started
-        ctx.close()
-        assert result["failed"] == 0 and result["written"] == result["images"], result
-        best = max(best, result["written"] / seconds)
-    return best
+def job_rate(cfg: TagConfig, run_dir: Path, extension: str) -> float:
+    """Images/s of one whole `run` call writing a fresh set of caption files."""
+    ctx = JobContext(run_dir, echo=False)
+    started = time.perf_counter()
+    result = run(cfg.model_copy(update={"caption_extension": extension}), ctx)
+    seconds = time.perf_counter() - started
+    ctx.close()
+    assert result["failed"] == 0 and result["written"] == result["images"], result
+    return result["written"] / seconds
 
 
 def main(argv=None) -> None:
@@ -141,8 +139,12 @@ def main(argv=None) -> None:
             draw_dataset(dataset, args.images)
         cfg = TagConfig(train_data_dir=[str(dataset)], model_dir=str(model), batch_size=args.batch_size,
                         max_data_loader_n_workers=args.workers, existing_captions="overwrite")
-        alone, count = session_alone(cfg, args.repeats)
-        job = job_rate(cfg, work, args.repeats)
+        bare = session_alone(cfg)
+        alone = job = 0.0
+        for i in range(args.repeats):  # interleaved, so a slower spell of the machine hits both
+            alone = max(alone, bare())
+            job = max(job, job_rate(cfg, work / f"run-{i}", f".bench{i}"))
+        count = len(images_to_tag(cfg)[0])
         tagger = load_tagger(cfg.model_dir)
         print(f"tagger {model} ({tagger.size}x{tagger.size}, {len(tagger.names)} tags, "
               f"{tagger.session.get_providers()[0]}); {count} images, batch {args.batch_size}, "

@@ -80,10 +80,10 @@ def _load_tagger(folder: str, _files_key: tuple) -> Tagger:
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()  # idle model threads yield: the decoding threads need the CPU between batches
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        so = ort.SessionOptions()
-        so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SPIN", "1"))
-        session = ort.InferenceSession(str(Path(folder) / "model.onnx"), so, providers=providers)
+        session = ort.InferenceSession(str(Path(folder) / "model.onnx"), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own types for a damaged or foreign file
         raise ValueError(f"cannot load {Path(folder) / 'model.onnx'} ({exc}); {MODEL_HINT}") from None
     graph_input, output = session.get_inputs()[0], session.get_outputs()[0]
