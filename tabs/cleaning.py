@@ -101,7 +101,7 @@ def build(blocks: gr.Blocks) -> None:
         gr.Markdown("Clean captions with rules applied in order. Preview first; Apply saves a snapshot of every "
                     "caption it changes before writing, and Undo restores a snapshot byte for byte.")
         section = JobSection("clean", "Apply rules", before_panel=preview_controls)
-        with gr.Accordion("Undo", open=False):
+        with gr.Accordion("Undo a cleaning", open=False):
             with gr.Row():
                 snapshot = gr.Dropdown(label="Snapshot", choices=[], elem_id="clean-snapshot", scale=3)
                 refresh = gr.Button("Refresh", elem_id="clean-snapshot-refresh", scale=1)

@@ -238,3 +238,43 @@ def test_tag_with_a_tiny_wd14_model_preview_then_run(page, tmp_path):
     page.wait_for_selector("#tag-summary:has-text('written 5')")
     page.wait_for_selector("#tag-summary:has-text('broken.png')")
     assert {p.read_text() for p in data.glob("*.txt")} == {EXPECTED[RED]}
+
+
+def test_clean_captions_preview_apply_undo_and_statistics(page, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "captions é"
+    data.mkdir()
+    originals = {}
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(data / f"img {i}.png")
+        originals[f"img {i}.txt"] = f"long_hair, watermark,  long_hair, tag_{i}".encode()
+        (data / f"img {i}.txt").write_bytes(originals[f"img {i}.txt"])
+    page.click("#tab-cleaning-button")
+    fill(page, "CleanConfig-train_data_dir", str(data))
+    page.click("#clean-rule-choice input")
+    page.click("ul[role='listbox'] li:has-text('remove')")
+    page.click("#clean-rule-add")
+    page.wait_for_function("document.querySelector('#CleanConfig-rules textarea').value.includes('remove:')")
+    fill(page, "CleanConfig-rules", "underscores\nwhitespace\ndedupe\nremove: watermark")
+    page.click("#clean-preview-button")
+    page.wait_for_selector("#clean-preview-message:has-text('4 of 4 caption files would change')")
+    page.wait_for_selector("#clean-preview:has-text('long hair, tag 0')")
+    assert {p.name: p.read_bytes() for p in data.glob("*.txt")} == originals
+
+    page.click("#clean-button")
+    page.wait_for_function("document.querySelector('#clean-log textarea').value.includes('clean: done')")
+    assert (data / "img 0.txt").read_text() == "long hair, tag 0"
+
+    page.click("text=Tag statistics and search")
+    page.click("#clean-count")
+    page.wait_for_selector("#clean-tag-chart .bar-count")
+    counts = page.eval_on_selector_all("#clean-tag-chart .bar-count", "els => els.map(e => +e.textContent)")
+    assert counts[0] == 4 and "long hair" in page.inner_text("#clean-tag-chart")  # the top tag: in all 4 captions
+
+    page.click("text=Undo a cleaning")
+    page.click("#clean-snapshot-refresh")
+    page.wait_for_function("document.querySelector('#clean-snapshot input').value.length > 0")
+    page.click("#clean-undo")
+    page.wait_for_function("document.querySelector('#clean-undo-log textarea').value.includes('undo_clean: done')")
+    assert {p.name: p.read_bytes() for p in data.glob("*.txt")} == originals

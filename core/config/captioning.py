@@ -36,6 +36,14 @@ class TagConfig(CaptionWriteSettings):
         advanced=True)
     caption_separator: str = param(", ", "Text between tags.", group="Tags", advanced=True, min_length=1)
 
+    @field_validator("tag_replacement")
+    @classmethod
+    def _replacement_pairs(cls, items: list[str]) -> list[str]:
+        from core.taggers.wd14 import parse_replacements
+
+        parse_replacements(items)  # a ValueError names the bad line
+        return items
+
 
 class BlipCaptionConfig(CaptionWriteSettings):
     """Caption images in sentences with a BLIP model (transformers) from a local folder."""
