@@ -19,21 +19,16 @@ import functools
 import hashlib
 import json
 import os
-import time
-from contextlib import closing
-from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from core.captions import read_caption, write_generated_caption
 from core.config import BlipCaptionConfig
-from core.dataset import caption_path, find_images
-from core.images import ImageError, open_image
-from core.jobs import JobContext, JobStopped
-from core.prefetch import prefetch
+from core.images import open_image
+from core.jobs import JobContext
+from core.taggers.common import caption_images, first_decodable, images_to_do
 
 APPEND_SEPARATOR = ", "
 SAMPLING_REPETITION_PENALTY = 1.1  # what BLIP's own generate uses when sampling
@@ -132,16 +127,6 @@ def pixels_of(blip: Blip, path: Path, max_pixels: int) -> torch.Tensor:
     return blip.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
 
 
-def images_to_caption(cfg: BlipCaptionConfig,
-                      on_error: Callable[[Path, str], None] | None = None) -> tuple[list[Path], int]:
-    """(images the run captions, how many are skipped because they have a caption file)."""
-    images = [image.path for image in find_images(cfg.train_data_dir, cfg.recursive, on_error)]
-    if cfg.existing_captions != "skip":
-        return images, 0
-    todo = [path for path in images if not caption_path(path, cfg.caption_extension).exists()]
-    return todo, len(images) - len(todo)
-
-
 def save_caption_text(path: Path, text: str, mode: str) -> bool:
     """Write one caption as `existing_captions` says (see the module docstring); True if changed."""
     if mode == "append" and text.casefold() in read_caption(path).casefold():
@@ -149,106 +134,33 @@ def save_caption_text(path: Path, text: str, mode: str) -> bool:
     return write_generated_caption(path, [text], mode, APPEND_SEPARATOR)
 
 
-@dataclass
-class Tally:
-    """What happened to each image, with the progress report."""
-    total: int
-    skipped: int
-    written: int = 0
-    unchanged: int = 0
-    failed_paths: list[str] = field(default_factory=list)
-
-    def fail(self, ctx: JobContext, message: str, path: Path) -> None:
-        self.failed_paths.append(str(path))
-        ctx.warning(message, path)
-
-    def report(self, ctx: JobContext) -> None:
-        ctx.progress(self.skipped + self.written + self.unchanged + len(self.failed_paths), self.total)
-
-
-def caption_all(cfg: BlipCaptionConfig, ctx: JobContext, blip: Blip, todo: list[Path], tally: Tally) -> None:
-    """Decode ahead on worker threads, caption batch by batch, write; stops between batches."""
-    ahead = 2 * cfg.batch_size + cfg.max_data_loader_n_workers
-    decoded = prefetch(lambda path: pixels_of(blip, path, cfg.max_image_pixels), todo,
-                       cfg.max_data_loader_n_workers, ahead)
-    with closing(decoded):
-        for _ in range(0, len(todo), cfg.batch_size):
-            ctx.check_stop()
-            ready = []
-            for path, result in islice(decoded, cfg.batch_size):
-                if isinstance(result, Exception):
-                    tally.fail(ctx, f"skipped: {_reason(result)}", path)
-                else:
-                    ready.append((path, result))
-            if ready:
-                paths = [path for path, _ in ready]
-                captions = generate_captions(blip, cfg, paths, torch.stack([px for _, px in ready]))
-                for path, caption in zip(paths, captions):
-                    write_one(cfg, ctx, path, caption, tally)
-            tally.report(ctx)
-
-
-def write_one(cfg: BlipCaptionConfig, ctx: JobContext, path: Path, caption: str, tally: Tally) -> None:
-    target = caption_path(path, cfg.caption_extension)
-    try:
-        changed = save_caption_text(target, caption, cfg.existing_captions)
-    except OSError as exc:
-        tally.fail(ctx, f"cannot write the caption file {target}: {exc.strerror or exc}", path)
-        return
-    if changed:
-        tally.written += 1
-    else:
-        tally.unchanged += 1
-
-
 def run(cfg: BlipCaptionConfig, ctx: JobContext) -> dict:
     """The `caption` job: write a BLIP sentence to the caption file of every image."""
-    started = time.perf_counter()
-    todo, skipped = images_to_caption(cfg, lambda path, reason: ctx.warning(reason, path))
     blip = load_blip(cfg.model_dir)
     method = (f"beam search ({cfg.num_beams} beams)" if cfg.beam_search
               else f"nucleus sampling (top_p {cfg.top_p}, seed {cfg.seed})")
     ctx.log(f"BLIP from {cfg.model_dir} on {blip.device} in {str(blip.dtype).removeprefix('torch.')}, "
             f"{method}, {cfg.min_length}-{cfg.max_length} tokens")
-    tally = Tally(total=len(todo) + skipped, skipped=skipped)
-    ctx.log(f"{tally.total} images: {len(todo)} to caption, {skipped} with a caption file already (skipped)")
-    tally.report(ctx)
-    complete = True
-    try:
-        caption_all(cfg, ctx, blip, todo, tally)
-    except JobStopped:
-        complete = False
-        ctx.log("stopped: every caption written is complete; run again with existing_captions=skip to continue")
-    seconds = time.perf_counter() - started
-    ctx.log(f"captions {'complete' if complete else 'PARTIAL (stopped)'}: {tally.written} written, "
-            f"{tally.unchanged} unchanged, {tally.skipped} skipped, {len(tally.failed_paths)} failed, "
-            f"{seconds:.1f} s")
-    return {"complete": complete, "images": tally.total, "written": tally.written, "skipped": tally.skipped,
-            "unchanged": tally.unchanged, "failed": len(tally.failed_paths), "failed_paths": tally.failed_paths,
-            "seconds": round(seconds, 3)}
+    return caption_images(cfg, ctx, "caption", cfg.batch_size, lambda path: _decoded(blip, cfg, path),
+                          lambda items: _captions(blip, cfg, items),
+                          lambda target, text: save_caption_text(target, text, cfg.existing_captions))
+
+
+def _decoded(blip: Blip, cfg: BlipCaptionConfig, path: Path) -> tuple[Path, torch.Tensor]:
+    return path, pixels_of(blip, path, cfg.max_image_pixels)
+
+
+def _captions(blip: Blip, cfg: BlipCaptionConfig, items: list[tuple[Path, torch.Tensor]]) -> list[str]:
+    """Captions of decoded images; the paths seed nucleus sampling per image."""
+    return generate_captions(blip, cfg, [path for path, _ in items], torch.stack([px for _, px in items]))
 
 
 def preview_captions(cfg: BlipCaptionConfig, limit: int = 4) -> list[tuple[str, str]]:
     """(image path, the caption the run would write, or append) for the first `limit` readable
     images the run would caption. Writes nothing."""
     blip = load_blip(cfg.model_dir)
-    todo, _ = images_to_caption(cfg)
-    chosen: list[tuple[Path, torch.Tensor]] = []
-    for path in todo:
-        if len(chosen) == limit:
-            break
-        try:
-            chosen.append((path, pixels_of(blip, path, cfg.max_image_pixels)))
-        except ImageError:
-            continue
+    todo, _ = images_to_do(cfg)
+    chosen = [decoded for _, decoded in first_decodable(todo, lambda path: _decoded(blip, cfg, path), limit)]
     if not chosen:
         return []
-    paths = [path for path, _ in chosen]
-    captions = generate_captions(blip, cfg, paths, torch.stack([px for _, px in chosen]))
-    return [(str(path), caption) for path, caption in zip(paths, captions)]
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ImageError):
-        return exc.reason
-    return f"{type(exc).__name__}: {exc}"
+    return [(str(path), caption) for (path, _), caption in zip(chosen, _captions(blip, cfg, chosen))]

@@ -23,22 +23,18 @@ import csv
 import functools
 import os
 import re
-import time
-from contextlib import closing
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from core.captions import write_generated_caption
 from core.config import TagConfig
-from core.dataset import caption_path, find_images
-from core.images import ImageError, open_image, to_rgb
-from core.jobs import JobContext, JobStopped
-from core.prefetch import prefetch
+from core.images import open_image, to_rgb
+from core.jobs import JobContext
+from core.taggers.common import caption_images, first_decodable, images_to_do
 
 MODEL_FILES = ("model.onnx", "selected_tags.csv")
 MODEL_HINT = ("download model.onnx and selected_tags.csv of a SmilingWolf WD tagger from Hugging Face "
@@ -197,71 +193,8 @@ def parse_replacements(items: list[str]) -> dict[str, str]:
     return pairs
 
 
-def images_to_tag(cfg: TagConfig, on_error: Callable[[Path, str], None] | None = None) -> tuple[list[Path], int]:
-    """(images the run tags, how many are skipped because they have a caption file)."""
-    images = [image.path for image in find_images(cfg.train_data_dir, cfg.recursive, on_error)]
-    if cfg.existing_captions != "skip":
-        return images, 0
-    todo = [path for path in images if not caption_path(path, cfg.caption_extension).exists()]
-    return todo, len(images) - len(todo)
-
-
-@dataclass
-class Tally:
-    """What happened to each image, with the progress report."""
-    total: int
-    skipped: int
-    written: int = 0
-    unchanged: int = 0
-    failed_paths: list[str] = field(default_factory=list)
-
-    def fail(self, ctx: JobContext, message: str, path: Path) -> None:
-        self.failed_paths.append(str(path))
-        ctx.warning(message, path)
-
-    def report(self, ctx: JobContext) -> None:
-        ctx.progress(self.skipped + self.written + self.unchanged + len(self.failed_paths), self.total)
-
-
-def tag_all(cfg: TagConfig, ctx: JobContext, tagger: Tagger, rules: TagRules, todo: list[Path],
-            batch_size: int, tally: Tally) -> None:
-    """Decode ahead on worker threads, tag batch by batch, write; stops between batches."""
-    ahead = 2 * batch_size + cfg.max_data_loader_n_workers
-    decoded = prefetch(lambda path: model_input(path, tagger.size, cfg.max_image_pixels), todo,
-                       cfg.max_data_loader_n_workers, ahead)
-    with closing(decoded):
-        for _ in range(0, len(todo), batch_size):
-            ctx.check_stop()
-            ready = []
-            for path, result in islice(decoded, batch_size):
-                if isinstance(result, Exception):
-                    tally.fail(ctx, f"skipped: {_reason(result)}", path)
-                    tally.report(ctx)
-                else:
-                    ready.append((path, result))
-            if ready:
-                scores = predict(tagger, [array for _, array in ready])
-                for (path, _), image_scores in zip(ready, scores):
-                    write_tags(cfg, ctx, path, rules.select(image_scores), tally)
-                    tally.report(ctx)
-
-
-def write_tags(cfg: TagConfig, ctx: JobContext, path: Path, tags: list[str], tally: Tally) -> None:
-    target = caption_path(path, cfg.caption_extension)
-    try:
-        changed = write_generated_caption(target, tags, cfg.existing_captions, cfg.caption_separator)
-    except OSError as exc:
-        tally.fail(ctx, f"cannot write the caption file {target}: {exc.strerror or exc}", path)
-        return
-    if changed:
-        tally.written += 1
-    else:
-        tally.unchanged += 1
-
-
 def run(cfg: TagConfig, ctx: JobContext) -> dict:
     """The `tag` job: write WD14 tags to the caption file of every image."""
-    started = time.perf_counter()
     tagger = load_tagger(cfg.model_dir)
     rules = TagRules.build(cfg, tagger)
     batch_size = tagger.fixed_batch or cfg.batch_size
@@ -272,23 +205,10 @@ def run(cfg: TagConfig, ctx: JobContext) -> dict:
             f"on {tagger.session.get_providers()[0]}")
     if tagger.fixed_batch and tagger.fixed_batch != cfg.batch_size:
         ctx.log(f"the model's batch size is fixed to {tagger.fixed_batch}: batch_size {cfg.batch_size} not used")
-    todo, skipped = images_to_tag(cfg, lambda path, reason: ctx.warning(reason, path))
-    tally = Tally(total=len(todo) + skipped, skipped=skipped)
-    ctx.log(f"{tally.total} images: {len(todo)} to tag, {skipped} with a caption file already (skipped)")
-    tally.report(ctx)
-    complete = True
-    try:
-        tag_all(cfg, ctx, tagger, rules, todo, batch_size, tally)
-    except JobStopped:
-        complete = False
-        ctx.log("stopped: every caption written is complete; run again with existing_captions=skip to continue")
-    seconds = time.perf_counter() - started
-    ctx.log(f"tags {'complete' if complete else 'PARTIAL (stopped)'}: {tally.written} written, "
-            f"{tally.unchanged} unchanged, {tally.skipped} skipped, {len(tally.failed_paths)} failed, "
-            f"{seconds:.1f} s")
-    return {"complete": complete, "images": tally.total, "written": tally.written, "skipped": tally.skipped,
-            "unchanged": tally.unchanged, "failed": len(tally.failed_paths), "failed_paths": tally.failed_paths,
-            "seconds": round(seconds, 3)}
+    return caption_images(
+        cfg, ctx, "tag", batch_size, lambda path: model_input(path, tagger.size, cfg.max_image_pixels),
+        lambda arrays: [rules.select(scores) for scores in predict(tagger, arrays)],
+        lambda target, tags: write_generated_caption(target, tags, cfg.existing_captions, cfg.caption_separator))
 
 
 def preview_tags(cfg: TagConfig, limit: int = 4) -> list[tuple[str, str]]:
@@ -296,20 +216,7 @@ def preview_tags(cfg: TagConfig, limit: int = 4) -> list[tuple[str, str]]:
     the run would tag. Writes nothing."""
     tagger = load_tagger(cfg.model_dir)
     rules = TagRules.build(cfg, tagger)
-    todo, _ = images_to_tag(cfg)
-    chosen: list[tuple[Path, np.ndarray]] = []
-    for path in todo:
-        if len(chosen) == limit:
-            break
-        try:
-            chosen.append((path, model_input(path, tagger.size, cfg.max_image_pixels)))
-        except ImageError:
-            continue
+    todo, _ = images_to_do(cfg)
+    chosen = first_decodable(todo, lambda path: model_input(path, tagger.size, cfg.max_image_pixels), limit)
     return [(str(path), cfg.caption_separator.join(rules.select(predict(tagger, [array])[0])))
             for path, array in chosen]
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ImageError):
-        return exc.reason
-    return f"{type(exc).__name__}: {exc}"
