@@ -47,6 +47,8 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
             "Clean caption files with ordered rules (snapshot first: undoable)."),
     JobSpec("undo_clean", config.UndoCleanConfig, "core.cleaning:run_undo",
             "Restore the caption files of a cleaning snapshot byte for byte."),
+    JobSpec("class_images", config.ClassImagesConfig, "core.dreambooth:run",
+            "DreamBooth prior preservation: generate the missing class images with the base model."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}

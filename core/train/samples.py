@@ -127,7 +127,7 @@ def generate_samples(model, unet, text_encoder, prompts: Sequence[SamplePrompt],
         for module in modules:
             module.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            pipe = _pipeline(model, unet, text_encoder)
+            pipe = pipeline_of(model, unet, text_encoder)
             for i, prompt in enumerate(prompts):
                 sample_seed = prompt.seed if prompt.seed is not None else seed + i
                 try:
@@ -153,7 +153,7 @@ def generate_samples(model, unet, text_encoder, prompts: Sequence[SamplePrompt],
     return samples
 
 
-def _pipeline(model, unet, text_encoder):
+def pipeline_of(model, unet, text_encoder):
     """A StableDiffusionPipeline over the given modules with a fresh copy of the inference scheduler."""
     from diffusers import StableDiffusionPipeline
 

@@ -1,0 +1,119 @@
+"""DreamBooth prior preservation: fill the class folder with images made by the base model.
+
+Only the missing images are generated, as `class-NNNNN.png` after the highest class index in the
+folder, each with a caption file holding the class prompt. Image N is generated from seed + N with
+CPU noise, so a stopped run that is started again writes the images an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from core.config import parse_resolution
+from core.config.dreambooth import ClassImagesConfig
+from core.dataset import find_images
+from core.fsutil import atomic_path, atomic_write_text
+from core.text import encode_prompts, tokenize_prompts
+from core.train.samples import SamplePrompt, parameters_text, pipeline_of
+
+CLASS_STEM = re.compile(r"class-(\d+)")
+GPU_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run(cfg: ClassImagesConfig, ctx) -> dict:
+    """The `class_images` job: generate the images the class folder lacks."""
+    folder = Path(cfg.class_data_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    images = find_images([folder], recursive=False,
+                         on_error=lambda path, reason: ctx.warning(reason, path))
+    existing, missing = len(images), max(0, cfg.num_class_images - len(images))
+    if not missing:
+        ctx.log(f"{folder} has {existing} images, {cfg.num_class_images} wanted: nothing to generate")
+        return _result(existing, 0, cfg)
+    first = next_class_index(p.path for p in images)
+    ctx.log(f"{folder} has {existing} images: generating {missing} (class-{first:05d} on)")
+    generated = _generate_missing(cfg, ctx, folder, range(first, first + missing))
+    return _result(existing, generated, cfg)
+
+
+def next_class_index(paths) -> int:
+    """One past the highest `class-NNNNN` index among the image paths (0 when there is none)."""
+    indices = [int(m.group(1)) for m in (CLASS_STEM.fullmatch(Path(p).stem) for p in paths) if m]
+    return max(indices, default=-1) + 1
+
+
+def _result(existing: int, generated: int, cfg: ClassImagesConfig) -> dict:
+    total = existing + generated
+    return {"existing": existing, "generated": generated, "total": total,
+            "complete": total >= cfg.num_class_images}
+
+
+def _generate_missing(cfg: ClassImagesConfig, ctx, folder: Path, indices: range) -> int:
+    """Generate the images of `indices` batch by batch, stopping between batches; returns the count."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = GPU_DTYPES[cfg.mixed_precision] if device.type == "cuda" else torch.float32
+    model = _load_model(cfg, ctx, device, dtype)
+    width, height = parse_resolution(cfg.resolution)
+    prompt = SamplePrompt(cfg.class_prompt, cfg.negative_prompt, width, height, cfg.sample_steps,
+                          cfg.guidance_scale)
+    done = 0
+    with torch.no_grad():
+        pipe = pipeline_of(model, model.unet, model.text_encoder)
+        states = encode_class_prompt(model, cfg).to(device, dtype)
+        for start in range(0, len(indices), cfg.batch_size):
+            if ctx.should_stop():
+                ctx.log(f"stopped after {done} of {len(indices)} images")
+                break
+            batch = indices[start:start + cfg.batch_size]
+            for index, image in zip(batch, _generate_batch(pipe, states, prompt, cfg.seed, batch)):
+                _save_class_image(ctx, folder, index, image, prompt, cfg.seed + index)
+                done += 1
+                ctx.progress(done, len(indices))
+    return done
+
+
+def _load_model(cfg: ClassImagesConfig, ctx, device: torch.device, dtype: torch.dtype):
+    from core.models.sd import load_sd_model
+
+    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae)
+    if model.arch not in ("sd1", "sd2"):
+        raise ValueError(f"class images support SD 1.x and 2.x models, not {model.arch}")
+    for module in (model.unet, model.vae, model.text_encoder):
+        module.to(device, dtype).eval()
+    ctx.log(f"model: {model.arch} from {model.source} on {device} ({str(dtype).removeprefix('torch.')})")
+    return model
+
+
+def encode_class_prompt(model, cfg: ClassImagesConfig) -> torch.Tensor:
+    """States [2, tokens, hidden] of the class prompt and the negative prompt, encoded as training does."""
+    ids = tokenize_prompts(model.tokenizer, [cfg.class_prompt, cfg.negative_prompt], cfg.max_token_length)
+    return encode_prompts(model.text_encoder, ids, cfg.clip_skip)
+
+
+def _generate_batch(pipe, states: torch.Tensor, prompt: SamplePrompt, seed: int, batch: range) -> list:
+    """PIL images of one batch; image N's noise comes from its own CPU generator seeded seed + N."""
+    n = len(batch)
+    generators = [torch.Generator("cpu").manual_seed(seed + index) for index in batch]
+    return pipe(prompt_embeds=states[:1].expand(n, -1, -1), negative_prompt_embeds=states[1:].expand(n, -1, -1),
+                width=prompt.width, height=prompt.height, num_inference_steps=prompt.steps,
+                guidance_scale=prompt.scale, generator=generators, output_type="pil").images
+
+
+def _save_class_image(ctx, folder: Path, index: int, image, prompt: SamplePrompt, seed: int) -> None:
+    """Caption first, then the PNG (with A1111 "parameters"), both atomic; an existing caption is kept
+    (one with the class prompt is what a crash between the two writes leaves)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = folder / f"class-{index:05d}.png"
+    caption = path.with_suffix(".txt")
+    if not caption.exists():
+        atomic_write_text(caption, prompt.prompt)
+    elif caption.read_text(encoding="utf-8", errors="replace") != prompt.prompt:
+        ctx.warning("a caption file with other text is in the way; kept as it is", caption)
+    info = PngInfo()
+    info.add_text("parameters", parameters_text(prompt, seed))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+    ctx.image(path)

@@ -1,0 +1,206 @@
+"""LoRA adapters for the SD U-Net and CLIP text encoder: inject (peft), save, load and merge.
+
+Saved files are either the kohya format that AUTOMATIC1111, ComfyUI and diffusers load
+(`lora_unet_<diffusers module name, dots as underscores>.lora_down.weight` / `.lora_up.weight` /
+`.alpha`, `lora_te_...` for the text encoder; the layout kohya sd-scripts writes for SD 1/2) or
+the diffusers format (`unet.` / `text_encoder.` prefixed peft keys, as `save_lora_weights` writes).
+
+Target presets, per part (a module is adapted when its name ends with one of the suffixes):
+- attention: the attention projections (U-Net to_q/k/v/out.0, CLIP q/k/v/out_proj);
+- attention_mlp: plus the feed-forward layers (U-Net ff.net.0.proj/ff.net.2, CLIP fc1/fc2);
+- all_linear_conv: plus what kohya's LoCon covers in the U-Net: the transformer proj_in/proj_out
+  and the ResNet and resampler layers (conv1, conv2, conv_shortcut, time_emb_proj, the down/up
+  sampler convs). conv_in, conv_out and the time embedding stay frozen, as in kohya.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.fsutil import atomic_path
+
+ADAPTER = "default"
+UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_"
+_UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+_UNET_MLP = ("ff.net.0.proj", "ff.net.2")
+_UNET_LOCON = ("proj_in", "proj_out", "conv1", "conv2", "conv_shortcut", "time_emb_proj",
+               "downsamplers.0.conv", "upsamplers.0.conv")
+_TE_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+_TE_MLP = ("fc1", "fc2")
+TARGETS = {
+    "attention": {"unet": _UNET_ATTENTION, "text_encoder": _TE_ATTENTION},
+    "attention_mlp": {"unet": _UNET_ATTENTION + _UNET_MLP, "text_encoder": _TE_ATTENTION + _TE_MLP},
+    "all_linear_conv": {"unet": _UNET_ATTENTION + _UNET_MLP + _UNET_LOCON,
+                        "text_encoder": _TE_ATTENTION + _TE_MLP},
+}
+
+
+def target_modules(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+    """Names of the Linear/Conv2d modules of `model` whose name ends with one of `suffixes`."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d))
+            and any(name == s or name.endswith("." + s) for s in suffixes)]
+
+
+def _inject(model: nn.Module, names: list[str], rank: int, alpha: float, dropout: float) -> None:
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                 init_lora_weights="gaussian", target_modules=names))
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+def add_lora(unet: nn.Module, text_encoder: nn.Module | None = None, rank: int = 16,
+             alpha: float = 16.0, dropout: float = 0.0, targets: str = "attention") -> dict[str, list[str]]:
+    """Add a LoRA adapter (up weights zero: outputs unchanged) to the U-Net and optionally the
+    text encoder; freeze everything else. Returns the adapted module names per part."""
+    if targets not in TARGETS:
+        raise ValueError(f"unknown LoRA targets {targets!r}; expected one of {sorted(TARGETS)}")
+    parts = {"unet": unet} if text_encoder is None else {"unet": unet, "text_encoder": text_encoder}
+    adapted = {}
+    for part, model in parts.items():
+        adapted[part] = target_modules(model, TARGETS[targets][part])
+        _inject(model, adapted[part], rank, alpha, dropout)
+    return adapted
+
+
+def _peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(model, adapter_name=ADAPTER)
+
+
+def _adapter_alpha(model: nn.Module) -> float:
+    return float(model.peft_config[ADAPTER].lora_alpha)
+
+
+def kohya_name(prefix: str, module: str) -> str:
+    """kohya name of a module: the text encoder's keep transformers 4's `text_model.` root (which
+    transformers 5 dropped), as A1111 and ComfyUI expect."""
+    if prefix == TE_PREFIX and not module.startswith("text_model."):
+        module = "text_model." + module
+    return prefix + module.replace(".", "_")
+
+
+def lora_state_dict_kohya(unet: nn.Module, text_encoder: nn.Module | None = None,
+                          alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """The adapters as a kohya state dict; `alpha` defaults to the one the adapter was made with."""
+    out = {}
+    for prefix, model in ((UNET_PREFIX, unet), (TE_PREFIX, text_encoder)):
+        if model is None:
+            continue
+        model_alpha = _adapter_alpha(model) if alpha is None else alpha
+        for key, value in _peft_state_dict(model).items():
+            module, kind = key.rsplit(".lora_", 1)
+            name = kohya_name(prefix, module)
+            out[f"{name}.lora_{'down' if kind == 'A.weight' else 'up'}.weight"] = value.detach().contiguous()
+            out[f"{name}.alpha"] = torch.tensor(model_alpha)
+    return out
+
+
+def kohya_metadata(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> dict[str, str]:
+    """The ss_* metadata A1111 and kohya tools read (rank and alpha of the first module), plus `metadata`."""
+    down = next(k for k in state_dict if k.endswith(".lora_down.weight"))
+    alpha = state_dict[down.replace(".lora_down.weight", ".alpha")].item()
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(state_dict[down].shape[0]),
+            "ss_network_alpha": f"{alpha:g}", "format": "pt", **(metadata or {})}
+
+
+def save_lora(path: str | Path, unet: nn.Module, text_encoder: nn.Module | None = None,
+              alpha: float | None = None, metadata: dict[str, str] | None = None, fmt: str = "kohya") -> Path:
+    """Write the adapters to one .safetensors file, atomically.
+
+    kohya: with the ss_* metadata and `metadata`. diffusers: through
+    `StableDiffusionPipeline.save_lora_weights`, which stores each adapter's LoraConfig (rank,
+    alpha, targets) as the file's metadata; `alpha` and `metadata` do not apply to it.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if fmt == "kohya":
+            state_dict = lora_state_dict_kohya(unet, text_encoder, alpha)
+            save_file(state_dict, str(tmp), metadata=kohya_metadata(state_dict, metadata))
+        elif fmt == "diffusers":
+            _save_diffusers(tmp, unet, text_encoder)
+        else:
+            raise ValueError(f"unknown LoRA format {fmt!r}; expected 'kohya' or 'diffusers'")
+    return path
+
+
+def _save_diffusers(tmp: Path, unet: nn.Module, text_encoder: nn.Module | None) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    te_layers = te_meta = None
+    if text_encoder is not None:
+        te_layers = _peft_state_dict(text_encoder)
+        te_meta = text_encoder.peft_config[ADAPTER].to_dict()
+    StableDiffusionPipeline.save_lora_weights(
+        tmp.parent, unet_lora_layers=_peft_state_dict(unet),
+        text_encoder_lora_layers=te_layers, weight_name=tmp.name,
+        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(),
+        text_encoder_lora_adapter_metadata=te_meta)
+
+
+def load_lora_kohya(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A kohya LoRA file's tensors and metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
+
+
+def _kohya_modules(unet: nn.Module, text_encoder: nn.Module | None) -> dict[str, nn.Module]:
+    """kohya LoRA name -> the Linear/Conv2d it adapts (the base layer where peft wrapped one)."""
+    modules = {}
+    for prefix, model in ((UNET_PREFIX, unet), (TE_PREFIX, text_encoder)):
+        for name, module in (model.named_modules() if model is not None else ()):
+            base = getattr(module, "base_layer", module)
+            if isinstance(base, (nn.Linear, nn.Conv2d)) and "lora_" not in name and "base_layer" not in name:
+                modules[kohya_name(prefix, name)] = base
+    return modules
+
+
+def _lora_groups(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        name, _, part = key.partition(".")
+        groups.setdefault(name, {})[part] = value
+    broken = [name for name, g in groups.items() if not {"lora_down.weight", "lora_up.weight"} <= g.keys()]
+    if broken:
+        raise ValueError(f"LoRA modules without both lora_down and lora_up weights: {', '.join(broken)}")
+    return groups
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
+    """`scale * up @ down`, shaped like the adapted weight (2-D Linear, 4-D Conv2d)."""
+    delta = up.flatten(1).float() @ down.flatten(1).float()
+    return scale * (delta if down.dim() == 2 else delta.reshape(up.shape[0], *down.shape[1:]))
+
+
+@torch.no_grad()
+def merge_lora_into(unet: nn.Module, text_encoder: nn.Module | None, state_dict: dict[str, torch.Tensor],
+                    multiplier: float = 1.0) -> list[str]:
+    """Add `multiplier * alpha/rank * up @ down` of each kohya LoRA module to its base weight.
+
+    Raises ValueError naming the keys that match no module (e.g. a text-encoder LoRA with no
+    text encoder given). Returns the merged kohya module names.
+    """
+    modules = _kohya_modules(unet, text_encoder)
+    groups = _lora_groups(state_dict)
+    unknown = sorted(name for name in groups if name not in modules)
+    if unknown:
+        raise ValueError(f"LoRA keys match no module of the model: {', '.join(unknown)}")
+    for name, group in groups.items():
+        down, up = group["lora_down.weight"], group["lora_up.weight"]
+        alpha = float(group["alpha"]) if "alpha" in group else down.shape[0]
+        weight = modules[name].weight
+        delta = lora_delta(down, up, multiplier * alpha / down.shape[0])
+        if delta.shape != weight.shape:
+            raise ValueError(f"LoRA {name}: delta shape {tuple(delta.shape)} != weight shape {tuple(weight.shape)}")
+        weight.add_(delta.to(weight.dtype))
+    return sorted(groups)
