@@ -64,7 +64,14 @@ def _prompt_file(value: Any) -> str:
     return str(value)
 
 
+def _lora_module(value: Any) -> bool:
+    if str(value).strip() != "networks.lora":
+        raise ValueError("only networks.lora (LoRA) is supported here, not LyCORIS or other network modules")
+    return True
+
+
 RULES: dict[str, Rule] = {
+    "network_module": Rule("train_lora", _lora_module),
     "train_data_dir": Rule("train_data_dir", _folders),
     "image_folder": Rule("train_data_dir", _folders),  # kohya_ss fine-tune tab
     "resolution": Rule("max_resolution", _resolution),
@@ -104,7 +111,7 @@ LATER: tuple[tuple[tuple[str, ...], frozenset[str], str], ...] = (
                 "rank_dropout_scale", "module_dropout", "block_dims", "block_alphas", "block_lr_zero_threshold",
                 "down_lr_weight", "mid_lr_weight", "up_lr_weight", "decompose_both", "train_norm",
                 "train_on_input", "dora_wd", "bypass_mode", "constrain", "rescaled", "unit", "scale_weight_norms"}),
-     "LoRA settings are not imported: LoRA import comes with LoRA support"),
+     "LoRA settings not supported here are not imported (LyCORIS, conv or block settings, separate U-Net lr)"),
     ((), frozenset({"reg_data_dir", "prior_loss_weight", "no_token_padding"}),
      "DreamBooth settings (regularization images) are not imported: DreamBooth support comes later"),
 )

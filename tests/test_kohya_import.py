@@ -107,18 +107,19 @@ def test_kohya_ss_gui_json(tmp_path):
         "sample_every_n_steps": 0, "save_every_n_epochs": 1, "save_model_as": "safetensors",
         "save_precision": "fp32", "save_state": False, "shuffle_caption": True, "stop_text_encoder_training": 0.2,
         "train_batch_size": 2, "train_data_dir": ["/data/img"], "train_text_encoder": True,
-        "v_parameterization": False,
+        "v_parameterization": False, "network_alpha": 8.0, "network_dim": 16,
     }
     assert result.unknown == [
         "LoRA_type=Standard", "adaptive_noise_scale=0", "caption_dropout_every_n_epochs=0.0", "color_aug=false",
-        "logging_dir=/runs/logs", "network_alpha=8", "network_dim=16", "num_cpu_threads_per_process=2",
+        "logging_dir=/runs/logs", "num_cpu_threads_per_process=2",
         "sample_prompts=a photo of sks dog --n blurry", "sample_sampler=euler_a", "wandb_api_key",
     ]
     for note in ("lr_warmup 10 (% of the run) -> lr_warmup_steps 0.1", "epoch 10 -> max_train_epochs 10",
                  "stop_text_encoder_training 20 (% of the run) -> stop_text_encoder_training 0.2",
                  "optimizer adamw8bit -> optimizer_type AdamW8bit", "max_resolution 768 -> 768,768",
                  "save_precision float -> fp32", "save_model_as ckpt -> safetensors",
-                 "LoRA settings are not imported: LoRA import comes with LoRA support",
+                 "LoRA settings not supported here are not imported (LyCORIS, conv or block settings, separate "
+                 "U-Net lr)",
                  "xformers: ignored (used automatically when installed, else PyTorch SDPA)",
                  "cache_latents_to_disk: ignored (the latent cache is always on disk)"):
         assert note in result.notes
@@ -218,8 +219,9 @@ def test_unsupported_optimizer_goes_to_unknown_with_its_arguments():
     ({"resolution": "big"}, ["resolution=big"], "resolution big: not imported (expected WIDTH,HEIGHT"),
     ({"reg_data_dir": "/data/reg", "prior_loss_weight": 1.0}, ["prior_loss_weight=1.0", "reg_data_dir=/data/reg"],
      "DreamBooth settings (regularization images) are not imported"),
-    ({"network_module": "networks.lora", "unet_lr": 1e-4, "conv_dim": 8}, ["conv_dim=8",
-     "network_module=networks.lora", "unet_lr=0.0001"], "LoRA settings are not imported"),
+    ({"unet_lr": 1e-4, "conv_dim": 8}, ["conv_dim=8", "unet_lr=0.0001"], "LoRA settings not supported here"),
+    ({"network_module": "lycoris.kohya"}, ["network_module=lycoris.kohya"], "network_module lycoris.kohya: not "
+     "imported (only networks.lora"),
 ])
 def test_values_we_cannot_take_are_listed_with_a_note(raw, unknown, note):
     result = checked(import_kohya_values(raw))
@@ -273,3 +275,9 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, name, content, messag
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="missing.json: cannot read"):
         read_kohya_config(tmp_path / "missing.json")
+
+
+def test_an_sd_scripts_lora_config_turns_lora_training_on():
+    result = checked(import_kohya_values({"network_module": "networks.lora", "network_dim": 32, "network_alpha": 16},
+                                         gui=False))
+    assert result.values == {"train_lora": True, "network_dim": 32, "network_alpha": 16.0}

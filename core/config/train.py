@@ -83,6 +83,18 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
     stop_text_encoder_training: float = param(
         0, "Freeze the text encoder after this many steps, or this fraction of the run when below 1 "
         "(0: train it to the end).", group="What is trained", advanced=True, ge=0)
+    train_lora: bool = param(
+        False, "Train a LoRA (small adapter file, kohya format by default) instead of the model's own weights.",
+        group="LoRA")
+    network_dim: int = param(16, "LoRA rank.", group="LoRA", ge=1, le=1024)
+    network_alpha: float = param(8.0, "LoRA alpha (the update is scaled by alpha / rank).", group="LoRA", gt=0)
+    network_dropout: float = param(0.0, "Dropout inside the LoRA layers.", group="LoRA", advanced=True, ge=0, lt=1)
+    lora_targets: Literal["attention", "attention_mlp", "all_linear_conv"] = param(
+        "attention", "Layers that get an adapter: attention only; attention and MLP; every linear and conv layer "
+        "(LoCon-like).", group="LoRA")
+    lora_save_format: Literal["kohya", "diffusers"] = param(
+        "kohya", "kohya: loads in AUTOMATIC1111 and ComfyUI; diffusers: for load_lora_weights. Always one "
+        ".safetensors file.", group="LoRA")
     use_ema: bool = param(
         False, "Keep an exponential moving average (EMA) of the trained weights: smoother results, one more "
         "copy of the weights in memory.", group="What is trained")
@@ -195,6 +207,11 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
     def _check_trained_parts(self) -> None:
         if not (self.train_unet or self.train_text_encoder):
             raise ValueError("nothing to train: turn on train_unet or train_text_encoder (or both)")
+        if self.train_lora and not self.train_unet:
+            raise ValueError("train_lora adapts the U-Net (and the text encoder with train_text_encoder): turn on "
+                             "train_unet")
+        if self.train_lora and self.unet_blocks:
+            raise ValueError("unet_blocks and train_lora cannot be used together (choose lora_targets instead)")
         if self.unet_blocks and not self.train_unet:
             raise ValueError("unet_blocks chooses U-Net blocks to train, but train_unet is off")
         if self.stop_text_encoder_training and not (self.train_text_encoder and self.train_unet):

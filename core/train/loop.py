@@ -22,11 +22,11 @@ from core.train.conditioning import PromptEncoder, static_captions
 from core.train.ema import EMA
 from core.train.loss import snr
 from core.train.noise import apply_zero_terminal_snr
-from core.train.outputs import RunOutputs
+from core.train.outputs import RunOutputs, model_file
 from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
 from core.train.schedules import make_scheduler, steps_of
 from core.train.step import loss_of_batch, weight_dtype
-from core.train.trainable import param_groups, set_trainable, text_encoder_stop_step
+from core.train.trainable import add_lora_adapters, param_groups, set_trainable, text_encoder_stop_step
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -40,7 +40,7 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
 def check_outputs(cfg: TrainConfig) -> None:
     """Refuse to overwrite a finished model of an earlier run (unless resuming it)."""
     for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
-        final = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
+        final = model_file(cfg, suffix)
         if final.exists() and not cfg.resume:
             raise ValueError(f"{final} exists already: choose another output_name or output_dir "
                              "(nothing is overwritten), or resume the run that made it")
@@ -93,7 +93,10 @@ def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None
     model.vae.to(device, dtype=dtype)
     for part in ("unet", "text_encoder"):
         module = getattr(model, part)
-        module.to(device, dtype=dtype if full or part not in trained else torch.float32)
+        module.to(device, dtype=dtype if full or cfg.train_lora or part not in trained else torch.float32)
+        if cfg.train_lora and not full:  # frozen base in the compute dtype, adapters in fp32
+            for param in trained.get(part, []):
+                param.data = param.data.float()
         module.train(part in trained)
     if device.type == "cuda" and importlib.util.find_spec("xformers"):
         model.unet.enable_xformers_memory_efficient_attention()  # else diffusers uses PyTorch SDPA
@@ -150,6 +153,9 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
 
     dtype = weight_dtype(cfg.mixed_precision)
     trained = set_trainable(model, cfg.train_unet, cfg.train_text_encoder, cfg.unet_blocks, cfg.clip_skip)
+    if cfg.train_lora:
+        trained = add_lora_adapters(model, cfg.train_text_encoder, cfg.network_dim, cfg.network_alpha,
+                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
     place_modules(model, cfg, trained, device, dtype)
     ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
                                      for part, params in trained.items()))
@@ -282,8 +288,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
             watch.validate(optimizer, lr_scheduler, plateau)
         watch.save("", cfg.save_state)
         watch.sample()
-        result = {"steps": position.global_step, "model": str(checkpoints.model_path(
-            cfg.output_dir, cfg.output_name, cfg.save_model_as)), "final_loss": watch.last_loss}
+        result = {"steps": position.global_step, "model": str(model_file(cfg)), "final_loss": watch.last_loss}
         if auto_stopped:
             result["auto_stopped"] = True
     ctx.log(f"weights checksum on process {accelerator.process_index}: {_checksum(trained_params):.10e}")

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 
 from core.config import TrainConfig
 from core.train import checkpoints
 from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position
 from core.train.conditioning import PromptEncoder
+
+
+def model_file(cfg: TrainConfig, suffix: str = "") -> Path:
+    """Where a save of this run goes: the model (file or diffusers folder), or the LoRA file."""
+    return checkpoints.model_path(cfg.output_dir, cfg.output_name, "safetensors" if cfg.train_lora
+                                  else cfg.save_model_as, suffix)
 
 
 class RunOutputs:
@@ -27,11 +34,16 @@ class RunOutputs:
         return nullcontext()
 
     def _write_model(self, suffix: str) -> None:
-        cfg, position = self.cfg, self.position
+        cfg, position, model = self.cfg, self.position, self.model
+        from core.models.lora import save_lora
         from core.models.sd import save_sd_model
 
-        path = checkpoints.model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
-        save_sd_model(self.model, path, cfg.save_model_as, cfg.save_precision, metadata=_metadata(cfg, position))
+        path = model_file(cfg, suffix)
+        if cfg.train_lora:
+            save_lora(path, model.unet, model.text_encoder if cfg.train_text_encoder else None,
+                      metadata={k: str(v) for k, v in _metadata(cfg, position).items()}, fmt=cfg.lora_save_format)
+        else:
+            save_sd_model(model, path, cfg.save_model_as, cfg.save_precision, metadata=_metadata(cfg, position))
         self.ctx.event("checkpoint", path=str(path), step=position.global_step)
         self.ctx.log(f"saved {path}")
 

@@ -60,3 +60,20 @@ def text_encoder_stop_step(value: float, total_steps: int) -> int | None:
     step = steps_of(value, total_steps)
     return step if 0 < step < total_steps else None
 
+
+
+def add_lora_adapters(model, train_text_encoder: bool, rank: int, alpha: float, dropout: float, targets: str,
+                      clip_skip: int) -> dict[str, list[torch.nn.Parameter]]:
+    """LoRA mode: adapters on the U-Net (and the text encoder), everything else frozen; returns the
+    adapter parameters by part (those of skipped text-encoder layers stay frozen, as above)."""
+    from core.models.lora import add_lora
+
+    add_lora(model.unet, model.text_encoder if train_text_encoder else None, rank, alpha, dropout, targets)
+    trained = {"unet": [p for p in model.unet.parameters() if p.requires_grad]}
+    if train_text_encoder:
+        reached = {id(p) for p in text_encoder_parameters(model.text_encoder, clip_skip)}
+        adapters = [p for p in model.text_encoder.parameters() if p.requires_grad]
+        for p in adapters:
+            p.requires_grad_(id(p) in reached)
+        trained["text_encoder"] = [p for p in adapters if id(p) in reached]
+    return trained
