@@ -17,6 +17,14 @@ class ModelSettings(JobConfig):
         widget="file", group="Model")
 
 
+class PromptSettings(JobConfig):
+    """How captions and prompts become text-encoder states (training and generation alike)."""
+    clip_skip: int = param(1, "Use the text encoder's output N layers from the end (2 for many anime "
+                           "models).", group="Captions", ge=1, le=12)
+    max_token_length: Literal[75, 150, 225] = param(
+        75, "Longest caption in tokens, in chunks of 75 as kohya does.", group="Captions")
+
+
 class LatentSettings(LoaderSettings):
     """How VAE latents are made and where their cache files go."""
     latents_dir: str = param(

@@ -6,14 +6,14 @@ from typing import Literal
 from pydantic import model_validator
 
 from core.config.dataset import BucketSettings, CaptionSettings
-from core.config.models import LatentSettings, ModelSettings
+from core.config.models import LatentSettings, ModelSettings, PromptSettings
 from core.config.launch import LaunchSettings
 from core.config.schema import param
 from core.config.train_eval import SampleSettings, ValidationSettings
 
 
-class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, CaptionSettings, ModelSettings,
-                  BucketSettings):  # reverse display order
+class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, PromptSettings, CaptionSettings,
+                  ModelSettings, BucketSettings):  # reverse display order
     """Fine-tune a Stable Diffusion model (SD 1.x / 2.x) on a captioned dataset."""
     v_parameterization: bool = param(
         False, "The model predicts v (SD 2.x 768-v). Detected from the checkpoint when it says so.",
@@ -59,10 +59,6 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
     flip_p: float = param(
         0.5, "Chance (0-1) that a sample is horizontally flipped; needs flip_aug (which caches the "
         "flipped latents).", group="Captions", ge=0, le=1)
-    clip_skip: int = param(1, "Use the text encoder's output N layers from the end (2 for many anime "
-                           "models).", group="Captions", ge=1, le=12)
-    max_token_length: Literal[75, 150, 225] = param(
-        75, "Longest caption in tokens, in chunks of 75 as kohya does.", group="Captions")
     cache_latents: bool = param(
         True, "Train from the latent cache (built first when missing or stale); off: encode each batch.",
         group="Cache")
