@@ -1,8 +1,9 @@
 """DreamBooth prior preservation: fill the class folder with images made by the base model.
 
-Only the missing images are generated, as `class-NNNNN.png` after the highest class index in the
-folder, each with a caption file holding the class prompt. Image N is generated from seed + N with
-CPU noise, so a stopped run that is started again writes the images an uninterrupted run would.
+Only the missing images are generated (images in subfolders count too), as `class-NNNNN.png` after
+the highest class index in the folder, each with a caption file holding the class prompt. Image N is
+generated from seed + N with CPU noise, so a stopped run that is started again writes the images an
+uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from core.config import parse_resolution
 from core.config.dreambooth import ClassImagesConfig
 from core.dataset import find_images
 from core.fsutil import atomic_path, atomic_write_text
-from core.text import encode_prompts, tokenize_prompts
-from core.train.samples import SamplePrompt, parameters_text, pipeline_of
+from core.train.samples import SamplePrompt, parameters_text, pipeline_of, prompt_embeds
 
 CLASS_STEM = re.compile(r"class-(\d+)")
 GPU_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -26,8 +26,7 @@ def run(cfg: ClassImagesConfig, ctx) -> dict:
     """The `class_images` job: generate the images the class folder lacks."""
     folder = Path(cfg.class_data_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    images = find_images([folder], recursive=False,
-                         on_error=lambda path, reason: ctx.warning(reason, path))
+    images = class_images_in(folder, on_error=lambda path, reason: ctx.warning(reason, path))
     existing, missing = len(images), max(0, cfg.num_class_images - len(images))
     if not missing:
         ctx.log(f"{folder} has {existing} images, {cfg.num_class_images} wanted: nothing to generate")
@@ -36,6 +35,12 @@ def run(cfg: ClassImagesConfig, ctx) -> dict:
     ctx.log(f"{folder} has {existing} images: generating {missing} (class-{first:05d} on)")
     generated = _generate_missing(cfg, ctx, folder, range(first, first + missing))
     return _result(existing, generated, cfg)
+
+
+def class_images_in(folder: Path, on_error=None) -> list:
+    """The images of a class folder, subfolders included (kohya keeps regularization images in `N_name`
+    subfolders), as the trainer reads them; none when the folder does not exist yet."""
+    return find_images([folder], recursive=True, on_error=on_error) if folder.is_dir() else []
 
 
 def next_class_index(paths) -> int:
@@ -60,8 +65,8 @@ def _generate_missing(cfg: ClassImagesConfig, ctx, folder: Path, indices: range)
                           cfg.guidance_scale)
     done = 0
     with torch.no_grad():
-        pipe = pipeline_of(model, model.unet, model.text_encoder)
-        states = encode_class_prompt(model, cfg).to(device, dtype)
+        pipe = pipeline_of(model, model.unet)
+        states = encode_class_prompt(model, cfg, device, dtype)
         for start in range(0, len(indices), cfg.batch_size):
             if ctx.should_stop():
                 ctx.log(f"stopped after {done} of {len(indices)} images")
@@ -78,26 +83,27 @@ def _load_model(cfg: ClassImagesConfig, ctx, device: torch.device, dtype: torch.
     from core.models.sd import load_sd_model
 
     model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae)
-    if model.arch not in ("sd1", "sd2"):
-        raise ValueError(f"class images support SD 1.x and 2.x models, not {model.arch}")
-    for module in (model.unet, model.vae, model.text_encoder):
-        module.to(device, dtype).eval()
+    for module in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
+        if module is not None:
+            module.to(device, torch.float32 if module is model.vae and model.arch == "sdxl" else dtype).eval()
     ctx.log(f"model: {model.arch} from {model.source} on {device} ({str(dtype).removeprefix('torch.')})")
     return model
 
 
-def encode_class_prompt(model, cfg: ClassImagesConfig) -> torch.Tensor:
-    """States [2, tokens, hidden] of the class prompt and the negative prompt, encoded as training does."""
-    ids = tokenize_prompts(model.tokenizer, [cfg.class_prompt, cfg.negative_prompt], cfg.max_token_length)
-    return encode_prompts(model.text_encoder, ids, cfg.clip_skip)
+def encode_class_prompt(model, cfg: ClassImagesConfig, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """States [2, tokens, hidden] of the class prompt and the negative prompt, encoded as training
+    does, and SDXL's pooled states (None for SD 1/2)."""
+    from core.train.conditioning import PromptEncoder
+
+    states, pooled = PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device).encode(
+        [cfg.class_prompt, cfg.negative_prompt])
+    return states.to(device, dtype), None if pooled is None else pooled.to(device, dtype)
 
 
-def _generate_batch(pipe, states: torch.Tensor, prompt: SamplePrompt, seed: int, batch: range) -> list:
+def _generate_batch(pipe, states: tuple, prompt: SamplePrompt, seed: int, batch: range) -> list:
     """PIL images of one batch; image N's noise comes from its own CPU generator seeded seed + N."""
-    n = len(batch)
     generators = [torch.Generator("cpu").manual_seed(seed + index) for index in batch]
-    return pipe(prompt_embeds=states[:1].expand(n, -1, -1), negative_prompt_embeds=states[1:].expand(n, -1, -1),
-                width=prompt.width, height=prompt.height, num_inference_steps=prompt.steps,
+    return pipe(**prompt_embeds(*states, count=len(batch)), width=prompt.width, height=prompt.height, num_inference_steps=prompt.steps,
                 guidance_scale=prompt.scale, generator=generators, output_type="pil").images
 
 

@@ -28,10 +28,11 @@ class KohyaImport:
 @dataclass(frozen=True)
 class Rule:
     """A kohya key that becomes our field `target` through `convert`; `unit` says what the kohya
-    value counts, for the note."""
+    value counts, and `hint` what the user should know, for the note."""
     target: str
     convert: Callable[[Any], Any] = lambda value: value
     unit: str = ""
+    hint: str = ""
 
 
 def _folders(value: Any) -> list[str]:
@@ -85,6 +86,9 @@ RULES: dict[str, Rule] = {
     "save_model_as": Rule("save_model_as", _renamed({"ckpt": "safetensors", "diffusers_safetensors": "diffusers"})),
     "sdxl_no_half_vae": Rule("no_half_vae"),
     "sdxl_cache_text_encoder_outputs": Rule("cache_text_encoder_outputs"),
+    "reg_data_dir": Rule("class_data_dir", hint=" (set class_prompt, the caption of class images without a caption "
+                         "file; when the folder holds fewer than num_class_images, the missing ones are generated "
+                         "into it)"),
 }
 # kohya_ss GUI files count this in percent of the run (sd-scripts: steps) and hold the prompts inline.
 GUI_RULES: dict[str, Rule] = {
@@ -112,8 +116,8 @@ LATER: tuple[tuple[tuple[str, ...], frozenset[str], str], ...] = (
                 "down_lr_weight", "mid_lr_weight", "up_lr_weight", "decompose_both", "train_norm",
                 "train_on_input", "dora_wd", "bypass_mode", "constrain", "rescaled", "unit", "scale_weight_norms"}),
      "LoRA settings not supported here are not imported (LyCORIS, conv or block settings, separate U-Net lr)"),
-    ((), frozenset({"reg_data_dir", "prior_loss_weight", "no_token_padding"}),
-     "DreamBooth settings (regularization images) are not imported: DreamBooth support comes later"),
+    ((), frozenset({"no_token_padding"}),
+     "no_token_padding is not supported: captions are always padded to max_token_length"),
 )
 
 # kohya_ss keeps both kinds of noise settings and uses those its noise_offset_type picks.
@@ -202,7 +206,7 @@ def _choose(target: str, candidates: list, result: KohyaImport) -> None:
     key, raw, value, rule = max(candidates, key=lambda c: (bool(c[2]), c[0] == target))
     result.values[target] = value
     if key != target or rule.unit:
-        result.notes.append(f"{key} {_short(raw)}{rule.unit} -> {target} {_short(value)}")
+        result.notes.append(f"{key} {_short(raw)}{rule.unit} -> {target} {_short(value)}{rule.hint}")
     elif isinstance(raw, str) and isinstance(value, str) and raw.strip() != value:
         result.notes.append(f"{key} {_short(raw)} -> {_short(value)}")
     for other, other_raw, other_value, _ in candidates:

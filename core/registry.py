@@ -37,7 +37,7 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("cache", config.CacheConfig, "core.latents:run",
             "Encode the dataset with the model's VAE into a latent cache."),
     JobSpec("train", config.TrainConfig, "core.train.loop:run",
-            "Fine-tune an SD 1.x / 2.x model (U-Net and/or text encoder) on a captioned dataset.",
+            "Fine-tune an SD 1.x / 2.x / XL model (full, or a LoRA) on a captioned dataset.",
             launcher="core.train.launch:launcher_argv"),
     JobSpec("tag", config.TagConfig, "core.taggers.wd14:run",
             "Tag images with a WD14 tagger (ONNX) into caption files."),

@@ -1,4 +1,4 @@
-"""Captions to text-encoder states for SD 1.x / SD 2.x, the way kohya sd-scripts does it.
+"""Captions to text-encoder states for SD 1.x / 2.x / XL, the way kohya sd-scripts does it.
 
 Users move their datasets and settings over from kohya, so every step here reproduces its
 behaviour, quirks included:
@@ -132,13 +132,40 @@ def encode_chunks(text_encoder, input_ids: torch.LongTensor, clip_skip: int | No
     return final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
 
 
-def encode_prompts(text_encoder, input_ids: torch.LongTensor, clip_skip: int | None) -> torch.Tensor:
-    """Encoder states [B, n_chunks * 75 + 2, hidden] for ids from `tokenize_prompts`."""
+def _check_ids(input_ids: torch.Tensor) -> None:
     if input_ids.dim() != 3:
         raise ValueError(f"input_ids must be [batch, chunks, 77], got {tuple(input_ids.shape)}")
-    batch, n_chunks, window = input_ids.shape
-    states = encode_chunks(text_encoder, input_ids, clip_skip).reshape(batch, n_chunks, window, -1)
+
+
+def join_chunks(states: torch.Tensor) -> torch.Tensor:
+    """[B, n_chunks, 77, hidden] chunk states -> [B, n_chunks * 75 + 2, hidden]: the first chunk's
+    BOS state, the 75 inner states of every chunk, the last chunk's final state."""
+    batch, n_chunks, window, _ = states.shape
     if n_chunks == 1:
         return states[:, 0]
     inner = states[:, :, 1:window - 1].reshape(batch, n_chunks * (window - 2), -1)
     return torch.cat([states[:, 0, :1], inner, states[:, -1, -1:]], dim=1)
+
+
+def encode_prompts(text_encoder, input_ids: torch.LongTensor, clip_skip: int | None) -> torch.Tensor:
+    """Encoder states [B, n_chunks * 75 + 2, hidden] for ids from `tokenize_prompts`."""
+    _check_ids(input_ids)
+    batch, n_chunks, window = input_ids.shape
+    return join_chunks(encode_chunks(text_encoder, input_ids, clip_skip).reshape(batch, n_chunks, window, -1))
+
+
+def encode_prompts_sdxl(text_encoders, input_ids: list[torch.LongTensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's text conditioning, as its pipeline and kohya compute it, for ids from
+    `tokenize_prompts` with each encoder's tokenizer: (states [B, n_chunks * 75 + 2, hidden1 +
+    hidden2]: each encoder's penultimate layer, without the final layer norm, chunks joined as in
+    `encode_prompts`; pooled [B, projection]: the second encoder's projected state at the EOS
+    token of the first chunk)."""
+    states = []
+    for text_encoder, ids in zip(text_encoders, input_ids, strict=True):
+        _check_ids(ids)
+        batch, n_chunks, window = ids.shape
+        out = text_encoder(ids.reshape(-1, window).to(_device(text_encoder), torch.long),
+                           output_hidden_states=True, return_dict=True)
+        states.append(join_chunks(out.hidden_states[-2].reshape(batch, n_chunks, window, -1)))
+    pooled = out.text_embeds.reshape(batch, n_chunks, -1)[:, 0]
+    return torch.cat(states, dim=-1), pooled

@@ -23,8 +23,16 @@ def _bounds(field) -> dict:
     return bounds
 
 
+def _without_none(annotation):
+    """`float | None` -> float (an empty number field means None); other annotations unchanged."""
+    args = typing.get_args(annotation)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return annotation
+
+
 def _component(model_name: str, name: str, field, meta: dict, value) -> gr.components.Component:
-    annotation = field.annotation
+    annotation = _without_none(field.annotation)
     common = {"label": name, "info": field.description, "elem_id": f"{model_name}-{name}"}
     if annotation is bool:
         return gr.Checkbox(value=value, **common)

@@ -1,5 +1,6 @@
 """Training tab: presets (with what differs from them, kohya import), the trainer's settings, checks
-before start, start / stop / resume, and the live view (log, progress, loss and lr curves, samples)."""
+before start, start / stop / resume, the latent cache and DreamBooth class images built ahead, and the
+live view (log, progress, loss and lr curves, samples)."""
 from __future__ import annotations
 
 import html
@@ -106,6 +107,16 @@ def check_report(values: dict) -> tuple[str, bool, bool]:
     return report, found.ok, found.needs_cache
 
 
+def class_images_values(values: dict) -> dict:
+    """The class_images job's values from the trainer's (ConfigError when invalid or without a class folder)."""
+    from core.train.data import class_images_config
+
+    cfg = validate(TrainConfig, values, "settings")
+    if not cfg.prior_preservation:
+        raise ConfigError("settings: set class_data_dir and class_prompt to generate class images")
+    return class_images_config(cfg).model_dump()
+
+
 def import_kohya(path: str | None, form: SchemaForm) -> list:
     """The form's values from a kohya_ss / sd-scripts config file, then the import message."""
     from core.kohya_import import read_kohya_config
@@ -148,6 +159,11 @@ def build(blocks: gr.Blocks) -> None:
         with gr.Accordion("Latent cache", open=False):
             build_cache = gr.Button("Build the latent cache now", interactive=False, elem_id="train-build-cache")
             cache_panel = JobPanel("cache", elem_prefix="train-cache")
+        with gr.Accordion("DreamBooth class images", open=False):
+            gr.Markdown("Training generates the class images that class_data_dir lacks before it starts; this "
+                        "generates them now, to look at them first.")
+            build_class = gr.Button("Generate the missing class images now", elem_id="train-build-class")
+            class_panel = JobPanel("class_images", elem_prefix="train-class")
         panel = TrainingPanel()
 
     inputs = form.inputs
@@ -188,11 +204,18 @@ def build(blocks: gr.Blocks) -> None:
             return {cache_panel.status: f"**Invalid settings:**\n\n```\n{err}\n```"}
         return cache_panel.launch({key: getattr(cfg, key) for key in CacheConfig.model_fields})
 
+    def do_build_class(*raw):
+        try:
+            return class_panel.launch(class_images_values(values_of(raw)))
+        except ConfigError as err:
+            return {class_panel.status: f"**Invalid settings:**\n\n```\n{err}\n```"}
+
     check.click(do_check, inputs=inputs, outputs=[report, build_cache])
     start.click(do_start, inputs=inputs, outputs=[*panel.outputs, report, build_cache])
     resume.click(do_resume, inputs=[state, *inputs], outputs=[*panel.outputs, report, build_cache])
     find.click(do_find, inputs=inputs, outputs=[state, report])
     build_cache.click(do_build_cache, inputs=inputs, outputs=cache_panel.outputs)
+    build_class.click(do_build_class, inputs=inputs, outputs=class_panel.outputs)
     kohya_file.upload(lambda path: import_kohya(path, form), inputs=kohya_file, outputs=[*inputs, import_message])
     gr.on([presets.choice.change, *(c.change for c in inputs)],
           lambda name, *raw: changes_markdown(name, values_of(raw)), inputs=[presets.choice, *inputs],
@@ -200,3 +223,4 @@ def build(blocks: gr.Blocks) -> None:
     presets.wire(form, blocks)
     panel.wire(blocks)
     cache_panel.wire(blocks)
+    class_panel.wire(blocks)

@@ -113,6 +113,20 @@ def test_nothing_to_do_does_not_load_the_model(model, tmp_path, monkeypatch):
     assert "nothing to generate" in (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
 
 
+def test_images_in_subfolders_count(model, tmp_path, monkeypatch):
+    """A kohya regularization folder keeps its images in `N_name` subfolders."""
+    import core.models.sd
+
+    monkeypatch.setattr(core.models.sd, "load_sd_model", lambda *args, **kwargs: pytest.fail("model loaded"))
+    folder = tmp_path / "reg"
+    (folder / "1_dog").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (64, 64)).save(folder / "1_dog" / f"dog{i}.png")
+    Image.new("RGB", (64, 64)).save(folder / "class-00004.png")
+    result = run_job(make_cfg(model, folder, num_class_images=3), tmp_path / "run")
+    assert result == {"existing": 3, "generated": 0, "total": 3, "complete": True}
+
+
 def test_bad_resolution_is_a_config_error(model, tmp_path):
     with pytest.raises(ValueError, match="multiples of 8"):
         make_cfg(model, tmp_path, resolution="60,64")

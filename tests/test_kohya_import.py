@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from core.config import TrainConfig, validate, validate_partial
+from core.config import ConfigError, TrainConfig, validate, validate_partial
 from core.kohya_import import GUI_RULES, RULES, KohyaImport, import_kohya_values, read_kohya_config
 
 # A dreambooth/fine-tune config as the kohya_ss GUI saves it: numbers as strings, "" for unset,
@@ -183,6 +183,7 @@ def test_sd_scripts_toml_with_tables(tmp_path):
     ({"sdxl_no_half_vae": True, "sdxl_cache_text_encoder_outputs": "True"},
      {"no_half_vae": True, "cache_text_encoder_outputs": True}),
     ({"sample_prompts": "/data/prompts.txt"}, {"sample_prompts": "/data/prompts.txt"}),
+    ({"reg_data_dir": "/data/reg", "prior_loss_weight": "0.5"}, {"class_data_dir": "/data/reg", "prior_loss_weight": 0.5}),
     ({"seed": "", "vae": None, "vae_batch_size": 0, "lr_scheduler_num_cycles": "0"}, {}),
 ])
 def test_conversions(raw, expected):
@@ -217,8 +218,7 @@ def test_unsupported_optimizer_goes_to_unknown_with_its_arguments():
     ({"max_token_length": "100"}, ["max_token_length=100"], "max_token_length 100: not imported (Input should be 75"),
     ({"caption_dropout_rate": 1.5}, ["caption_dropout_rate=1.5"], "caption_dropout_rate 1.5: not imported"),
     ({"resolution": "big"}, ["resolution=big"], "resolution big: not imported (expected WIDTH,HEIGHT"),
-    ({"reg_data_dir": "/data/reg", "prior_loss_weight": 1.0}, ["prior_loss_weight=1.0", "reg_data_dir=/data/reg"],
-     "DreamBooth settings (regularization images) are not imported"),
+    ({"no_token_padding": True}, ["no_token_padding=true"], "no_token_padding is not supported"),
     ({"unet_lr": 1e-4, "conv_dim": 8}, ["conv_dim=8", "unet_lr=0.0001"], "LoRA settings not supported here"),
     ({"network_module": "lycoris.kohya"}, ["network_module=lycoris.kohya"], "network_module lycoris.kohya: not "
      "imported (only networks.lora"),
@@ -275,6 +275,16 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, name, content, messag
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="missing.json: cannot read"):
         read_kohya_config(tmp_path / "missing.json")
+
+
+def test_regularization_images_become_prior_preservation_with_a_hint_about_the_class_prompt():
+    result = checked(import_kohya_values({"reg_data_dir": "/data/reg", "prior_loss_weight": 1.0}, gui=False))
+    assert result.values == {"class_data_dir": "/data/reg", "prior_loss_weight": 1.0} and result.unknown == []
+    [note] = result.notes
+    assert note.startswith("reg_data_dir /data/reg -> class_data_dir /data/reg (set class_prompt")
+    with pytest.raises(ConfigError, match="class_prompt is needed with class_data_dir"):
+        validate(TrainConfig, {**result.values, "pretrained_model_name_or_path": "/m", "train_data_dir": ["/d"],
+                               "output_dir": "/o"}, "kohya import")
 
 
 def test_an_sd_scripts_lora_config_turns_lora_training_on():

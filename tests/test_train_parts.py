@@ -40,9 +40,9 @@ def all_names(module: torch.nn.Module, prefixes: tuple[str, ...] = ("",)) -> set
     (True, False, ["down", "up"], 1), (True, True, [], 2)])
 def test_exactly_the_trained_parameters_receive_gradients(kit, train_unet, train_te, blocks, clip_skip):
     model = fresh_model(kit)
-    trained = set_trainable(model, train_unet, train_te, blocks, clip_skip)
+    trained = set_trainable(model, train_unet, ["text_encoder"] if train_te else [], blocks, clip_skip)
     cfg = validate(TrainConfig, train_values(kit, kit / "unused", clip_skip=clip_skip), "test")
-    prompts = PromptEncoder(model.tokenizer, model.text_encoder, clip_skip, 75, torch.device("cpu"))
+    prompts = PromptEncoder(model, clip_skip, 75, torch.device("cpu"))
     prompts.trains = train_te
     batch = {"latents": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)),
              "captions": ["a red circle", "a blue square"]}
@@ -63,7 +63,8 @@ def test_exactly_the_trained_parameters_receive_gradients(kit, train_unet, train
 def test_param_groups_give_the_text_encoder_its_own_rate(kit):
     model = fresh_model(kit)
     groups = param_groups({"unet": unet_parameters(model.unet, []),
-                           "text_encoder": text_encoder_parameters(model.text_encoder, 1)}, 1e-4, 1e-6)
+                           "text_encoder": text_encoder_parameters(model.text_encoder, 1)}, 1e-4,
+                          {"text_encoder": 1e-6})
     assert [g["lr"] for g in groups] == [1e-4, 1e-6]
     with pytest.raises(ValueError, match="unknown U-Net block group"):
         unet_parameters(model.unet, ["middle"])
@@ -190,7 +191,7 @@ def test_cached_text_encoder_outputs_train_like_encoding_each_step(kit, tmp_path
 
 def test_cache_serves_caption_dropout_with_the_empty_caption(kit):
     model = fresh_model(kit)
-    prompts = PromptEncoder(model.tokenizer, model.text_encoder, 1, 75, torch.device("cpu"))
+    prompts = PromptEncoder(model, 1, 75, torch.device("cpu"))
     prompts.fill_cache(static_captions(["a red circle"], "", "", with_empty=True), torch.float32)
     assert torch.equal(prompts([""])[0], prompts.encode([""])[0])
     with pytest.raises(KeyError, match="not in the text-encoder cache"):

@@ -95,12 +95,13 @@ def test_model_problems_name_the_model_field(values, kit, tmp_path):
     assert "not found" in errors_of(result, "vae")[0] and len(result.errors) == 1
 
 
-def test_sdxl_models_are_refused(values, demo_kit):
+def test_settings_that_do_not_fit_the_architecture_are_warnings(values, demo_kit):
     sdxl = demo_kit("sdxl", 4, 0)
     for model in (sdxl / "model", sdxl / "model.safetensors"):
-        result = check_training({**values, "pretrained_model_name_or_path": str(model)})
-        assert errors_of(result, "pretrained_model_name_or_path") == [
-            "SDXL training is not supported yet: choose an SD 1.x or SD 2.x model"]
+        result = check_training({**values, "pretrained_model_name_or_path": str(model), "clip_skip": 2})
+        assert result.ok and [p.field for p in result.warnings] == ["clip_skip"]
+    result = check_training({**values, "learning_rate_te2": 0})
+    assert result.ok and [p.field for p in result.warnings] == ["learning_rate_te2"]
 
 
 def test_dataset_folders_must_exist_and_hold_images(values, dataset, tmp_path):

@@ -1,6 +1,5 @@
 """Training samples: kohya prompt files, sample images from the tiny demo model, CLIP scores."""
 import contextlib
-import dataclasses
 import json
 
 import numpy as np
@@ -90,7 +89,7 @@ def small(text: str) -> SamplePrompt:
 
 def generate(model, prompts, out_dir, step=0, **kwargs):
     kwargs.setdefault("seed", 10)
-    return generate_samples(model, model.unet, model.text_encoder, prompts, out_dir, step, **kwargs)
+    return generate_samples(model, model.unet, prompts, out_dir, step, **kwargs)
 
 
 def pixels(path) -> np.ndarray:
@@ -186,10 +185,10 @@ def test_sampling_leaves_training_untouched(model, tmp_path, monkeypatch):
 def test_a_failing_prompt_is_a_warning(model, tmp_path, monkeypatch):
     real_generate = samples_mod._generate
 
-    def failing(pipe, tokenizer, text_encoder, prompt, *args):
+    def failing(pipe, encoder, prompt, *args):
         if prompt.prompt == "bad":
             raise RuntimeError("CUDA out of memory")
-        return real_generate(pipe, tokenizer, text_encoder, prompt, *args)
+        return real_generate(pipe, encoder, prompt, *args)
 
     monkeypatch.setattr(samples_mod, "_generate", failing)
     ctx = JobContext(tmp_path / "run", echo=False)
@@ -202,9 +201,17 @@ def test_a_failing_prompt_is_a_warning(model, tmp_path, monkeypatch):
     assert "2 of 3 sample images" in (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
 
 
-def test_sdxl_is_refused(model, tmp_path):
-    with pytest.raises(ValueError, match="SD 1.x and 2.x"):
-        generate(dataclasses.replace(model, arch="sdxl"), [small("a cat")], tmp_path / "s")
+def test_sdxl_samples_use_both_text_encoders(demo_kit, tmp_path):
+    from core.models.sd import load_sd_model
+
+    xl = load_sd_model(str(demo_kit("sdxl", 6, 0) / "model"))
+    out = generate(xl, [small("a cat --d 4"), small("a cat --d 4"), small("a dog --d 4")], tmp_path / "s")
+    first, same, other = (pixels(sample.path) for sample in out)
+    assert np.array_equal(first, same) and first.shape == (64, 64, 3) and first.std() > 0
+    assert not np.array_equal(first, other)  # the prompt reaches the U-Net
+    with torch.no_grad():
+        xl.text_encoder_2.text_projection.weight.mul_(-1)  # the pooled state reaches it too
+    assert not np.array_equal(pixels(generate(xl, [small("a cat --d 4")], tmp_path / "t")[0].path), first)
 
 
 # --- CLIP score ------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def examples(kit, tmp_path_factory):
 
 def encoder(model):
     def encode(captions: list[str]) -> torch.Tensor:
-        return encode_prompts(model.text_encoder, tokenize_prompts(model.tokenizer, captions, None), None)
+        return encode_prompts(model.text_encoder, tokenize_prompts(model.tokenizer, captions, None), None), None
     return encode
 
 

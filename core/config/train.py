@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from core.config.dataset import BucketSettings, CaptionSettings
+from core.config.dreambooth import DreamBoothSettings
 from core.config.models import LatentSettings, ModelSettings, PromptSettings
 from core.config.launch import LaunchSettings
 from core.config.schema import param
@@ -13,8 +14,8 @@ from core.config.train_eval import SampleSettings, ValidationSettings
 
 
 class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, PromptSettings, CaptionSettings,
-                  ModelSettings, BucketSettings):  # reverse display order
-    """Fine-tune a Stable Diffusion model (SD 1.x / 2.x) on a captioned dataset."""
+                  ModelSettings, DreamBoothSettings, BucketSettings):  # reverse display order
+    """Fine-tune a Stable Diffusion model (SD 1.x / 2.x / XL) on a captioned dataset."""
     v_parameterization: bool = param(
         False, "The model predicts v (SD 2.x 768-v). Detected from the checkpoint when it says so.",
         group="Model")
@@ -73,6 +74,12 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
     learning_rate_te: float = param(
         0.0, "Learning rate of the text encoder (0: same as learning_rate; often lower, e.g. 1e-6).",
         group="What is trained", ge=0)
+    learning_rate_te1: float | None = param(
+        None, "SDXL: learning rate of text encoder 1 (CLIP ViT-L) when train_text_encoder is on (empty: as "
+        "learning_rate_te; 0: keep it frozen).", group="What is trained", advanced=True, ge=0)
+    learning_rate_te2: float | None = param(
+        None, "SDXL: learning rate of text encoder 2 (OpenCLIP bigG) when train_text_encoder is on (empty: as "
+        "learning_rate_te; 0: keep it frozen).", group="What is trained", advanced=True, ge=0)
     unet_blocks: list[Literal["down", "mid", "up"]] = param(
         [], "Train only these U-Net block groups (empty: the whole U-Net). The input/output layers and "
         "the time embedding then stay frozen.", group="What is trained", advanced=True)
@@ -213,6 +220,9 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         if self.stop_text_encoder_training and not (self.train_text_encoder and self.train_unet):
             raise ValueError("stop_text_encoder_training needs train_text_encoder and train_unet both on "
                              "(it freezes the text encoder while the U-Net goes on)")
+        if self.train_text_encoder and self.learning_rate_te1 == 0 and self.learning_rate_te2 == 0:
+            raise ValueError("learning_rate_te1 and learning_rate_te2 are both 0, which keeps both SDXL text encoders "
+                             "frozen: turn off train_text_encoder instead")
         if self.full_fp16 and self.full_bf16:
             raise ValueError("full_fp16 and full_bf16 cannot be used together")
         for flag, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):

@@ -1,9 +1,11 @@
 """LoRA adapters for the SD U-Net and CLIP text encoder: inject (peft), save, load and merge.
 
+A model's parts are given as a dict: "unet", "text_encoder" and, for SDXL, "text_encoder_2".
 Saved files are either the kohya format that AUTOMATIC1111, ComfyUI and diffusers load
 (`lora_unet_<diffusers module name, dots as underscores>.lora_down.weight` / `.lora_up.weight` /
-`.alpha`, `lora_te_...` for the text encoder; the layout kohya sd-scripts writes for SD 1/2) or
-the diffusers format (`unet.` / `text_encoder.` prefixed peft keys, as `save_lora_weights` writes).
+`.alpha`; `lora_te_...` for the text encoder of SD 1/2, `lora_te1_...` / `lora_te2_...` for
+SDXL's two) or the diffusers format (`unet.` / `text_encoder.` / `text_encoder_2.` prefixed peft
+keys, as `save_lora_weights` writes).
 
 Target presets, per part (a module is adapted when its name ends with one of the suffixes):
 - attention: the attention projections (U-Net to_q/k/v/out.0, CLIP q/k/v/out_proj);
@@ -22,13 +24,14 @@ from torch import nn
 from core.fsutil import atomic_path
 
 ADAPTER = "default"
-UNET_PREFIX, TE_PREFIX = "lora_unet_", "lora_te_"
 _UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 _UNET_MLP = ("ff.net.0.proj", "ff.net.2")
 _UNET_LOCON = ("proj_in", "proj_out", "conv1", "conv2", "conv_shortcut", "time_emb_proj",
                "downsamplers.0.conv", "upsamplers.0.conv")
 _TE_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 _TE_MLP = ("fc1", "fc2")
+KOHYA_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+KOHYA_PREFIXES_SDXL = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 TARGETS = {
     "attention": {"unet": _UNET_ATTENTION, "text_encoder": _TE_ATTENTION},
     "attention_mlp": {"unet": _UNET_ATTENTION + _UNET_MLP, "text_encoder": _TE_ATTENTION + _TE_MLP},
@@ -54,16 +57,19 @@ def _inject(model: nn.Module, names: list[str], rank: int, alpha: float, dropout
         param.requires_grad_("lora_" in name)
 
 
-def add_lora(unet: nn.Module, text_encoder: nn.Module | None = None, rank: int = 16,
-             alpha: float = 16.0, dropout: float = 0.0, targets: str = "attention") -> dict[str, list[str]]:
-    """Add a LoRA adapter (up weights zero: outputs unchanged) to the U-Net and optionally the
-    text encoder; freeze everything else. Returns the adapted module names per part."""
+def _suffixes(targets: str, part: str) -> tuple[str, ...]:
+    return TARGETS[targets]["unet" if part == "unet" else "text_encoder"]
+
+
+def add_lora(parts: dict[str, nn.Module], rank: int = 16, alpha: float = 16.0, dropout: float = 0.0,
+             targets: str = "attention") -> dict[str, list[str]]:
+    """Add a LoRA adapter (up weights zero: outputs unchanged) to each of `parts` (the U-Net and
+    any text encoders); freeze everything else in them. Returns the adapted module names per part."""
     if targets not in TARGETS:
         raise ValueError(f"unknown LoRA targets {targets!r}; expected one of {sorted(TARGETS)}")
-    parts = {"unet": unet} if text_encoder is None else {"unet": unet, "text_encoder": text_encoder}
     adapted = {}
     for part, model in parts.items():
-        adapted[part] = target_modules(model, TARGETS[targets][part])
+        adapted[part] = target_modules(model, _suffixes(targets, part))
         _inject(model, adapted[part], rank, alpha, dropout)
     return adapted
 
@@ -78,25 +84,30 @@ def _adapter_alpha(model: nn.Module) -> float:
     return float(model.peft_config[ADAPTER].lora_alpha)
 
 
+def kohya_prefixes(sdxl: bool) -> dict[str, str]:
+    """kohya name prefix of each part: SDXL's text encoders are te1 and te2."""
+    return KOHYA_PREFIXES_SDXL if sdxl else KOHYA_PREFIXES
+
+
 def kohya_name(prefix: str, module: str) -> str:
-    """kohya name of a module: the text encoder's keep transformers 4's `text_model.` root (which
+    """kohya name of a module: the text encoders' keep transformers 4's `text_model.` root (which
     transformers 5 dropped), as A1111 and ComfyUI expect."""
-    if prefix == TE_PREFIX and not module.startswith("text_model."):
+    if prefix != "lora_unet_" and not module.startswith("text_model."):
         module = "text_model." + module
     return prefix + module.replace(".", "_")
 
 
-def lora_state_dict_kohya(unet: nn.Module, text_encoder: nn.Module | None = None,
+def lora_state_dict_kohya(parts: dict[str, nn.Module], sdxl: bool = False,
                           alpha: float | None = None) -> dict[str, torch.Tensor]:
-    """The adapters as a kohya state dict; `alpha` defaults to the one the adapter was made with."""
+    """The adapters of `parts` as a kohya state dict; `alpha` defaults to the one each adapter was
+    made with."""
     out = {}
-    for prefix, model in ((UNET_PREFIX, unet), (TE_PREFIX, text_encoder)):
-        if model is None:
-            continue
+    prefixes = kohya_prefixes(sdxl)
+    for part, model in parts.items():
         model_alpha = _adapter_alpha(model) if alpha is None else alpha
         for key, value in _peft_state_dict(model).items():
             module, kind = key.rsplit(".lora_", 1)
-            name = kohya_name(prefix, module)
+            name = kohya_name(prefixes[part], module)
             out[f"{name}.lora_{'down' if kind == 'A.weight' else 'up'}.weight"] = value.detach().contiguous()
             out[f"{name}.alpha"] = torch.tensor(model_alpha)
     return out
@@ -110,40 +121,37 @@ def kohya_metadata(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]
             "ss_network_alpha": f"{alpha:g}", "format": "pt", **(metadata or {})}
 
 
-def save_lora(path: str | Path, unet: nn.Module, text_encoder: nn.Module | None = None,
-              alpha: float | None = None, metadata: dict[str, str] | None = None, fmt: str = "kohya") -> Path:
-    """Write the adapters to one .safetensors file, atomically.
+def save_lora(path: str | Path, parts: dict[str, nn.Module], sdxl: bool = False, alpha: float | None = None,
+              metadata: dict[str, str] | None = None, fmt: str = "kohya") -> Path:
+    """Write the adapters of `parts` to one .safetensors file, atomically.
 
-    kohya: with the ss_* metadata and `metadata`. diffusers: through
-    `StableDiffusionPipeline.save_lora_weights`, which stores each adapter's LoraConfig (rank,
-    alpha, targets) as the file's metadata; `alpha` and `metadata` do not apply to it.
+    kohya: with the ss_* metadata and `metadata`. diffusers: through the pipeline's
+    `save_lora_weights`, which stores each adapter's LoraConfig (rank, alpha, targets) as the
+    file's metadata; `alpha` and `metadata` do not apply to it.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     with atomic_path(path) as tmp:
         if fmt == "kohya":
-            state_dict = lora_state_dict_kohya(unet, text_encoder, alpha)
+            state_dict = lora_state_dict_kohya(parts, sdxl, alpha)
             save_file(state_dict, str(tmp), metadata=kohya_metadata(state_dict, metadata))
         elif fmt == "diffusers":
-            _save_diffusers(tmp, unet, text_encoder)
+            _save_diffusers(tmp, parts, sdxl)
         else:
             raise ValueError(f"unknown LoRA format {fmt!r}; expected 'kohya' or 'diffusers'")
     return path
 
 
-def _save_diffusers(tmp: Path, unet: nn.Module, text_encoder: nn.Module | None) -> None:
-    from diffusers import StableDiffusionPipeline
+def _save_diffusers(tmp: Path, parts: dict[str, nn.Module], sdxl: bool) -> None:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    te_layers = te_meta = None
-    if text_encoder is not None:
-        te_layers = _peft_state_dict(text_encoder)
-        te_meta = text_encoder.peft_config[ADAPTER].to_dict()
-    StableDiffusionPipeline.save_lora_weights(
-        tmp.parent, unet_lora_layers=_peft_state_dict(unet),
-        text_encoder_lora_layers=te_layers, weight_name=tmp.name,
-        unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict(),
-        text_encoder_lora_adapter_metadata=te_meta)
+    kwargs = {}
+    for part, model in parts.items():
+        kwargs[f"{part}_lora_layers"] = _peft_state_dict(model)
+        kwargs[f"{part}_lora_adapter_metadata"] = model.peft_config[ADAPTER].to_dict()
+    pipeline = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    pipeline.save_lora_weights(tmp.parent, weight_name=tmp.name, **kwargs)
 
 
 def load_lora_kohya(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -154,14 +162,15 @@ def load_lora_kohya(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
 
 
-def _kohya_modules(unet: nn.Module, text_encoder: nn.Module | None) -> dict[str, nn.Module]:
+def _kohya_modules(parts: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """kohya LoRA name -> the Linear/Conv2d it adapts (the base layer where peft wrapped one)."""
     modules = {}
-    for prefix, model in ((UNET_PREFIX, unet), (TE_PREFIX, text_encoder)):
-        for name, module in (model.named_modules() if model is not None else ()):
+    prefixes = kohya_prefixes("text_encoder_2" in parts)
+    for part, model in parts.items():
+        for name, module in model.named_modules():
             base = getattr(module, "base_layer", module)
             if isinstance(base, (nn.Linear, nn.Conv2d)) and "lora_" not in name and "base_layer" not in name:
-                modules[kohya_name(prefix, name)] = base
+                modules[kohya_name(prefixes[part], name)] = base
     return modules
 
 
@@ -183,14 +192,15 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tens
 
 
 @torch.no_grad()
-def merge_lora_into(unet: nn.Module, text_encoder: nn.Module | None, state_dict: dict[str, torch.Tensor],
+def merge_lora_into(parts: dict[str, nn.Module], state_dict: dict[str, torch.Tensor],
                     multiplier: float = 1.0) -> list[str]:
-    """Add `multiplier * alpha/rank * up @ down` of each kohya LoRA module to its base weight.
+    """Add `multiplier * alpha/rank * up @ down` of each kohya LoRA module to its base weight in
+    `parts` (all of a model's parts: with "text_encoder_2" the SDXL names apply).
 
     Raises ValueError naming the keys that match no module (e.g. a text-encoder LoRA with no
-    text encoder given). Returns the merged kohya module names.
+    text encoder given, or an SDXL LoRA on an SD 1.5 model). Returns the merged kohya module names.
     """
-    modules = _kohya_modules(unet, text_encoder)
+    modules = _kohya_modules(parts)
     groups = _lora_groups(state_dict)
     unknown = sorted(name for name in groups if name not in modules)
     if unknown:

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from core.text import encode_prompts, process_caption, tokenize_prompts
+from core.text import encode_prompts, encode_prompts_sdxl, process_caption, tokenize_prompts
 
 
 def static_captions(raw_captions: list[str], caption_prefix: str, caption_suffix: str,
@@ -25,36 +25,49 @@ def static_captions(raw_captions: list[str], caption_prefix: str, caption_suffix
 
 
 class PromptEncoder:
-    """Captions -> encoder states on `device`. `text_encoder` is the module to run (the
-    accelerate-wrapped one while it trains); `trains` turns gradients on for it."""
+    """Captions -> (encoder states, pooled state or None) on `device`.
 
-    def __init__(self, tokenizer, text_encoder, clip_skip: int, max_token_length: int, device):
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+    SD 1.x / 2.x: one text encoder at `clip_skip`, no pooled state. SDXL: both encoders as in
+    core.text.encode_prompts_sdxl (clip_skip does not apply, as in kohya). `text_encoders` are
+    the modules to run (the accelerate-wrapped ones while they train); `trains` turns gradients
+    on."""
+
+    def __init__(self, model, clip_skip: int, max_token_length: int, device):
+        self.sdxl = model.arch == "sdxl"
+        self.tokenizers = [model.tokenizer, model.tokenizer_2] if self.sdxl else [model.tokenizer]
+        self.text_encoders = [model.text_encoder, model.text_encoder_2] if self.sdxl else [model.text_encoder]
         self.clip_skip, self.max_token_length, self.device = clip_skip, max_token_length, device
         self.trains = False
-        self.cache: dict[str, torch.Tensor] | None = None
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
-    def encode(self, captions: list[str]) -> torch.Tensor:
-        """States from the text encoder (no gradients unless it trains)."""
-        ids = tokenize_prompts(self.tokenizer, captions, self.max_token_length)
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """States from the text encoder(s) (no gradients unless they train)."""
+        ids = [tokenize_prompts(tokenizer, captions, self.max_token_length) for tokenizer in self.tokenizers]
         with nullcontext() if self.trains else torch.no_grad():
-            return encode_prompts(self.text_encoder, ids, self.clip_skip).to(self.device)
+            if self.sdxl:
+                states, pooled = encode_prompts_sdxl(self.text_encoders, ids)
+                return states.to(self.device), pooled.to(self.device)
+            return encode_prompts(self.text_encoders[0], ids[0], self.clip_skip).to(self.device), None
 
-    def __call__(self, captions: list[str]) -> torch.Tensor:
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cache is None:
             return self.encode(captions)
         missing = [c for c in captions if c not in self.cache]
         if missing:
             raise KeyError(f"caption not in the text-encoder cache: {missing[0]!r}")
-        return torch.stack([self.cache[c] for c in captions]).to(self.device)
+        states, pooled = zip(*(self.cache[c] for c in captions))
+        return (torch.stack(states).to(self.device),
+                torch.stack(pooled).to(self.device) if self.sdxl else None)
 
     def fill_cache(self, captions: list[str], dtype: torch.dtype, batch_size: int = 16, ctx=None) -> None:
         """Encode `captions` once, kept on the CPU in `dtype`."""
         cache = {}
         for start in range(0, len(captions), batch_size):
             chunk = captions[start:start + batch_size]
-            states = self.encode(chunk).to("cpu", dtype)
-            cache.update(zip(chunk, states))
+            states, pooled = self.encode(chunk)
+            states = states.to("cpu", dtype)
+            pooled = pooled.to("cpu", dtype) if pooled is not None else [None] * len(chunk)
+            cache.update(zip(chunk, zip(states, pooled)))
             if ctx is not None:
                 ctx.check_stop()
         self.cache = cache

@@ -5,6 +5,11 @@ Every batch holds images of one bucket. Each epoch the sampler shuffles every bu
 generators seeded by seed + epoch, so every process of a multi-GPU run computes the same list
 and accelerate deals it out (rank r gets batches r, r + n, ...).
 
+DreamBooth prior preservation (kohya's DreamBoothDataset): the class folder's images join the
+examples with their repeats raised until an epoch holds as many class samples as training samples
+(`balanced_repeats`); they share the buckets and the shuffle, and their items carry the loss weight
+prior_loss_weight (training images: 1).
+
 Resuming mid-epoch must give exactly the batches an uninterrupted run would have seen, so no
 item draws from a global random state: the sampler yields *sample keys* that encode (epoch,
 repeat, example) as one integer, and the item's flip (probability `flip_p`, only with
@@ -22,7 +27,7 @@ Pitfalls with accelerate (1.15), which wraps a custom batch sampler in `BatchSam
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.buckets import BucketAssignment, crop_to_bucket, plan_buckets
 from core.captions import read_caption_detailed
-from core.config import CacheConfig, TrainConfig
+from core.config import CacheConfig, ClassImagesConfig, TrainConfig
 from core.dataset import caption_path
 from core.images import open_image
 from core.latents import cache_path_for, load_cached, pixels_of
@@ -44,10 +49,11 @@ class Example:
     """One training image (repeats are applied by the sampler)."""
     image: Path
     bucket: Size            # (w, h)
-    caption: str            # raw caption text ("" when there is no caption file)
+    caption: str            # raw caption text (instance_prompt or class_prompt when there is no caption file)
     cache: Path | None      # its latent cache file, None when training from pixels
     repeats: int = 1
     assignment: BucketAssignment | None = None  # resize and crop; needed to train from pixels
+    loss_weight: float = 1.0  # prior_loss_weight for class images
 
 
 def cache_config(cfg: TrainConfig) -> CacheConfig:
@@ -65,22 +71,56 @@ def prepare_latent_cache(cfg: TrainConfig, ctx) -> dict:
     return run_cache(cache_config(cfg), ctx)
 
 
-def build_examples(cfg: TrainConfig, ctx) -> list[Example]:
+def class_images_config(cfg: TrainConfig) -> ClassImagesConfig:
+    """The class_images job's settings: the trainer's fields of the same names, defaults for the others,
+    images of the training resolution."""
+    shared = {key: getattr(cfg, key) for key in ClassImagesConfig.model_fields if key in TrainConfig.model_fields}
+    width, height = cfg.resolution
+    return ClassImagesConfig(**shared, resolution=f"{width - width % 8},{height - height % 8}")
+
+
+def prepare_class_images(cfg: TrainConfig, ctx) -> bool:
+    """Generate the images the class folder lacks (the class_images job: resumable, stops between
+    batches); False when it stopped before the folder was full."""
+    if not cfg.prior_preservation:
+        return True
+    from core.dreambooth import run as run_class_images
+
+    return run_class_images(class_images_config(cfg), ctx)["complete"]
+
+
+def class_image_count(cfg: TrainConfig) -> int:
+    """Images in the class folder now (0 when it does not exist yet)."""
+    from core.dreambooth import class_images_in
+
+    return len(class_images_in(Path(cfg.class_data_dir).expanduser()))
+
+
+def class_data_config(cfg: TrainConfig) -> TrainConfig:
+    """The trainer's settings with the class folder (subfolders included) as the dataset."""
+    return cfg.model_copy(update={"train_data_dir": [cfg.class_data_dir], "recursive": True})
+
+
+def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
+                   loss_weight: float = 1.0) -> list[Example]:
     """One Example per usable image of the dataset, in the bucket plan's order.
 
-    Broken images are reported and skipped by the planner; a missing caption is trained with an
-    empty one (and reported). With cache_latents, images without a cache file (the cache job
-    reported them) are skipped too: call `prepare_latent_cache` first."""
+    Broken images are reported and skipped by the planner; an image without a caption file is
+    trained with `default_caption` (instance_prompt when not given; reported when empty). With
+    cache_latents, images without a cache file (the cache job reported them) are skipped too: call
+    `prepare_latent_cache` first."""
+    default_caption = cfg.instance_prompt if default_caption is None else default_caption
     assignments, _ = plan_buckets(cfg, ctx)
     caches = cache_config(cfg) if cfg.cache_latents else None
     examples = []
     for a in assignments:
         text = read_caption_detailed(caption_path(a.path, cfg.caption_extension))
-        if not text.encoding:
+        if not text.encoding and not default_caption:
             ctx.warning(f"no caption file ({cfg.caption_extension}): training with an empty caption",
                         a.path)
         cache = cache_path_for(a.path, caches) if caches else None
-        examples.append(Example(Path(a.path), tuple(a.bucket), text.text, cache, a.repeats, a))
+        examples.append(Example(Path(a.path), tuple(a.bucket), text.text if text.encoding else default_caption,
+                                cache, a.repeats, a, loss_weight))
     if caches:
         present = [e for e in examples if e.cache.is_file()]
         if examples and not present:
@@ -91,6 +131,38 @@ def build_examples(cfg: TrainConfig, ctx) -> list[Example]:
                             e.image)
         examples = present
     return examples
+
+
+def class_examples(cfg: TrainConfig, ctx, instance_samples: int) -> list[Example]:
+    """The class folder's examples for prior preservation, weighted prior_loss_weight, captioned with
+    class_prompt when they have no caption file, with repeats that give `instance_samples` class
+    samples per epoch (`balanced_repeats`); images left without a repeat are not used, as in kohya."""
+    examples = build_examples(class_data_config(cfg), ctx, cfg.class_prompt, cfg.prior_loss_weight)
+    if not examples:
+        raise ValueError(f"class_data_dir {cfg.class_data_dir}: no usable images (see the warnings above)")
+    repeats = balanced_repeats([e.repeats for e in examples], instance_samples)
+    unused = repeats.count(0)
+    if unused:
+        ctx.warning(f"{unused} of {len(examples)} class images are not used: an epoch takes as many class samples "
+                    f"as training samples ({instance_samples})", cfg.class_data_dir)
+    ctx.log(f"prior preservation: {len(examples) - unused} class images, {sum(repeats)} class samples per epoch "
+            f"with {instance_samples} training samples, prior_loss_weight {cfg.prior_loss_weight}")
+    return [replace(e, repeats=r) for e, r in zip(examples, repeats) if r]
+
+
+def balanced_repeats(repeats: list[int], target: int) -> list[int]:
+    """Repeats of the class images as kohya's DreamBoothDataset sets them: a first pass takes each image
+    with its own repeats until `target` samples are reached (the rest get 0), then passes over all
+    images add one repeat to one image after another until there are `target`."""
+    counts, total = [0] * len(repeats), 0
+    for i, count in enumerate(repeats):
+        if total >= target:
+            break
+        counts[i], total = count, total + count
+    extra = target - total if repeats else 0
+    for i in range(extra):
+        counts[i % len(repeats)] += 1
+    return counts
 
 
 def sample_key(index: int, repeat: int, epoch: int, num_examples: int, max_repeats: int) -> int:
@@ -156,7 +228,7 @@ class TrainDataset(Dataset):
         cfg = self.cfg
         # Drawn first (even without flip_aug), so it does not depend on the caption's length.
         flip = rng.random() < cfg.flip_p
-        item = {"index": index, "key": key, "caption": process_caption(
+        item = {"index": index, "key": key, "loss_weight": example.loss_weight, "caption": process_caption(
             example.caption, cfg.shuffle_caption, cfg.keep_tokens, rng,
             caption_dropout_rate=cfg.caption_dropout_rate,
             caption_tag_dropout_rate=cfg.caption_tag_dropout_rate,
@@ -164,20 +236,36 @@ class TrainDataset(Dataset):
             keep_tokens_separator=cfg.keep_tokens_separator)}
         if example.cache is not None:
             cached = load_cached(example.cache)
-            use_flipped = self.cfg.flip_aug and flip and "latents_flipped" in cached
-            item["latents"] = cached["latents_flipped" if use_flipped else "latents"]
+            flipped = self.cfg.flip_aug and flip and "latents_flipped" in cached
+            item["latents"] = cached["latents_flipped" if flipped else "latents"]
         else:
+            flipped = self.cfg.flip_aug and flip
             image = open_image(example.image, self.cfg.max_image_pixels)
             pixels = pixels_of(crop_to_bucket(image, example.assignment))
-            item["pixels"] = pixels.flip(-1) if self.cfg.flip_aug and flip else pixels
+            item["pixels"] = pixels.flip(-1) if flipped else pixels
+        item["time_ids"] = size_conditioning(example.assignment, flipped)
         return item
 
 
+def size_conditioning(assignment: BucketAssignment, flipped: bool) -> torch.Tensor:
+    """SDXL's size and crop conditioning of one sample: (original height, width, crop top, left,
+    target height, width), the crop in the resized image as our centre crop really made it; a
+    flipped sample's crop is counted from the right edge (as kohya does)."""
+    (width, height), (resized_width, _) = assignment.original, assignment.resized
+    left, top, right, _ = assignment.crop
+    if flipped:
+        left = resized_width - right
+    target_width, target_height = assignment.bucket
+    return torch.tensor([height, width, top, left, target_height, target_width], dtype=torch.float32)
+
+
 def collate(items: list[dict]) -> dict:
-    """A batch: stacked "latents" or "pixels", lists of "captions", "indices" and "keys"."""
+    """A batch: stacked "latents" or "pixels" and SDXL "time_ids", lists of "captions", "indices"
+    and "keys", and the samples' "loss_weights"."""
     batch = {"captions": [item["caption"] for item in items],
-             "indices": [item["index"] for item in items], "keys": [item["key"] for item in items]}
-    for name in ("latents", "pixels"):
+             "indices": [item["index"] for item in items], "keys": [item["key"] for item in items],
+             "loss_weights": torch.tensor([item["loss_weight"] for item in items], dtype=torch.float32)}
+    for name in ("latents", "pixels", "time_ids"):
         if name in items[0]:
             batch[name] = torch.stack([item[name] for item in items])
     return batch

@@ -1,4 +1,4 @@
-"""The training loop (job `train`): SD 1.x / 2.x fine-tuning of the U-Net and/or text encoder.
+"""The training loop (job `train`): SD 1.x / 2.x / XL fine-tuning of the U-Net and/or text encoder(s).
 
 Read top to bottom: load the model, prepare the data, choose what trains, then for each batch the
 loss of core.train.step, backward, step. Saving, samples, validation, stopping and resuming happen
@@ -26,7 +26,8 @@ from core.train.outputs import RunOutputs, model_file
 from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
 from core.train.schedules import make_scheduler, steps_of
 from core.train.step import loss_of_batch, weight_dtype
-from core.train.trainable import add_lora_adapters, param_groups, set_trainable, text_encoder_stop_step
+from core.train.trainable import (add_lora_adapters, param_groups, set_trainable, text_encoder_parts,
+                                  text_encoder_rates, text_encoder_stop_step)
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -51,27 +52,36 @@ def load_model(cfg: TrainConfig, ctx: JobContext):
     from core.models.sd import load_sd_model
 
     model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v_parameterization or None)
-    if model.arch not in ("sd1", "sd2"):
-        raise ValueError(f"{cfg.pretrained_model_name_or_path}: {model.arch} training is not supported yet "
-                         "(SD 1.x and SD 2.x are)")
     ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+    if model.arch == "sdxl" and cfg.clip_skip > 1:
+        ctx.warning(f"clip_skip {cfg.clip_skip} is ignored for SDXL: it always uses the penultimate layer of "
+                    "its text encoders (as kohya)")
     return model
 
 
 def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
-    """(training examples, validation examples): latent caches built (by the main process), the
-    validation images split off or read from validation_data_dir."""
-    from core.train.data import build_examples, prepare_latent_cache
+    """(training examples, validation examples): the missing DreamBooth class images generated and the
+    latent caches built (by the main process), the validation images split off or read from
+    validation_data_dir, the class images added to the training examples."""
+    from core.jobs import JobStopped
+    from core.train.data import (build_examples, class_data_config, class_examples, class_image_count,
+                                 prepare_class_images, prepare_latent_cache)
     from core.train.validation import split_validation
 
     configs = [cfg]
     if cfg.validation_data_dir.strip():
         configs.append(cfg.model_copy(update={"train_data_dir": [cfg.validation_data_dir]}))
-    if cfg.cache_latents:
-        if accelerator.is_main_process:
+    if cfg.prior_preservation:
+        configs.append(class_data_config(cfg))
+    if accelerator.is_main_process:
+        class_folder_full = prepare_class_images(cfg, ctx)
+        if class_folder_full and cfg.cache_latents:
             for c in configs:
                 prepare_latent_cache(c, ctx)
-        accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+    if cfg.prior_preservation and class_image_count(cfg) < cfg.num_class_images:
+        ctx.log("stopped while generating class images; start the run again to go on")
+        raise JobStopped()
     examples = build_examples(cfg, ctx)
     if cfg.validation_data_dir.strip():
         validation = build_examples(configs[1], ctx)
@@ -81,6 +91,8 @@ def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
         examples, validation = split_validation(examples, cfg.validation_split, cfg.validation_seed)
     if not examples:
         raise ValueError("no usable images in train_data_dir (see the warnings above)")
+    if cfg.prior_preservation:
+        examples += class_examples(cfg, ctx, sum(e.repeats for e in examples))
     if validation:
         ctx.log(f"validation: {len(validation)} images held out")
     return examples, validation
@@ -90,20 +102,21 @@ def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None
     """Devices, dtypes and modes: trained modules in fp32 (or fully in fp16/bf16), frozen ones in
     the mixed-precision dtype; gradient checkpointing and xformers where they apply."""
     full = cfg.full_fp16 or cfg.full_bf16
-    model.vae.to(device, dtype=dtype)
-    for part in ("unet", "text_encoder"):
+    original_sdxl_vae = model.arch == "sdxl" and not cfg.vae.strip()  # overflows in fp16
+    model.vae.to(device, dtype=torch.float32 if cfg.no_half_vae or original_sdxl_vae else dtype)
+    for part in ("unet", *text_encoder_parts(model)):
         module = getattr(model, part)
         module.to(device, dtype=dtype if full or cfg.train_lora or part not in trained else torch.float32)
         if cfg.train_lora and not full:  # frozen base in the compute dtype, adapters in fp32
             for param in trained.get(part, []):
                 param.data = param.data.float()
         module.train(part in trained)
+        if cfg.gradient_checkpointing and part in trained and part != "unet":
+            module.gradient_checkpointing_enable()
     if device.type == "cuda" and importlib.util.find_spec("xformers"):
         model.unet.enable_xformers_memory_efficient_attention()  # else diffusers uses PyTorch SDPA
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()  # also saves memory when only the text encoder trains
-        if "text_encoder" in trained:
-            model.text_encoder.gradient_checkpointing_enable()
 
 
 def allow_fp16_gradients(accelerator) -> None:
@@ -152,27 +165,29 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     sampler = dataloader.batch_sampler  # ours; accelerate wraps it when sharding
 
     dtype = weight_dtype(cfg.mixed_precision)
-    trained = set_trainable(model, cfg.train_unet, cfg.train_text_encoder, cfg.unet_blocks, cfg.clip_skip)
+    te_rates = text_encoder_rates(model, cfg)
+    trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
     if cfg.train_lora:
-        trained = add_lora_adapters(model, cfg.train_text_encoder, cfg.network_dim, cfg.network_alpha,
+        trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
                                     cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
     place_modules(model, cfg, trained, device, dtype)
     ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
                                      for part, params in trained.items()))
-    prompts = PromptEncoder(model.tokenizer, model.text_encoder, cfg.clip_skip, cfg.max_token_length, device)
+    prompts = PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device)
     if cfg.cache_text_encoder_outputs:
         captions = static_captions([e.caption for e in examples + validation], cfg.caption_prefix,
                                    cfg.caption_suffix, with_empty=cfg.caption_dropout_rate > 0)
         prompts.fill_cache(captions, dtype, ctx=ctx)
-        model.text_encoder.to("cpu", torch.float32)  # needed again only for sample prompts
+        for part in text_encoder_parts(model):
+            getattr(model, part).to("cpu", torch.float32)  # needed again only for sample prompts
         ctx.log(f"cached text-encoder outputs of {len(captions)} captions")
 
     def scaled(rate: float) -> float:
         return scaled_lr(rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr else rate
 
     lr = scaled(cfg.learning_rate)
-    optimizer = make_optimizer(cfg.optimizer_type, param_groups(trained, lr, scaled(cfg.learning_rate_te or
-                                                                                    cfg.learning_rate)),
+    optimizer = make_optimizer(cfg.optimizer_type,
+                               param_groups(trained, lr, {part: scaled(rate) for part, rate in te_rates.items()}),
                                lr, parse_optimizer_args(cfg.optimizer_args))
     if is_self_scheduling(optimizer):
         ctx.warning("Adafactor in relative-step mode sets its own step size: learning_rate, lr_scheduler, "
@@ -188,8 +203,9 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     *prepared, optimizer, lr_scheduler = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
     wrapped = dict(zip(modules, prepared))
     unet = wrapped.get("unet", model.unet)
-    if "text_encoder" in wrapped:
-        prompts.text_encoder, prompts.trains = wrapped["text_encoder"], True
+    if te_rates:
+        prompts.text_encoders = [wrapped.get(part, getattr(model, part)) for part in text_encoder_parts(model)]
+        prompts.trains = True
     if cfg.full_fp16:
         allow_fp16_gradients(accelerator)
     trained_params = [p for params in trained.values() for p in params]
@@ -210,8 +226,9 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
 
     def freeze_text_encoder_if_due() -> None:
         if prompts.trains and te_stop is not None and position.global_step >= te_stop:
-            model.text_encoder.requires_grad_(False).eval()
-            prompts.text_encoder, prompts.trains = model.text_encoder, False
+            prompts.text_encoders = [getattr(model, part).requires_grad_(False).eval()
+                                     for part in text_encoder_parts(model)]
+            prompts.trains = False
             ctx.log(f"text encoder frozen from step {te_stop} (stop_text_encoder_training)")
 
     freeze_text_encoder_if_due()
@@ -220,8 +237,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     ctx.log(f"training {max_steps} steps over {num_epochs} epoch(s), {len(examples)} images, "
             f"{len(dataloader)} batches per epoch")
     watch = RunOutputs(cfg, ctx, accelerator, model, position, ema, sample_prompts, validation,
-                       PromptEncoder(model.tokenizer, model.text_encoder, cfg.clip_skip, cfg.max_token_length,
-                                     device), prompts, dtype)
+                       PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device), prompts, dtype)
 
     started, stopped, auto_stopped = time.time(), False, False
     ctx.progress(position.global_step, max_steps)

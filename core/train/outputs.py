@@ -36,11 +36,12 @@ class RunOutputs:
     def _write_model(self, suffix: str) -> None:
         cfg, position, model = self.cfg, self.position, self.model
         from core.models.lora import save_lora
+        from core.train.trainable import lora_parts
         from core.models.sd import save_sd_model
 
         path = model_file(cfg, suffix)
         if cfg.train_lora:
-            save_lora(path, model.unet, model.text_encoder if cfg.train_text_encoder else None,
+            save_lora(path, lora_parts(model), model.arch == "sdxl",
                       metadata={k: str(v) for k, v in _metadata(cfg, position).items()}, fmt=cfg.lora_save_format)
         else:
             save_sd_model(model, path, cfg.save_model_as, cfg.save_precision, metadata=_metadata(cfg, position))
@@ -71,7 +72,7 @@ class RunOutputs:
         cfg, accelerator = self.cfg, self.accelerator
         if accelerator.is_main_process:
             with self.evaluated_weights():
-                generate_samples(self.model, self.model.unet, self.model.text_encoder, self.sample_prompts,
+                generate_samples(self.model, self.model.unet, self.sample_prompts,
                                  self.ctx.run_dir / "samples", self.position.global_step, seed=cfg.seed,
                                  clip_skip=cfg.clip_skip, max_token_length=cfg.max_token_length,
                                  device=accelerator.device, autocast=accelerator.autocast, ctx=self.ctx,
@@ -110,8 +111,8 @@ class RunOutputs:
 
 
 def _metadata(cfg: TrainConfig, position: Position) -> dict:
-    keys = ("learning_rate", "learning_rate_te", "train_unet", "train_text_encoder", "train_batch_size",
+    keys = ("learning_rate", "learning_rate_te", "learning_rate_te1", "learning_rate_te2", "train_unet", "train_text_encoder", "train_batch_size",
             "gradient_accumulation_steps", "optimizer_type", "lr_scheduler", "mixed_precision", "clip_skip",
             "max_token_length", "max_resolution", "seed", "use_ema")
     return {"ss_training_steps": position.global_step, "ss_epoch": position.epoch,
-            **{f"ss_{k}": getattr(cfg, k) for k in keys}}
+            **{f"ss_{k}": getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}}

@@ -31,12 +31,11 @@ from core.latents import cache_path_for, choose_precision, is_cache_valid, recip
 from core.models.loading import Checkpoint, arch_of_folder, existing_path
 from core.models.sd import TEXT_ENCODERS, base_model_arch
 from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, STATE_FILE, load_position, model_path
-from core.train.data import cache_config
+from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
 from core.train.optimizers import parse_optimizer_args
 from core.train.samples import CLIP_FOLDER_HELP, read_prompt_file
 
 SOURCE = "settings"
-SUPPORTED_ARCHS = ("sd1", "sd2")
 BIG_MODEL_BYTES = 500 * 2**20  # real SD models are GBs; the demo kit's tiny ones a few MB
 LISTED = 3  # paths named in a warning about many files
 
@@ -54,6 +53,8 @@ class Preflight:
     images: int = 0             # usable training images (repeats not counted)
     cache_missing: int = 0      # images whose latent cache file is missing or stale
     cache_latents: bool = False
+    class_images: int = 0       # images in class_data_dir now
+    num_class_images: int = 0   # images it should hold (0: no prior preservation)
 
     @property
     def errors(self) -> list[Problem]:
@@ -83,6 +84,10 @@ class Preflight:
             cache = (f"{self.cache_missing} missing or stale — build it now or the run builds it first"
                      if self.cache_missing else "up to date") if self.cache_latents else "off"
             lines += ["", f"{self.images} images; latent cache: {cache}"]
+        if self.num_class_images:
+            line = f"{self.class_images} of {self.num_class_images} class images"
+            lines.append(line + ("; the missing ones are generated before training"
+                                 if self.class_images < self.num_class_images else ""))
         return "\n".join(lines)
 
 
@@ -97,11 +102,13 @@ def check_training(values: dict) -> Preflight:
     except ConfigError as err:
         return Preflight([schema_problem(line) for line in str(err).splitlines()])
     data_problems, assignments = check_dataset(cfg)
-    problems = [*check_model(cfg), *data_problems, *check_validation(cfg, len(assignments)),
+    class_problems, class_images = check_class_images(cfg, assignments)
+    problems = [*check_model(cfg), *data_problems, *class_problems, *check_validation(cfg, len(assignments)),
                 *check_output(cfg), *check_resume(cfg), *check_samples(cfg), *check_device(cfg),
                 *check_optimizer(cfg)]
     missing = count_stale_latents(cfg, assignments) if cfg.cache_latents else 0
-    return Preflight(problems, len(assignments), missing, cfg.cache_latents)
+    wanted = cfg.num_class_images if cfg.prior_preservation else 0
+    return Preflight(problems, len(assignments), missing, cfg.cache_latents, class_images, wanted)
 
 
 def schema_problem(line: str) -> Problem:
@@ -119,10 +126,7 @@ def schema_problem(line: str) -> Problem:
 def check_model(cfg: TrainConfig) -> list[Problem]:
     problems = []
     try:
-        arch = base_model_of(cfg.pretrained_model_name_or_path)
-        if arch not in SUPPORTED_ARCHS:
-            problems.append(Problem("pretrained_model_name_or_path", f"{arch.upper()} training is not "
-                                    "supported yet: choose an SD 1.x or SD 2.x model"))
+        problems += check_arch(cfg, base_model_of(cfg.pretrained_model_name_or_path))
     except ValueError as exc:
         problems.append(Problem("pretrained_model_name_or_path", str(exc)))
     if cfg.vae.strip():
@@ -130,6 +134,20 @@ def check_model(cfg: TrainConfig) -> list[Problem]:
             existing_path(cfg.vae)
         except ValueError as exc:
             problems.append(Problem("vae", f"{exc}; or leave vae empty to use the model's own"))
+    return problems
+
+
+def check_arch(cfg: TrainConfig, arch: str) -> list[Problem]:
+    """Settings that do not apply to the model's architecture."""
+    problems = []
+    if arch == "sdxl" and cfg.clip_skip > 1:
+        problems.append(Problem("clip_skip", "SDXL always uses the penultimate layer of its text encoders: clip_skip "
+                                "is ignored (set it to 1)", "warning"))
+    if arch != "sdxl":
+        for name in ("learning_rate_te1", "learning_rate_te2"):
+            if getattr(cfg, name) is not None:
+                problems.append(Problem(name, f"only SDXL models have two text encoders: {name} is ignored (use "
+                                        "learning_rate_te)", "warning"))
     return problems
 
 
@@ -169,11 +187,31 @@ def check_dataset(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignmen
         problems.append(Problem("train_data_dir", f"no usable images in {', '.join(cfg.train_data_dir)}"
                                 f"{hint}: add images (.png, .jpg, .webp, ...)"))
     uncaptioned = sum(not caption_path(a.path, cfg.caption_extension).is_file() for a in assignments)
-    if uncaptioned:
+    if uncaptioned and not cfg.instance_prompt:
         problems.append(Problem("caption_extension", f"{uncaptioned} of {len(assignments)} images have no "
                                 f"{cfg.caption_extension} caption file and train with an empty caption: "
                                 "caption them first, or check caption_extension", "warning"))
     return problems, assignments
+
+
+def check_class_images(cfg: TrainConfig, instance: list[BucketAssignment]) -> tuple[list[Problem], int]:
+    """(problems, images in the class folder now) of DreamBooth prior preservation; `instance`: the
+    training images, whose samples per epoch the class samples match."""
+    if not cfg.prior_preservation:
+        return [], 0
+    folder = Path(cfg.class_data_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        return [Problem("class_data_dir", f"{folder} is a file: choose a folder for the class images")], 0
+    count = class_image_count(cfg)
+    assignments, skipped = plan_buckets(class_data_config(cfg)) if count else ([], [])
+    problems = [Problem("class_data_dir", _skipped_message(skipped), "warning")] if skipped else []
+    repeats = [a.repeats for a in assignments] + [1] * (cfg.num_class_images - count)
+    unused = balanced_repeats(repeats, sum(a.repeats for a in instance)).count(0) if instance else 0
+    if unused:
+        problems.append(Problem("num_class_images", f"{unused} of {len(repeats)} class images will not be used: an "
+                                "epoch takes as many class samples as training samples (images x repeats), as "
+                                "kohya does; lower num_class_images or raise the repeats", "warning"))
+    return problems, count
 
 
 def _skipped_message(skipped: list[dict]) -> str:

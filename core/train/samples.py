@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from core.fsutil import atomic_path
-from core.text import encode_prompts, tokenize_prompts
 
 OPTION_SPLIT = re.compile(r"(?:^|\s+)--(?=\S)")  # " --x" starts an option
 INT_OPTIONS = {"w": "width", "h": "height", "s": "steps", "d": "seed"}
@@ -106,34 +105,34 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
     return prompts
 
 
-def generate_samples(model, unet, text_encoder, prompts: Sequence[SamplePrompt], out_dir: str | Path, step: int, *,
+def generate_samples(model, unet, prompts: Sequence[SamplePrompt], out_dir: str | Path, step: int, *,
                      seed: int, clip_skip: int | None = 1, max_token_length: int | None = 75,
                      device: str | torch.device = "cpu", autocast: Callable = contextlib.nullcontext,
                      ctx=None, clip_dir: str = "") -> list[Sample]:
     """Write one image per prompt to `out_dir/step{step:08d}-{i:02d}.png` and return them.
 
-    `model` is the SDModel (VAE, tokenizer, inference scheduler); `unet` and `text_encoder` the
-    unwrapped modules being trained, already on `device`. A prompt's seed is its `--d`, else
+    `model` is the SDModel (VAE, tokenizers, text encoders, inference scheduler; SD 1/2 or XL);
+    `unet` the unwrapped U-Net being trained, already on `device`. A prompt's seed is its `--d`, else
     `seed + i`; the noise is drawn on the CPU, so a seed gives the same image on any device. A
     prompt that fails is a warning (on `ctx`) and the others go on. With `clip_dir`, each sample
     gets a CLIP score and `ctx` gets their mean as the metric "clip_score"."""
-    if model.arch not in ("sd1", "sd2"):
-        raise ValueError(f"sampling during training supports SD 1.x and 2.x models, not {model.arch}")
+    from core.train.conditioning import PromptEncoder
+
     out_dir, device = Path(out_dir), torch.device(device)
-    modules = (unet, text_encoder, model.vae)
+    encoder = PromptEncoder(model, clip_skip, max_token_length, device)
+    modules = (unet, *encoder.text_encoders, model.vae)
     was_training = [module.training for module in modules]
     samples, images = [], []
     try:
         for module in modules:
             module.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            pipe = pipeline_of(model, unet, text_encoder)
+            pipe = pipeline_of(model, unet)
             for i, prompt in enumerate(prompts):
                 sample_seed = prompt.seed if prompt.seed is not None else seed + i
                 try:
                     with autocast():
-                        image = _generate(pipe, model.tokenizer, text_encoder, prompt, sample_seed,
-                                          clip_skip, max_token_length, device)
+                        image = _generate(pipe, encoder, prompt, sample_seed)
                     path = out_dir / f"step{step:08d}-{i:02d}.png"
                     _save_png(image, path, prompt, sample_seed)
                 except Exception as exc:  # one bad prompt (out of memory, ...) never stops training
@@ -153,25 +152,40 @@ def generate_samples(model, unet, text_encoder, prompts: Sequence[SamplePrompt],
     return samples
 
 
-def pipeline_of(model, unet, text_encoder):
-    """A StableDiffusionPipeline over the given modules with a fresh copy of the inference scheduler."""
-    from diffusers import StableDiffusionPipeline
+def pipeline_of(model, unet):
+    """A StableDiffusionPipeline (or XL) over the model's modules and `unet`, with a fresh copy of the
+    inference scheduler."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     source = model.scheduler or model.noise_scheduler
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=text_encoder, tokenizer=model.tokenizer, unet=unet,
-                                   scheduler=type(source).from_config(source.config), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    common = dict(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=unet,
+                  scheduler=type(source).from_config(source.config))
+    if model.arch == "sdxl":
+        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=model.text_encoder_2, tokenizer_2=model.tokenizer_2)
+    else:
+        pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _generate(pipe, tokenizer, text_encoder, prompt: SamplePrompt, seed: int, clip_skip: int | None,
-              max_token_length: int | None, device: torch.device):
+def prompt_embeds(states: torch.Tensor, pooled: torch.Tensor | None, count: int = 1) -> dict:
+    """Pipeline arguments for encoded [prompt, negative prompt] states (and SDXL's pooled ones),
+    repeated for `count` images."""
+    def pair(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (tensor[:1].expand(count, *tensor.shape[1:]), tensor[1:].expand(count, *tensor.shape[1:]))
+
+    kwargs = dict(zip(("prompt_embeds", "negative_prompt_embeds"), pair(states)))
+    if pooled is not None:
+        kwargs.update(zip(("pooled_prompt_embeds", "negative_pooled_prompt_embeds"), pair(pooled)))
+    return kwargs
+
+
+def _generate(pipe, encoder, prompt: SamplePrompt, seed: int):
     """One PIL image, the prompts encoded the way training encodes captions (clip_skip, chunks)."""
-    ids = tokenize_prompts(tokenizer, [prompt.prompt, prompt.negative_prompt], max_token_length)
-    states = encode_prompts(text_encoder, ids, clip_skip).to(device)
-    return pipe(prompt_embeds=states[:1], negative_prompt_embeds=states[1:], width=prompt.width,
-                height=prompt.height, num_inference_steps=prompt.steps, guidance_scale=prompt.scale,
+    states, pooled = encoder.encode([prompt.prompt, prompt.negative_prompt])
+    return pipe(**prompt_embeds(states, pooled), width=prompt.width, height=prompt.height,
+                num_inference_steps=prompt.steps, guidance_scale=prompt.scale,
                 generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images[0]
 
 

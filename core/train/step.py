@@ -1,5 +1,5 @@
 """One training step's loss, read top to bottom: latents, noise, timesteps, noisy latents, text
-states, U-Net prediction, target (eps or v), loss, per-sample weights. Each option is a small pure
+states (and for SDXL the pooled state and size conditioning), U-Net prediction, target (eps or v), loss, per-sample weights. Each option is a small pure
 function from core.train.noise / core.train.loss."""
 from __future__ import annotations
 
@@ -33,10 +33,24 @@ def batch_latents(batch: dict, model, dtype: torch.dtype, device) -> torch.Tenso
     return latents.float() * model.scaling_factor
 
 
+def predict(unet, noisy_latents, timesteps, hidden_states, pooled=None, time_ids=None) -> torch.Tensor:
+    """The U-Net's prediction; SDXL also gets the pooled text state and the size/crop conditioning
+    (core.train.data.size_conditioning). Inputs go in the U-Net's dtype: fp32, or fp16/bf16 with
+    full_fp16/full_bf16 or a frozen U-Net."""
+    unet_dtype = next(unet.parameters()).dtype
+    extra = {}
+    if pooled is not None:
+        if time_ids is None:
+            raise ValueError("an SDXL U-Net needs the size and crop conditioning (time_ids) of each sample")
+        extra["added_cond_kwargs"] = {"text_embeds": pooled.to(noisy_latents.device, unet_dtype),
+                                      "time_ids": time_ids.to(noisy_latents.device, unet_dtype)}
+    return unet(noisy_latents.to(unet_dtype), timesteps, hidden_states.to(unet_dtype), **extra).sample
+
+
 def loss_of_batch(batch: dict, model, unet, encode, cfg: TrainConfig, dtype, device,
                   all_snr: torch.Tensor | None = None) -> torch.Tensor:
     """One training step's loss (the heart of the trainer). `encode(captions)` gives the text
-    states (core.train.conditioning.PromptEncoder); `all_snr`: SNR per timestep of the schedule
+    states and pooled state (core.train.conditioning.PromptEncoder); `all_snr`: SNR per timestep of the schedule
     before zero-terminal-SNR rescaling (kohya weights the loss with those)."""
     scheduler = model.noise_scheduler
     latents = batch_latents(batch, model, dtype, device)
@@ -46,23 +60,24 @@ def loss_of_batch(batch: dict, model, unet, encode, cfg: TrainConfig, dtype, dev
     timesteps = sample_timesteps(latents.shape[0], cfg.min_timestep, cfg.max_timestep, device)
     input_noise = perturbed_noise(noise, cfg.ip_noise_gamma, cfg.ip_noise_gamma_random_strength)
     noisy_latents = scheduler.add_noise(latents, input_noise, timesteps)
-    hidden_states = encode(batch["captions"])
-    unet_dtype = next(unet.parameters()).dtype  # fp32, or fp16/bf16 with full_fp16/full_bf16 or a frozen U-Net
-    prediction = unet(noisy_latents.to(unet_dtype), timesteps, hidden_states.to(unet_dtype)).sample
+    hidden_states, pooled = encode(batch["captions"])
+    prediction = predict(unet, noisy_latents, timesteps, hidden_states, pooled, batch.get("time_ids"))
     target = training_target(scheduler, latents, noise, timesteps)
     huber_c = huber_c_for(timesteps, scheduler, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type != "l2" else None
     loss = elementwise_loss(prediction.float(), target.float(), cfg.loss_type, huber_c)
-    return reduce_loss(loss, loss_weights(cfg, scheduler, timesteps, all_snr))
+    return reduce_loss(loss, loss_weights(cfg, scheduler, timesteps, all_snr, batch.get("loss_weights")))
 
 
-def loss_weights(cfg: TrainConfig, scheduler, timesteps, all_snr: torch.Tensor | None) -> torch.Tensor | None:
-    """Per-sample loss weights: min-SNR and/or debiased estimation (None: equal weights)."""
+def loss_weights(cfg: TrainConfig, scheduler, timesteps, all_snr: torch.Tensor | None,
+                 sample_weights: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Per-sample loss weights: the batch's own (prior_loss_weight for DreamBooth class images) times
+    min-SNR and/or debiased estimation (None: equal weights)."""
     if not (cfg.min_snr_gamma or cfg.debiased_estimation_loss):
-        return None
+        return sample_weights
     snr_t = (all_snr if all_snr is not None else snr(scheduler, torch.arange(
         scheduler.config.num_train_timesteps)))[timesteps.cpu()].to(timesteps.device)
     v_prediction = scheduler.config.prediction_type == "v_prediction"
-    weights = torch.ones_like(snr_t)
+    weights = torch.ones_like(snr_t) if sample_weights is None else sample_weights.to(snr_t)
     if cfg.min_snr_gamma:
         weights = weights * min_snr_weight(snr_t, cfg.min_snr_gamma, v_prediction)
     if cfg.debiased_estimation_loss:

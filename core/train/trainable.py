@@ -1,4 +1,4 @@
-"""What a run trains: the U-Net (all of it or chosen block groups), the text encoder, or both.
+"""What a run trains: the U-Net (all of it or chosen block groups), the text encoder(s), or both.
 
 Frozen parameters get `requires_grad=False` and stay out of the optimizer, so they cannot change.
 With clip_skip N > 1 the last N - 1 text-encoder layers never reach the loss: they stay frozen
@@ -23,35 +23,69 @@ def unet_parameters(unet: torch.nn.Module, blocks: list[str]) -> list[torch.nn.P
     return [p for name, p in unet.named_parameters() if not prefixes or name.startswith(prefixes)]
 
 
-def text_encoder_parameters(text_encoder: torch.nn.Module, clip_skip: int) -> list[torch.nn.Parameter]:
-    """The text-encoder parameters that reach the loss at this clip_skip (all but the skipped
-    last layers; the final layer norm is applied after the skip, so it trains too)."""
-    num_layers = len(text_encoder.encoder.layers)
-    skipped = {f"encoder.layers.{i}." for i in range(num_layers - max(clip_skip - 1, 0), num_layers)}
+def text_encoder_parameters(text_encoder: torch.nn.Module, clip_skip: int, final_norm: bool = True
+                            ) -> list[torch.nn.Parameter]:
+    """The text-encoder parameters that reach the loss at this clip_skip: all but the skipped last
+    layers, and the final layer norm when it is applied (after the skip, as kohya)."""
+    root = getattr(text_encoder, "text_model", text_encoder)  # CLIPTextModelWithProjection keeps the level
+    prefix = "text_model." if root is not text_encoder else ""
+    num_layers = len(root.encoder.layers)
+    skipped = [f"{prefix}encoder.layers.{i}." for i in range(num_layers - max(clip_skip - 1, 0), num_layers)]
+    if not final_norm:
+        skipped.append(f"{prefix}final_layer_norm.")
     return [p for name, p in text_encoder.named_parameters() if not name.startswith(tuple(skipped))]
 
 
-def set_trainable(model, train_unet: bool, train_text_encoder: bool, unet_blocks: list[str],
+def reached_parameters(model, part: str, clip_skip: int) -> list[torch.nn.Parameter]:
+    """A text encoder's parameters that reach the loss. SDXL: the first encoder's penultimate layer
+    without the final norm; the second's pooled output goes through all of it."""
+    text_encoder = getattr(model, part)
+    if model.arch != "sdxl":
+        return text_encoder_parameters(text_encoder, clip_skip)
+    if part == "text_encoder":
+        return text_encoder_parameters(text_encoder, 2, final_norm=False)
+    return list(text_encoder.parameters())
+
+
+def text_encoder_rates(model, cfg) -> dict[str, float]:
+    """Learning rate of each text encoder the run trains (train_text_encoder on): SD 1/2 its one
+    encoder at learning_rate_te (0: learning_rate); SDXL each at learning_rate_te1 / _te2 (empty:
+    as the one encoder; 0: that encoder stays frozen)."""
+    if not cfg.train_text_encoder:
+        return {}
+    rate = cfg.learning_rate_te or cfg.learning_rate
+    if model.arch != "sdxl":
+        return {"text_encoder": rate}
+    rates = {"text_encoder": cfg.learning_rate_te1, "text_encoder_2": cfg.learning_rate_te2}
+    return {part: rate if value is None else value for part, value in rates.items() if value != 0}
+
+
+def text_encoder_parts(model) -> list[str]:
+    """The text encoders of the model: one, or SDXL's two."""
+    return ["text_encoder", "text_encoder_2"] if model.arch == "sdxl" else ["text_encoder"]
+
+
+def set_trainable(model, train_unet: bool, text_encoders: list[str], unet_blocks: list[str],
                   clip_skip: int) -> dict[str, list[torch.nn.Parameter]]:
-    """Freeze everything, then unfreeze what is trained; returns the trained parameters by part
-    ("unet", "text_encoder"; a part that is not trained is absent)."""
-    for module in (model.unet, model.vae, model.text_encoder):
-        module.requires_grad_(False)
+    """Freeze everything, then unfreeze what is trained (the U-Net or its blocks, the named text
+    encoders); returns the trained parameters by part ("unet", "text_encoder", "text_encoder_2";
+    a part that is not trained is absent)."""
+    for part in ("unet", "vae", *text_encoder_parts(model)):
+        getattr(model, part).requires_grad_(False)
     trained = {}
     if train_unet:
         trained["unet"] = unet_parameters(model.unet, unet_blocks)
-    if train_text_encoder:
-        trained["text_encoder"] = text_encoder_parameters(model.text_encoder, clip_skip)
+    for part in text_encoders:
+        trained[part] = reached_parameters(model, part, clip_skip)
     for params in trained.values():
         for p in params:
             p.requires_grad_(True)
     return trained
 
 
-def param_groups(trained: dict[str, list[torch.nn.Parameter]], lr: float, lr_te: float) -> list[dict]:
-    """Optimizer groups: the U-Net at `lr`, the text encoder at `lr_te` (U-Net first when both)."""
-    rates = {"unet": lr, "text_encoder": lr_te}
-    return [{"params": params, "lr": rates[part]} for part, params in trained.items()]
+def param_groups(trained: dict[str, list[torch.nn.Parameter]], lr: float, te_rates: dict[str, float]) -> list[dict]:
+    """Optimizer groups: the U-Net at `lr`, each text encoder at its rate (U-Net first)."""
+    return [{"params": params, "lr": lr if part == "unet" else te_rates[part]} for part, params in trained.items()]
 
 
 def text_encoder_stop_step(value: float, total_steps: int) -> int | None:
@@ -61,19 +95,24 @@ def text_encoder_stop_step(value: float, total_steps: int) -> int | None:
     return step if 0 < step < total_steps else None
 
 
-
-def add_lora_adapters(model, train_text_encoder: bool, rank: int, alpha: float, dropout: float, targets: str,
+def add_lora_adapters(model, text_encoders: list[str], rank: int, alpha: float, dropout: float, targets: str,
                       clip_skip: int) -> dict[str, list[torch.nn.Parameter]]:
-    """LoRA mode: adapters on the U-Net (and the text encoder), everything else frozen; returns the
-    adapter parameters by part (those of skipped text-encoder layers stay frozen, as above)."""
+    """LoRA mode: adapters on the U-Net (and the named text encoders), everything else frozen;
+    returns the adapter parameters by part (those of layers that never reach the loss stay frozen)."""
     from core.models.lora import add_lora
 
-    add_lora(model.unet, model.text_encoder if train_text_encoder else None, rank, alpha, dropout, targets)
+    add_lora({part: getattr(model, part) for part in ("unet", *text_encoders)}, rank, alpha, dropout, targets)
     trained = {"unet": [p for p in model.unet.parameters() if p.requires_grad]}
-    if train_text_encoder:
-        reached = {id(p) for p in text_encoder_parameters(model.text_encoder, clip_skip)}
-        adapters = [p for p in model.text_encoder.parameters() if p.requires_grad]
+    for part in text_encoders:
+        reached = {id(p) for p in reached_parameters(model, part, clip_skip)}
+        adapters = [p for p in getattr(model, part).parameters() if p.requires_grad]
         for p in adapters:
             p.requires_grad_(id(p) in reached)
-        trained["text_encoder"] = [p for p in adapters if id(p) in reached]
+        trained[part] = [p for p in adapters if id(p) in reached]
     return trained
+
+
+def lora_parts(model) -> dict[str, torch.nn.Module]:
+    """The parts of a LoRA run that carry adapters (saved in the LoRA file)."""
+    return {part: getattr(model, part) for part in ("unet", *text_encoder_parts(model))
+            if hasattr(getattr(model, part), "peft_config")}

@@ -20,8 +20,8 @@ from core.buckets import crop_to_bucket
 from core.images import DEFAULT_MAX_PIXELS, open_image
 from core.latents import encode_batch, load_cached, noise_seed, pixels_of
 from core.text import process_caption
-from core.train.data import Example
-from core.train.step import training_target
+from core.train.data import Example, size_conditioning
+from core.train.step import predict, training_target
 
 
 def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -45,7 +45,7 @@ def split_validation(examples: list[Example], fraction: float, seed: int) -> tup
             [e for i, e in enumerate(examples) if i in validation])
 
 
-def validation_loss(examples: Sequence[Example], unet, encode: Callable[[list[str]], torch.Tensor], model, *,
+def validation_loss(examples: Sequence[Example], unet, encode: Callable[[list[str]], tuple], model, *,
                     timesteps: Sequence[int] = (100, 300, 500, 700, 900), seed: int = 0, batch_size: int = 1,
                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                     caption_prefix: str = "", caption_suffix: str = "",
@@ -54,7 +54,8 @@ def validation_loss(examples: Sequence[Example], unet, encode: Callable[[list[st
 
     `model` is the SDModel (its VAE on `device` in `dtype` for images without a cache file, its
     noise scheduler, its scaling factor); `unet` the unwrapped U-Net being trained (put in eval
-    mode for the evaluation, then back); `encode(captions)` gives the text-encoder states."""
+    mode for the evaluation, then back); `encode(captions)` gives the text-encoder states and the pooled state
+    (None but for SDXL), as core.train.conditioning.PromptEncoder does."""
     if not examples:
         raise ValueError("no validation images")
     if batch_size < 1:
@@ -75,11 +76,14 @@ def validation_loss(examples: Sequence[Example], unet, encode: Callable[[list[st
             for indices in validation_batches(examples, batch_size):
                 latents = validation_latents([examples[i] for i in indices], model, device, dtype,
                                              max_image_pixels)
-                hidden = encode([captions[i] for i in indices]).to(device, latents.dtype)
+                hidden, pooled = encode([captions[i] for i in indices])
+                time_ids = None if pooled is None else torch.stack(
+                    [size_conditioning(examples[i].assignment, False) for i in indices])
                 for t in timesteps:
                     noise = torch.stack([pair_noise(latents.shape[1:], seed, i, t) for i in indices]).to(device)
                     steps = torch.full((len(indices),), t, dtype=torch.long, device=device)
-                    prediction = unet(scheduler.add_noise(latents, noise, steps), steps, hidden).sample
+                    prediction = predict(unet, scheduler.add_noise(latents, noise, steps), steps, hidden, pooled,
+                                         time_ids)
                     target = training_target(scheduler, latents, noise, steps)
                     losses += (prediction.float() - target.float()).square().mean(dim=(1, 2, 3)).tolist()
     finally:
