@@ -49,6 +49,8 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
             "Restore the caption files of a cleaning snapshot byte for byte."),
     JobSpec("class_images", config.ClassImagesConfig, "core.dreambooth:run",
             "DreamBooth prior preservation: generate the missing class images with the base model."),
+    JobSpec("merge_lora", config.MergeLoraConfig, "core.lora_merge:run",
+            "Merge LoRA files into a base model and save the result as a new model."),
     JobSpec("demo", config.DemoConfig, "core.demo:run",
             "Build a tiny random model and a demo dataset offline."),
 ]}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import buckets, captioning, cleaning, dataset, runs, training
+from tabs import buckets, captioning, cleaning, dataset, runs, tools, training
 
 TITLE = "SD Studio"
 
@@ -17,5 +17,6 @@ def build_app() -> gr.Blocks:
             cleaning.build(blocks)
             buckets.build(blocks)
             training.build(blocks)
+            tools.build(blocks)
             runs.build(blocks)
     return blocks

@@ -278,3 +278,31 @@ def test_clean_captions_preview_apply_undo_and_statistics(page, tmp_path):
     page.click("#clean-undo")
     page.wait_for_function("document.querySelector('#clean-undo-log textarea').value.includes('undo_clean: done')")
     assert {p.name: p.read_bytes() for p in data.glob("*.txt")} == originals
+
+
+def test_tools_tab_merges_a_lora_and_never_replaces_the_output(page, tmp_path):
+    from core.demo import build_demo
+    from core.models.lora import save_lora
+    from core.models.sd import load_sd_model
+    from test_lora_merge import lora_model, model_parts
+
+    build_demo(tmp_path / "kit", arch="sd1", num_images=4, seed=0)
+    base = tmp_path / "kit" / "model.safetensors"
+    lora = save_lora(tmp_path / "loras" / "my style.safetensors", model_parts(lora_model(base, seed=0)))
+    page.click("#tab-tools-button")
+    fill(page, "MergeLoraConfig-pretrained_model_name_or_path", str(base))
+    fill(page, "MergeLoraConfig-lora_models", f"{lora}\n{lora}")
+    fill(page, "MergeLoraConfig-ratios", "0.5\n0.5")
+    fill(page, "MergeLoraConfig-output_dir", str(tmp_path / "merged"))
+    fill(page, "MergeLoraConfig-output_name", "styled")
+    page.click("#merge_lora-button")
+    page.wait_for_function("document.querySelector('#merge_lora-log textarea').value.includes('merge_lora: done')",
+                           timeout=120_000)
+    output = tmp_path / "merged" / "styled.safetensors"
+    assert load_sd_model(str(output)).arch == "sd1"
+    before = output.read_bytes()
+
+    page.click("#merge_lora-button")  # again: the output exists now
+    page.wait_for_function("document.querySelector('#merge_lora-log textarea').value.includes('exists already')",
+                           timeout=120_000)
+    assert output.read_bytes() == before

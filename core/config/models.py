@@ -1,4 +1,4 @@
-"""Parameters of the jobs that use a model: latent cache, demo kit."""
+"""Parameters shared by the jobs that use a model (base model, prompts, saving, latents); latent cache, demo kit."""
 from __future__ import annotations
 
 from typing import Literal
@@ -15,6 +15,18 @@ class ModelSettings(JobConfig):
     vae: str = param(
         "", "Optional separate VAE (diffusers folder or single file), e.g. a fixed fp16 SDXL VAE.",
         widget="file", group="Model")
+
+
+class SaveSettings(JobConfig):
+    """Where and how a model is saved (trainer, LoRA merge)."""
+    output_dir: str = param("", "Folder for the model files (created if missing).", widget="dir", min_length=1,
+                            group="Output")
+    output_name: str = param("model", "File name of the model, without extension.", group="Output",
+                             min_length=1, pattern=r"^[^/\\:*?\"<>|]+$")
+    save_model_as: Literal["safetensors", "diffusers"] = param(
+        "safetensors", "Single .safetensors file (A1111/ComfyUI) or a diffusers folder.", group="Output")
+    save_precision: Literal["fp32", "fp16", "bf16"] = param(
+        "fp16", "Precision of the saved weights.", group="Output")
 
 
 class PromptSettings(JobConfig):

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 
-Widget = Literal["dir", "dirs", "file", "text", "textarea"]
+Widget = Literal["dir", "dirs", "file", "files", "text", "textarea"]
 
 
 def param(default: Any, help: str, *, group: str = "Basic", advanced: bool = False,

@@ -7,26 +7,18 @@ from pydantic import model_validator
 
 from core.config.dataset import BucketSettings, CaptionSettings
 from core.config.dreambooth import DreamBoothSettings
-from core.config.models import LatentSettings, ModelSettings, PromptSettings
+from core.config.models import LatentSettings, ModelSettings, PromptSettings, SaveSettings
 from core.config.launch import LaunchSettings
 from core.config.schema import param
 from core.config.train_eval import SampleSettings, ValidationSettings
 
 
 class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, PromptSettings, CaptionSettings,
-                  ModelSettings, DreamBoothSettings, BucketSettings):  # reverse display order
+                  SaveSettings, ModelSettings, DreamBoothSettings, BucketSettings):  # reverse display order
     """Fine-tune a Stable Diffusion model (SD 1.x / 2.x / XL) on a captioned dataset."""
     v_parameterization: bool = param(
         False, "The model predicts v (SD 2.x 768-v). Detected from the checkpoint when it says so.",
         group="Model")
-    output_dir: str = param("", "Folder for the trained model files.", widget="dir", min_length=1,
-                            group="Output")
-    output_name: str = param("model", "File name of the trained model, without extension.", group="Output",
-                             min_length=1, pattern=r"^[^/\\:*?\"<>|]+$")
-    save_model_as: Literal["safetensors", "diffusers"] = param(
-        "safetensors", "Single .safetensors file (A1111/ComfyUI) or a diffusers folder.", group="Output")
-    save_precision: Literal["fp32", "fp16", "bf16"] = param(
-        "fp16", "Precision of the saved weights.", group="Output")
     save_every_n_epochs: int = param(0, "Also save every N epochs (0: off).", group="Output", ge=0)
     save_every_n_steps: int = param(0, "Also save every N steps (0: off).", group="Output", ge=0)
     save_last_n_epochs: int = param(

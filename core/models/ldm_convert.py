@@ -71,21 +71,29 @@ def _rename(rest: str, renames) -> str:
     return rest
 
 
+def original_key(prefix_map: PrefixMap, key: str) -> str | None:
+    """The original-layout name of a diffusers parameter `key` (None when no rule covers it)."""
+    found = prefix_map.find(key)
+    if found is None:
+        return None
+    rule, rest = found
+    return rule.target + _rename(rest, rule.renames)
+
+
 def apply_prefix_map(state_dict: Mapping[str, Tensor], prefix_map: PrefixMap,
                      component: str) -> dict[str, Tensor]:
     """Rename every key of `state_dict` by `prefix_map`; unknown keys and clashes are errors."""
     out: dict[str, Tensor] = {}
     unmapped = []
     for key, tensor in state_dict.items():
-        found = prefix_map.find(key)
-        if found is None:
+        new_key = original_key(prefix_map, key)
+        if new_key is None:
             unmapped.append(key)
             continue
-        rule, rest = found
-        new_key = rule.target + _rename(rest, rule.renames)
         if new_key in out:
             raise ValueError(f"{component}: two parameters map to {new_key}")
-        out[new_key] = rule.reshape(tensor) if rule.reshape else tensor
+        reshape = prefix_map.find(key)[0].reshape
+        out[new_key] = reshape(tensor) if reshape else tensor
     if unmapped:
         raise ValueError(f"{component}: no original-layout name for {len(unmapped)} parameter(s), "
                          f"e.g. {unmapped[:5]}")

@@ -162,15 +162,76 @@ def load_lora_kohya(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
 
 
+LYCORIS_MARKS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr", "lokr_w1_a": "LoKr", "oft_blocks": "OFT",
+                 "oft_diag": "OFT", "dora_scale": "DoRA", "lora_mid": "LoCon with a CP decomposition"}
+
+
+def read_lora(path: str | Path, sdxl: bool) -> dict[str, torch.Tensor]:
+    """A LoRA file as a kohya state dict for merge_lora_into: kohya / A1111 / sd-scripts files as
+    they are, diffusers files (`unet.` / `text_encoder.` prefixed peft `lora_A` / `lora_B` keys, alpha
+    from the adapter metadata diffusers writes) renamed; `sdxl` picks the text encoders' names.
+    ValueError naming the file for anything else (LyCORIS LoHa/LoKr/OFT, DoRA, not a LoRA)."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: only .safetensors LoRA files can be merged (a pickled .pt/.ckpt LoRA can "
+                         "run code when opened)")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such LoRA file")
+    try:
+        state_dict, metadata = load_lora_kohya(path)
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable .safetensors file ({err})") from err
+    for key in state_dict:
+        for mark, kind in LYCORIS_MARKS.items():
+            if mark in key.split("."):
+                raise ValueError(f"{path}: a LyCORIS {kind} file ({key}); only LoRA / LoCon files can be merged")
+    if any(key.endswith(".lora_down.weight") for key in state_dict):
+        return state_dict
+    if any(key.endswith((".lora_A.weight", ".lora_B.weight")) for key in state_dict):
+        return _diffusers_to_kohya(path, state_dict, metadata, sdxl)
+    raise ValueError(f"{path}: not a LoRA file (no lora_down/lora_up or lora_A/lora_B weights)")
+
+
+def _diffusers_to_kohya(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str],
+                        sdxl: bool) -> dict[str, torch.Tensor]:
+    import json
+
+    adapter = json.loads(metadata.get("lora_adapter_metadata") or "{}")
+    prefixes = kohya_prefixes(sdxl)
+    out = {}
+    for key, value in state_dict.items():
+        part, _, rest = key.partition(".")
+        if part not in prefixes or ".lora_" not in rest:
+            raise ValueError(f"{path}: unexpected key {key} in a diffusers LoRA file "
+                             f"(expected {', '.join(p + '.' for p in prefixes)} prefixed lora_A / lora_B weights)")
+        module, kind = rest.rsplit(".lora_", 1)
+        name = kohya_name(prefixes[part], module)
+        out[f"{name}.lora_{'down' if kind == 'A.weight' else 'up'}.weight"] = value
+        if kind == "A.weight":
+            pattern = adapter.get(f"{part}.alpha_pattern") or {}
+            alpha = next((a for p, a in pattern.items() if module == p or module.endswith("." + p)),
+                         adapter.get(f"{part}.lora_alpha", value.shape[0]))  # no metadata: alpha = rank
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
 def _kohya_modules(parts: dict[str, nn.Module]) -> dict[str, nn.Module]:
-    """kohya LoRA name -> the Linear/Conv2d it adapts (the base layer where peft wrapped one)."""
+    """kohya LoRA name -> the Linear/Conv2d it adapts (the base layer where peft wrapped one). U-Net
+    modules are also found under their original-layout names (`lora_unet_input_blocks_4_1_...`),
+    which sd-scripts uses for SDXL LoRAs."""
+    from core.models.ldm_convert import original_key, unet_prefix_map
+
     modules = {}
     prefixes = kohya_prefixes("text_encoder_2" in parts)
     for part, model in parts.items():
+        prefix_map = unet_prefix_map(model.config) if part == "unet" else None
         for name, module in model.named_modules():
             base = getattr(module, "base_layer", module)
             if isinstance(base, (nn.Linear, nn.Conv2d)) and "lora_" not in name and "base_layer" not in name:
                 modules[kohya_name(prefixes[part], name)] = base
+                original = original_key(prefix_map, name + ".weight") if prefix_map else None
+                if original:
+                    modules[kohya_name(prefixes[part], original.removesuffix(".weight"))] = base
     return modules
 
 
@@ -204,7 +265,8 @@ def merge_lora_into(parts: dict[str, nn.Module], state_dict: dict[str, torch.Ten
     groups = _lora_groups(state_dict)
     unknown = sorted(name for name in groups if name not in modules)
     if unknown:
-        raise ValueError(f"LoRA keys match no module of the model: {', '.join(unknown)}")
+        raise ValueError(f"{len(unknown)} of {len(groups)} LoRA modules match no module of the model (a LoRA "
+                         f"for another architecture?): {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}")
     for name, group in groups.items():
         down, up = group["lora_down.weight"], group["lora_up.weight"]
         alpha = float(group["alpha"]) if "alpha" in group else down.shape[0]
