@@ -154,7 +154,7 @@ def _plan_into(cfg: BucketSettings, ctx: JobContext | None, assignments: list[Bu
     def skip(path, reason: str) -> None:
         skipped.append({"path": str(path), "reason": reason})
         if ctx:
-            ctx.warning(f"skipped: {reason}", path)
+            ctx.skipped(path, reason)
 
     images = find_images(cfg.train_data_dir, cfg.recursive, on_error=skip)
     for folder, problem in {i.concept_dir: i.problem for i in images if i.problem}.items():

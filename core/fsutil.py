@@ -1,6 +1,8 @@
 """Filesystem helpers: the one atomic-write implementation and the studio's folders."""
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}  # fixed by making room
 
 
 def studio_home() -> Path:
@@ -48,9 +51,23 @@ def atomic_path(path: str | os.PathLike):
         mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else default_mode()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in DISK_FULL:
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; nothing was replaced "
+                                     "(free some space, or choose another folder, and try again)") from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Remove the temporary files a writer of `path` killed mid-write left beside it (atomic_path's
+    `.<name>.*.tmp`); for big files written by one process at a time (models)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

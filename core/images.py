@@ -101,6 +101,8 @@ def _check_file(path: Path) -> None:
         raise ImageError(path, "file not found") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
+    except OSError as exc:  # a symlink loop, a name too long, an I/O error
+        raise ImageError(path, f"cannot read it: {exc.strerror or exc}") from None
     if path.is_dir():
         raise ImageError(path, "is a folder, not an image file")
     if st.st_size == 0:

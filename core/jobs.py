@@ -61,6 +61,7 @@ class JobContext:
         suffix = f".rank{rank}" if rank else ""
         self._log = open(self.run_dir / f"log{suffix}.txt", "a", encoding="utf-8")
         self._events = open(self.run_dir / f"events{suffix}.jsonl", "a", encoding="utf-8")
+        self._skipped: set[str] = set()
 
     def close(self) -> None:
         self._log.close()
@@ -90,6 +91,13 @@ class JobContext:
     def warning(self, message: str, path: str | os.PathLike | None = None) -> None:
         self.log(f"WARNING: {message}" + (f" ({path})" if path else ""))
         self.event("warning", message=message, **({"path": str(path)} if path else {}))
+
+    def skipped(self, path: str | os.PathLike, reason: str) -> None:
+        """Report a file the run leaves out, once per run: training plans the dataset for its cache
+        step and again for itself, and a file is not reported twice."""
+        if str(path) not in self._skipped:
+            self._skipped.add(str(path))
+            self.warning(f"skipped: {reason}", path)
 
     def should_stop(self) -> bool:
         return (self.run_dir / "STOP").exists()

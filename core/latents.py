@@ -179,9 +179,9 @@ class Counts:
         self.encoded = self.skipped = 0
         self.failed = failed
 
-    def fail(self, message: str, path) -> None:
+    def fail(self, reason: str, path) -> None:
         self.failed += 1
-        self.ctx.warning(message, path)
+        self.ctx.skipped(path, reason)
 
     def report(self) -> None:
         self.ctx.progress(self.encoded + self.skipped + self.failed, self.total)
@@ -266,7 +266,7 @@ def encode_all(cfg: CacheConfig, ctx: JobContext, vae, info, device, dtype,
                 ready = []
                 for item, result in islice(decoded, len(batch)):
                     if isinstance(result, Exception):
-                        counts.fail(f"skipped: {_reason(result)}", item.assignment.path)
+                        counts.fail(_reason(result), item.assignment.path)
                     else:
                         ready.append((item, *result))
                 if ready:

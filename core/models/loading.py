@@ -57,8 +57,7 @@ class Checkpoint:
                 self._tensors = _torch_state_dict(self.path)
                 self.keys = list(self._tensors)
         except Exception as exc:
-            raise ValueError(f"{self.path}: cannot read this checkpoint, the file is damaged or "
-                             f"not a model ({type(exc).__name__}: {exc})") from None
+            raise ValueError(_unreadable_message(self.path, exc)) from None
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -75,6 +74,18 @@ class Checkpoint:
         except Exception as exc:
             raise ValueError(f"{self.path}: cannot read the tensors, the file is damaged "
                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _unreadable_message(path: Path, exc: Exception) -> str:
+    """Why a checkpoint cannot be read, without torch's advice to unpickle it in full (which would
+    run any code in it); a pickle naming a Python object besides tensors is refused as such."""
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        return (f"{path}: cannot read this checkpoint: it holds Python objects besides tensors ({found.group(1)}), "
+                "which could run code when opened, so it is refused. Use a .safetensors version of this model.")
+    detail = text.partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0].strip() or text
+    return f"{path}: cannot read this checkpoint, the file is damaged or not a model ({type(exc).__name__}: {detail})"
 
 
 def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-from core.fsutil import atomic_path
+from core.fsutil import atomic_path, remove_stale_temps
 
 # Stability AI's model spec (https://github.com/Stability-AI/ModelSpec), as kohya writes it.
 MODELSPEC_ARCHITECTURES = {
@@ -57,6 +57,7 @@ def save_single_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
     from safetensors.torch import save_file
 
     path = Path(path)
+    remove_stale_temps(path)  # of a save that was killed: a model-sized file each
     with atomic_path(path) as tmp:  # streamed to disk: no second copy of the model in memory
         save_file(_prepare(state_dict, dtype), str(tmp), metadata=_metadata_strings(metadata))
     return path

@@ -37,9 +37,9 @@ class Tally:
     unchanged: int = 0
     failed_paths: list[str] = field(default_factory=list)
 
-    def fail(self, ctx: JobContext, message: str, path: Path) -> None:
+    def fail(self, ctx: JobContext, reason: str, path: Path) -> None:
         self.failed_paths.append(str(path))
-        ctx.warning(message, path)
+        ctx.skipped(path, reason)
 
     def report(self, ctx: JobContext) -> None:
         ctx.progress(self.skipped + self.written + self.unchanged + len(self.failed_paths), self.total)
@@ -85,7 +85,7 @@ def _batches(cfg, ctx, todo, batch_size, decode, caption, write, tally: Tally) -
             ready = []
             for path, result in islice(decoded, batch_size):
                 if isinstance(result, Exception):
-                    tally.fail(ctx, f"skipped: {reason(result)}", path)
+                    tally.fail(ctx, reason(result), path)
                     tally.report(ctx)
                 else:
                     ready.append((path, result))

@@ -37,7 +37,7 @@ from core.buckets import BucketAssignment, crop_to_bucket, plan_buckets
 from core.captions import read_caption_detailed
 from core.config import CacheConfig, ClassImagesConfig, TrainConfig
 from core.dataset import caption_path
-from core.images import open_image
+from core.images import ImageError, open_image
 from core.latents import cache_path_for, load_cached, pixels_of
 from core.text import process_caption
 
@@ -127,8 +127,7 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
             raise RuntimeError("no latent cache files found: call prepare_latent_cache first")
         for e in examples:
             if not e.cache.is_file():
-                ctx.warning("skipped: no latent cache file (the cache job could not encode it)",
-                            e.image)
+                ctx.skipped(e.image, "no latent cache file (the cache job could not encode it)")
         examples = present
     return examples
 
@@ -210,10 +209,18 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 class TrainDataset(Dataset):
-    """Items by sample key: cached latents or pixels, the processed caption."""
+    """Items by sample key: cached latents or pixels, the processed caption.
+
+    Without a latent cache an image is decoded when its sample comes up; one that fails then (a
+    truncated file: bucket planning reads only headers) is replaced by the next readable image of its
+    bucket, and the item's "skipped" lists it for the loop to report once."""
 
     def __init__(self, examples: list[Example], cfg: TrainConfig):
         self.examples, self.cfg = list(examples), cfg
+        self.by_bucket: dict[tuple, list[int]] = {}
+        for i, example in enumerate(self.examples):
+            self.by_bucket.setdefault(tuple(example.bucket), []).append(i)
+        self.unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -224,6 +231,21 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, key: int) -> dict:
         index = key % len(self.examples)
+        mates = self.by_bucket[tuple(self.examples[index].bucket)]
+        start = mates.index(index)
+        skipped = []
+        for candidate in (mates[(start + k) % len(mates)] for k in range(len(mates))):
+            if candidate in self.unreadable:
+                continue
+            try:
+                return {**self._item(key, candidate), "skipped": skipped}
+            except ImageError as err:
+                self.unreadable.add(candidate)
+                skipped.append((str(err.path), err.reason))
+        raise ValueError(f"no readable image left in bucket {self.examples[index].bucket}: "
+                         + "; ".join(f"{path}: {reason}" for path, reason in skipped))
+
+    def _item(self, key: int, index: int) -> dict:
         example, rng = self.examples[index], self.rng(key)
         cfg = self.cfg
         # Drawn first (even without flip_aug), so it does not depend on the caption's length.
@@ -247,6 +269,19 @@ class TrainDataset(Dataset):
         return item
 
 
+def readable_examples(examples: list[Example], ctx, max_image_pixels: int) -> list[Example]:
+    """The examples whose image decodes (each other one reported once); for the few validation images
+    that are encoded without a cache."""
+    readable = []
+    for example in examples:
+        try:
+            open_image(example.image, max_image_pixels)
+            readable.append(example)
+        except ImageError as err:
+            ctx.skipped(err.path, err.reason)
+    return readable
+
+
 def size_conditioning(assignment: BucketAssignment, flipped: bool) -> torch.Tensor:
     """SDXL's size and crop conditioning of one sample: (original height, width, crop top, left,
     target height, width), the crop in the resized image as our centre crop really made it; a
@@ -261,8 +296,9 @@ def size_conditioning(assignment: BucketAssignment, flipped: bool) -> torch.Tens
 
 def collate(items: list[dict]) -> dict:
     """A batch: stacked "latents" or "pixels" and SDXL "time_ids", lists of "captions", "indices"
-    and "keys", and the samples' "loss_weights"."""
+    and "keys", the samples' "loss_weights", and the (path, reason) of images "skipped" for them."""
     batch = {"captions": [item["caption"] for item in items],
+             "skipped": [skipped for item in items for skipped in item.get("skipped", ())],
              "indices": [item["index"] for item in items], "keys": [item["key"] for item in items],
              "loss_weights": torch.tensor([item["loss_weight"] for item in items], dtype=torch.float32)}
     for name in ("latents", "pixels", "time_ids"):

@@ -65,7 +65,7 @@ def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
     validation_data_dir, the class images added to the training examples."""
     from core.jobs import JobStopped
     from core.train.data import (build_examples, class_data_config, class_examples, class_image_count,
-                                 prepare_class_images, prepare_latent_cache)
+                                 prepare_class_images, prepare_latent_cache, readable_examples)
     from core.train.validation import split_validation
 
     configs = [cfg]
@@ -91,6 +91,8 @@ def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
         examples, validation = split_validation(examples, cfg.validation_split, cfg.validation_seed)
     if not examples:
         raise ValueError("no usable images in train_data_dir (see the warnings above)")
+    if validation and not cfg.cache_latents:
+        validation = readable_examples(validation, ctx, cfg.max_image_pixels)
     if cfg.prior_preservation:
         examples += class_examples(cfg, ctx, sum(e.repeats for e in examples))
     if validation:
@@ -249,6 +251,8 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
         batches = (accelerator.skip_first_batches(dataloader, position.batch_in_epoch)
                    if position.batch_in_epoch else dataloader)
         for batch in batches:
+            for path, reason in batch["skipped"]:
+                ctx.skipped(path, reason)
             with accelerator.accumulate(*wrapped.values()), accelerator.autocast():
                 loss = loss_of_batch(batch, model, unet, prompts, cfg, dtype, device, all_snr)
                 accelerator.backward(loss)
