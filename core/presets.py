@@ -84,9 +84,9 @@ def check_values(job: str, values: dict, source: str) -> dict:
 def parse_preset(data: object, source: str, job: str | None = None) -> Preset:
     if not isinstance(data, dict):
         raise PresetError(f"{source}: expected a JSON object with 'job' and 'values'")
-    unknown = sorted(set(data) - PRESET_KEYS)
+    unknown = sorted(map(str, set(data) - PRESET_KEYS))
     if unknown:
-        raise PresetError(f"{source}: unknown key(s) {', '.join(unknown)}; "
+        raise PresetError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
                           f"a preset has {', '.join(sorted(PRESET_KEYS))}")
     file_job = data.get("job")
     if not isinstance(file_job, str):

@@ -56,7 +56,7 @@ def test_preset_round_trip_stores_only_overrides(studio_home):
     ('{"job": "scan", "values": {"train_data_dir": ["a"], "max_image_pixels": 3}}',
      "field 'max_image_pixels': Input should be greater than or equal to 1000000"),
     ('{"job": "scan", "values": {"train_data_dir": ["a"], "colour": "red"}}', "unknown key 'colour'"),
-    ('{"job": "scan", "values": {"train_data_dir": ["a"]}, "extra": 1}', "unknown key(s) extra"),
+    ('{"job": "scan", "values": {"train_data_dir": ["a"]}, "extra": 1}', "unknown key(s) 'extra'"),
     ('{"job": "nope", "values": {}}', "unknown job 'nope'"),
     ('{"job": "demo", "values": {}}', "for job 'demo', not 'scan'"),
     ('{"job": "scan", "schema_version": 99, "values": {"train_data_dir": ["a"]}}', "newer than this program's"),

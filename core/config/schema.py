@@ -49,9 +49,9 @@ def format_validation_error(err: ValidationError, source: str, fields_only: bool
         if fields_only and not e["loc"]:
             continue
         field = ".".join(str(p) for p in e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
+        message = " ".join(e["msg"].removeprefix("Value error, ").splitlines())  # one line per problem
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{field}' (not a parameter of this job)")
+            lines.append(f"{source}: unknown key {field!r} (not a parameter of this job)")
         elif not field:  # a check across fields: its message names them
             lines.append(f"{source}: {message}")
         else:
@@ -74,7 +74,7 @@ def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
     blank, problems = model.model_construct(), []
     for key, value in values.items():
         if key not in model.model_fields:
-            problems.append(f"{source}: unknown key '{key}' (not a parameter of this job)")
+            problems.append(f"{source}: unknown key {key!r} (not a parameter of this job)")
             continue
         try:
             model.__pydantic_validator__.validate_assignment(blank, key, value)
