@@ -32,28 +32,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_gui(port: int, log_path: Path) -> subprocess.Popen:
+    """gui.py on 127.0.0.1:`port`, once it answers; its output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "gui.py", "--port", str(port)], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise AssertionError("gui.py did not start:\n" + log_path.read_text(errors="replace"))
+            time.sleep(0.3)
+
+
 @pytest.fixture
 def gui_url(studio_home):
     port = free_port()
-    log = open(studio_home / "gui.log", "wb")
-    proc = subprocess.Popen([sys.executable, "gui.py", "--port", str(port)], cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}/"
+    proc = start_gui(port, studio_home / "gui.log")
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError("gui.py did not start:\n" + (studio_home / "gui.log").read_text())
-                time.sleep(0.3)
-        yield url
+        yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-        log.close()
     output = (studio_home / "gui.log").read_text(errors="replace")
     assert "Traceback" not in output, output
 
@@ -306,3 +310,49 @@ def test_tools_tab_merges_a_lora_and_never_replaces_the_output(page, tmp_path):
     page.wait_for_function("document.querySelector('#merge_lora-log textarea').value.includes('exists already')",
                            timeout=120_000)
     assert output.read_bytes() == before
+
+
+def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_home, tmp_path):
+    """kill -9 of the GUI leaves the job running; a new GUI on the same port shows it live and stops it."""
+    from playwright.sync_api import sync_playwright
+
+    from core.demo import build_demo
+
+    build_demo(tmp_path / "kit", arch="sd1", num_images=8, seed=4)
+    port, log = free_port(), studio_home / "gui.log"
+    gui = start_gui(port, log)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(90_000)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.click("#tab-training-button")
+        page.click("#train-preset input")
+        page.click("ul[role='listbox'] li:has-text('CPU demo')")
+        wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
+        fill(page, "TrainConfig-pretrained_model_name_or_path", str(tmp_path / "kit" / "model"))
+        fill(page, "TrainConfig-train_data_dir", str(tmp_path / "kit" / "dataset"))
+        fill(page, "TrainConfig-output_dir", str(tmp_path / "out"))
+        fill(page, "TrainConfig-max_train_steps", "5000")
+        page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
+        page.click("#train-button")
+        page.wait_for_function("document.querySelector('#train-log textarea').value.includes('training 5000 steps')",
+                               timeout=120_000)
+
+        gui.kill()  # SIGKILL: no clean-up of any kind
+        gui.wait(timeout=20)
+        gui = start_gui(port, log)
+        try:
+            page.reload()
+            page.click("#tab-training-button")
+            page.wait_for_selector("#train-status:has-text('running')")
+            page.wait_for_function("document.querySelector('#train-log textarea').value.includes('training 5000')")
+            shown = page.inner_text("#train-progress")
+            page.wait_for_function(f"document.querySelector('#train-progress').innerText !== {shown!r}")  # live
+            page.click("#train-stop")
+            page.wait_for_selector("#train-status:has-text('stopped')", timeout=120_000)
+            assert list((tmp_path / "out").glob("demo-finetune-step*-state"))
+        finally:
+            browser.close()
+            gui.terminate()
+            gui.wait(timeout=20)
