@@ -370,3 +370,23 @@ def test_a_ckpt_carrying_code_is_refused_and_nothing_in_it_runs(kind, zip_format
 
     torch.load(ckpt, weights_only=False)  # the control: unpickled in full, the payload does run
     assert marker.exists()
+
+
+def test_a_training_state_carrying_code_is_refused_before_accelerate_unpickles_it(tmp_path):
+    """accelerate loads a state's .pkl files with weights_only=False: we check them first."""
+    import numpy as np
+    import torch
+
+    from core.train.checkpoints import check_state_files
+
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "model-step00000002-state"
+    folder.mkdir()
+    torch.save({"step": torch.tensor(2)}, folder / "optimizer.bin")
+    torch.save([np.random.get_state(), torch.get_rng_state()], folder / "random_states_0.pkl")
+    check_state_files(folder)  # what a real state holds passes
+
+    torch.save({"decay": payload("exec", marker)}, folder / "custom_checkpoint_0.pkl")
+    with pytest.raises(ValueError, match="custom_checkpoint_0.pkl holds Python objects"):
+        check_state_files(folder)
+    assert not marker.exists()

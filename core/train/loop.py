@@ -221,6 +221,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     position = Position()
     if cfg.resume:
         position = checkpoints.load_position(Path(cfg.resume))
+        checkpoints.check_state_files(Path(cfg.resume))
         accelerator.load_state(cfg.resume)
         ctx.log(f"resumed from {cfg.resume} at step {position.global_step} (epoch {position.epoch + 1}, "
                 f"batch {position.batch_in_epoch})")
