@@ -4,6 +4,9 @@ rem
 rem   launch.bat [gui args...]          set up venv\ if needed, then start the GUI
 rem                                     (arguments go to gui.py: --host, --port, --auth, ...)
 rem   launch.bat test [pytest args...]  same set-up plus the test extras, then pytest tests\
+rem   launch.bat bench [args...]        same set-up as test (the GUI benchmark drives a browser),
+rem                                     then bench\run.py: every benchmark, one table of ratios
+rem                                     (--quick, --only NAME, --out bench\latest.md)
 rem
 rem pip runs only when the requirement files changed: venv\.requirements-stamp holds the
 rem sha256 of the files used, the Python version and the variant (cpu, or cuda when
@@ -15,7 +18,7 @@ rem   PYTHON=C:\path\python.exe  interpreter that creates the venv (default: py 
 rem                              py -3.10, py -3.12, python)
 rem   LAUNCH_VARIANT=cpu or cuda  skip GPU detection
 rem   TORCH_CUDA=cu130           PyTorch CUDA wheel index used on NVIDIA machines
-rem   CHROMIUM_PATH=...          Chromium-based browser for the browser tests
+rem   CHROMIUM_PATH=...          Chromium-based browser for the browser tests and benchmark
 rem                              (default: Chrome or Edge when installed)
 setlocal
 cd /d "%~dp0"
@@ -23,6 +26,7 @@ set "VENV=%~dp0venv"
 set "VENV_PY=%~dp0venv\Scripts\python.exe"
 set "MODE=run"
 if /i "%~1"=="test" set "MODE=test"
+if /i "%~1"=="bench" set "MODE=bench"
 
 rem Offline first: nothing is fetched from a hub at run time; no analytics or telemetry.
 set "HF_HUB_OFFLINE=1"
@@ -73,6 +77,7 @@ if "%VARIANT%"=="cuda" (
 )
 
 if "%MODE%"=="test" goto run_tests
+if "%MODE%"=="bench" goto run_tests
 "%VENV_PY%" gui.py %*
 if errorlevel 1 goto fail
 exit /b 0
@@ -86,8 +91,14 @@ if exist "%ProgramFiles(x86)%\Microsoft\Edge\Application\msedge.exe" set "CHROMI
 :chromium_known
 if defined CHROMIUM_PATH echo [launch] chromium: %CHROMIUM_PATH%
 if not defined CHROMIUM_PATH echo [launch] no Chrome or Edge found: browser tests cannot run. Set CHROMIUM_PATH.
+if "%MODE%"=="bench" goto run_bench
 rem argv[1] is "test"; the rest goes to pytest exactly as typed.
 "%VENV_PY%" -c "import sys, pytest; sys.exit(pytest.main(['tests'] + sys.argv[2:]))" %*
+exit /b %errorlevel%
+
+:run_bench
+rem argv[1] is "bench"; the rest goes to bench\run.py exactly as typed.
+"%VENV_PY%" -c "import runpy, sys; sys.argv = ['bench/run.py'] + sys.argv[2:]; runpy.run_path('bench/run.py', run_name='__main__')" %*
 exit /b %errorlevel%
 
 rem ---------------------------------------------------------------------------

@@ -5,6 +5,9 @@
 #                                      (arguments go to gui.py: --host, --port, --auth, ...)
 #   ./launch.sh test [pytest args...]  same set-up plus the test extras (and Debian's
 #                                      chromium via apt-get when missing), then pytest tests/
+#   ./launch.sh bench [args...]        same set-up as test (the GUI benchmark drives chromium),
+#                                      then bench/run.py: every benchmark, one table of ratios
+#                                      (--quick, --only NAME, --out bench/latest.md)
 #
 # The venv lives next to this script. pip runs only when the requirement files changed:
 # venv/.requirements-stamp holds the sha256 of the files used, the Python version and the
@@ -15,7 +18,7 @@
 #   PYTHON=/path/to/python    interpreter that creates the venv (3.10-3.12; default: search)
 #   LAUNCH_VARIANT=cpu|cuda   skip GPU detection
 #   LAUNCH_DRY_RUN=1          print what would be installed and run, change nothing
-#   CHROMIUM_PATH=/path       chromium for the browser tests (test mode; exported when found)
+#   CHROMIUM_PATH=/path       chromium for the browser tests (test and bench modes; exported when found)
 set -euo pipefail
 
 ROOT="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,8 +36,8 @@ say() { printf '[launch] %s\n' "$*"; }
 die() { printf '[launch] error: %s\n' "$*" >&2; exit 1; }
 
 MODE=run
-if [[ "${1:-}" == "test" ]]; then
-  MODE=test
+if [[ "${1:-}" == "test" || "${1:-}" == "bench" ]]; then
+  MODE="$1"
   shift
 fi
 
@@ -207,11 +210,15 @@ else
 fi
 
 cd "$ROOT"
-if [[ "$MODE" == test ]]; then
+if [[ "$MODE" == test || "$MODE" == bench ]]; then
   ensure "test requirements" "$VENV/.requirements-test-stamp" install_test \
     "$ROOT/requirements-test.txt"
   ensure_chromium
+fi
+if [[ "$MODE" == test ]]; then
   COMMAND=("$VENV_PY" -m pytest tests)
+elif [[ "$MODE" == bench ]]; then
+  COMMAND=("$VENV_PY" bench/run.py)
 else
   COMMAND=("$VENV_PY" gui.py)
 fi

@@ -28,11 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from bench.common import Row, print_rows, studio_home  # noqa: E402
 from core.config import TagConfig  # noqa: E402
 from core.jobs import JobContext  # noqa: E402
-from core.taggers.wd14 import images_to_tag, load_tagger, model_input, predict, run  # noqa: E402
+from core.taggers.common import images_to_do  # noqa: E402
+from core.taggers.wd14 import load_tagger, model_input, predict, run  # noqa: E402
 
 SIZES = [(448, 448), (512, 384), (384, 512), (600, 600)]
+QUICK = ["--images", "16", "--repeats", "1", "--blocks", "4"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,7 +104,7 @@ def draw_dataset(folder: Path, count: int) -> None:
 def session_alone(cfg: TagConfig) -> Callable[[], float]:
     """A timer of the session alone on preprocessed arrays, batched as the job batches: images/s."""
     tagger = load_tagger(cfg.model_dir)
-    paths, _ = images_to_tag(cfg)
+    paths, _ = images_to_do(cfg)
     arrays = [model_input(path, tagger.size, cfg.max_image_pixels) for path in paths]
     batch = tagger.fixed_batch or cfg.batch_size
     batches = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]
@@ -126,34 +129,44 @@ def job_rate(cfg: TagConfig, run_dir: Path, extension: str) -> float:
     return result["written"] / seconds
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def measure(args) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-tagger-") as tmp:
         work = Path(tmp)
-        os.environ["STUDIO_HOME"] = str(work / "home")  # caption backups stay in the temp folder
-        model = Path(args.model) if args.model else work / "tagger"
-        dataset = Path(args.dataset) if args.dataset else work / "images"
-        if not args.model:
-            build_tagger(model, args.side, args.blocks, args.tags)
-        if not args.dataset:
-            draw_dataset(dataset, args.images)
-        cfg = TagConfig(train_data_dir=[str(dataset)], model_dir=str(model), batch_size=args.batch_size,
-                        max_data_loader_n_workers=args.workers, existing_captions="overwrite")
-        bare = session_alone(cfg)
-        alone = job = 0.0
-        for i in range(args.repeats):  # interleaved, so a slower spell of the machine hits both
-            alone = max(alone, bare())
-            job = max(job, job_rate(cfg, work / f"run-{i}", f".bench{i}"))
-        count = len(images_to_tag(cfg)[0])
-        tagger = load_tagger(cfg.model_dir)
-        print(f"tagger {model} ({tagger.size}x{tagger.size}, {len(tagger.names)} tags, "
-              f"{tagger.session.get_providers()[0]}); {count} images, batch {args.batch_size}, "
-              f"{args.workers} decode workers, {os.cpu_count()} CPUs")
-        print(f"session alone on preprocessed arrays: {alone:8.2f} images/s")
-        print(f"tag job, end to end:                 {job:8.2f} images/s")
-        print(f"job cost on top of the model: {1000 / job - 1000 / alone:.1f} ms per image "
-              "(decoding, resizing, tag selection, caption write with backup)")
-        print(f"ratio job / session alone: {job / alone:.3f}  (target >= 0.9)")
+        with studio_home(work / "home"):  # caption backups stay in the temp folder
+            model = Path(args.model) if args.model else work / "tagger"
+            dataset = Path(args.dataset) if args.dataset else work / "images"
+            if not args.model:
+                build_tagger(model, args.side, args.blocks, args.tags)
+            if not args.dataset:
+                draw_dataset(dataset, args.images)
+            cfg = TagConfig(train_data_dir=[str(dataset)], model_dir=str(model), batch_size=args.batch_size,
+                            max_data_loader_n_workers=args.workers, existing_captions="overwrite")
+            bare = session_alone(cfg)
+            alone = job = 0.0
+            for i in range(args.repeats):  # interleaved, so a slower spell of the machine hits both
+                alone = max(alone, bare())
+                job = max(job, job_rate(cfg, work / f"run-{i}", f".bench{i}"))
+            count = len(images_to_do(cfg)[0])
+            tagger = load_tagger(cfg.model_dir)
+    print(f"tagger {model} ({tagger.size}x{tagger.size}, {len(tagger.names)} tags, "
+          f"{tagger.session.get_providers()[0]}); {count} images, batch {args.batch_size}, "
+          f"{args.workers} decode workers, {os.cpu_count()} CPUs")
+    print(f"session alone on preprocessed arrays: {alone:8.2f} images/s")
+    print(f"tag job, end to end:                 {job:8.2f} images/s")
+    print(f"job cost on top of the model: {1000 / job - 1000 / alone:.1f} ms per image "
+          "(decoding, resizing, tag selection, caption write with backup)")
+    return [Row("tagger job vs bare onnxruntime", job / alone, ">=", 0.9,
+                "tag job's images/s end to end / the bare onnxruntime session on preprocessed arrays",
+                f"{job:.2f} vs {alone:.2f} images/s, {count} images, batch {args.batch_size}, "
+                f"{tagger.session.get_providers()[0]}")]
+
+
+def rows(quick: bool = False) -> list[Row]:
+    return measure(parse_args(QUICK if quick else []))
+
+
+def main(argv=None) -> None:
+    print_rows(measure(parse_args(argv)))
 
 
 if __name__ == "__main__":
