@@ -35,8 +35,11 @@ def free_port() -> int:
 def start_gui(port: int, log_path: Path) -> subprocess.Popen:
     """gui.py on 127.0.0.1:`port`, once it answers; its output appended to `log_path`."""
     with open(log_path, "ab") as log:
+        # One torch thread for the jobs it starts: on a 2-core machine the browser and the GUI take the other
+        # core, and a 2-thread torch that shares its cores runs many times slower.
         proc = subprocess.Popen([sys.executable, "gui.py", "--port", str(port)], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 90
     while True:
         try:

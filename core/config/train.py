@@ -191,13 +191,17 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         if any(not 0 < d < 100 for d in self.lr_drops):
             raise ValueError(f"lr_drops are percentages of the run between 0 and 100, not {self.lr_drops}")
         self._check_trained_parts()
+        if self.optimizer_args:  # reading the optimizer's signature imports it (bitsandbytes: seconds)
+            self._check_optimizer_args()
+        return self
+
+    def _check_optimizer_args(self) -> None:
         from core.train.optimizers import accepted_args, parse_optimizer_args
 
         unknown = set(parse_optimizer_args(self.optimizer_args)) - set(accepted_args(self.optimizer_type))
         if unknown:
             raise ValueError(f"optimizer_args {', '.join(sorted(unknown))} not accepted by {self.optimizer_type}; "
                              f"it accepts: {', '.join(accepted_args(self.optimizer_type))}")
-        return self
 
     def _check_trained_parts(self) -> None:
         if not (self.train_unet or self.train_text_encoder):
