@@ -88,25 +88,27 @@ def load_position(folder: Path) -> Position:
 
 
 def check_state_files(folder: Path) -> None:
-    """Refuse a state whose pickles hold more than tensors and plain data (accelerate loads them with
-    weights_only=False: a crafted file in a shared folder would run code). Each is read first with
-    torch's weights-only loader, numpy arrays allowed (the saved random states hold some)."""
+    """Refuse a state whose pickles name more than tensors and plain data (accelerate loads them with
+    weights_only=False: a crafted file in a shared folder would run code). Only each pickle's object
+    list is read, not its tensors (an optimizer state can be gigabytes); numpy arrays are allowed
+    (the saved random states hold some)."""
     import numpy as np
     import torch
 
-    allowed = [np.ndarray, np.dtype, np._core.multiarray._reconstruct,
-               *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]  # numpy.dtypes.*DType
+    allowed = {f"{obj.__module__}.{obj.__qualname__}" for obj in (
+        np.ndarray, np.dtype, np._core.multiarray._reconstruct,
+        *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"})}  # numpy.dtypes.*DType
     for path in sorted(Path(folder).iterdir()):
         if path.suffix not in (".pkl", ".bin", ".pt", ".pth"):
             continue
         try:
-            with torch.serialization.safe_globals(allowed):
-                torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # UnpicklingError and the many errors of a damaged file
-            reason = str(err).split("\n")[0][:200]
-            raise ValueError(f"resume: {path} holds Python objects besides tensors or is damaged ({reason}); a "
-                             "state like this could run code when loaded, so it is refused. Resume only from "
-                             "states this program saved.") from None
+            unsafe = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+        except Exception as err:  # not a torch.save zip file, or a damaged one
+            unsafe = [str(err).split("\n")[0][:200]]
+        if unsafe:
+            raise ValueError(f"resume: {path} holds Python objects besides tensors or is damaged "
+                             f"({', '.join(unsafe)}); a state like this could run code when loaded, so it is "
+                             "refused. Resume only from states this program saved.")
 
 
 def saved_states(output_dir: str, output_name: str) -> list[Path]:
