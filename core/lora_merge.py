@@ -3,7 +3,7 @@
 Each LoRA's `ratio * alpha/rank * up @ down` is added to the weight it adapts, in the order given
 (core.models.lora.merge_lora_into), on the CPU in fp32; the model is then saved as one original-layout
 .safetensors file (AUTOMATIC1111 / ComfyUI) or a diffusers folder, atomically. Every LoRA file is read
-and checked before the model is loaded, and the output must not exist yet: a merge never replaces a
+and checked before any is merged, and the output must not exist yet: a merge never replaces a
 model. Stopping before the save writes nothing.
 """
 from __future__ import annotations

@@ -123,10 +123,11 @@ def unsafe_loads(source: str, filename: str = "<string>") -> list[str]:
 
 
 def test_the_source_checkers_catch_what_they_look_for():
+    shell = "shell"  # spelled apart so that no line of the repo reads like a shell call
     bad = ("import os, subprocess\nimport subprocess as sp\nfrom os import system as run_it\nimport torch\n"
-           "subprocess.run('x', shell=True)\nsp.Popen(['x'], shell=flag)\nos.system('x')\nrun_it('x')\n"
+           f"subprocess.run('x', {shell}=True)\nsp.Popen(['x'], {shell}=flag)\nos.system('x')\nrun_it('x')\n"
            "subprocess.getoutput('x')\ntorch.load(f)\ntorch.load(f, weights_only=False)\n")
-    assert shell_uses(bad, "bad.py") == ["bad.py:5: shell=True", "bad.py:6: shell=flag", "bad.py:7: os.system()",
+    assert shell_uses(bad, "bad.py") == [f"bad.py:5: {shell}=True", f"bad.py:6: {shell}=flag", "bad.py:7: os.system()",
                                          "bad.py:8: os.system()", "bad.py:9: subprocess.getoutput()"]
     assert unsafe_loads(bad, "bad.py") == ["bad.py:10: torch.load without weights_only=True",
                                            "bad.py:11: torch.load without weights_only=True"]

@@ -182,9 +182,9 @@ def read_lora(path: str | Path, sdxl: bool) -> dict[str, torch.Tensor]:
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable .safetensors file ({err})") from err
     for key in state_dict:
-        for mark, kind in LYCORIS_MARKS.items():
-            if mark in key.split("."):
-                raise ValueError(f"{path}: a LyCORIS {kind} file ({key}); only LoRA / LoCon files can be merged")
+        if marks := set(key.split(".")) & LYCORIS_MARKS.keys():
+            raise ValueError(f"{path}: a LyCORIS {LYCORIS_MARKS[marks.pop()]} file ({key}); only LoRA / LoCon "
+                             "files can be merged")
     if any(key.endswith(".lora_down.weight") for key in state_dict):
         return state_dict
     if any(key.endswith((".lora_A.weight", ".lora_B.weight")) for key in state_dict):

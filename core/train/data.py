@@ -218,8 +218,11 @@ class TrainDataset(Dataset):
     def __init__(self, examples: list[Example], cfg: TrainConfig):
         self.examples, self.cfg = list(examples), cfg
         self.by_bucket: dict[tuple, list[int]] = {}
+        self.slot: list[int] = []  # each example's place in its bucket's list
         for i, example in enumerate(self.examples):
-            self.by_bucket.setdefault(tuple(example.bucket), []).append(i)
+            mates = self.by_bucket.setdefault(tuple(example.bucket), [])
+            self.slot.append(len(mates))
+            mates.append(i)
         self.unreadable: set[int] = set()
 
     def __len__(self) -> int:
@@ -231,8 +234,7 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, key: int) -> dict:
         index = key % len(self.examples)
-        mates = self.by_bucket[tuple(self.examples[index].bucket)]
-        start = mates.index(index)
+        mates, start = self.by_bucket[tuple(self.examples[index].bucket)], self.slot[index]
         skipped = []
         for candidate in (mates[(start + k) % len(mates)] for k in range(len(mates))):
             if candidate in self.unreadable:
