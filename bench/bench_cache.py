@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from bench.common import Row, print_rows  # noqa: E402
 from core.config import CacheConfig  # noqa: E402
-from core.jobs import JobContext  # noqa: E402
+from core.jobs.protocol import JobContext  # noqa: E402
 
 QUICK = ["--images", "8", "--repeats", "1"]
 
@@ -59,9 +59,8 @@ def cache_config(args, dataset: Path, model: str, latents_dir: Path, **overrides
 def vae_alone(cfg: CacheConfig) -> tuple[Callable[[], float], int]:
     """A timer of the VAE on pre-decoded tensors, batched exactly as the job batches (images/s),
     and the number of images."""
-    from core.buckets import plan_buckets
-    from core.latents import (Item, batches_by_bucket, choose_precision, decode, encode_batch,
-                              noise_seed)
+    from core.dataset.buckets import plan_buckets
+    from core.dataset.latents import Item, batches_by_bucket, choose_precision, decode, encode_batch, noise_seed
     from core.models.loading import load_vae
 
     vae, info = load_vae(cfg.pretrained_model_name_or_path, cfg.vae)
@@ -86,7 +85,7 @@ def vae_alone(cfg: CacheConfig) -> tuple[Callable[[], float], int]:
 def job_rate(cfg: CacheConfig, work: Path) -> tuple[float, float]:
     """(encode-phase images/s, end-to-end images/s incl. planning and VAE load) of one job run
     into a fresh cache folder."""
-    from core.latents import run
+    from core.dataset.latents import run
 
     ctx = JobContext(work / "run", echo=False)
     result = run(cfg.model_copy(update={"latents_dir": str(work / "cache")}), ctx)
@@ -101,11 +100,11 @@ def measure(args) -> list[Row]:
         model = args.model
         dataset = Path(args.dataset) if args.dataset else work / "images"
         if not model:
-            from core.demo import build_demo
+            from core.dataset.demo import build_demo
 
             model = build_demo(work / "demo", "sd1", num_images=1)["single_file"]
         if not args.dataset:
-            from core.demo import write_dataset
+            from core.dataset.demo import write_dataset
 
             write_dataset(dataset, args.images, seed=0)
         cfg = cache_config(args, dataset, model, work / "unused")

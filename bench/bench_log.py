@@ -44,7 +44,7 @@ def fake_active_run(run_dir: Path, job: str, history: int) -> None:
     """A run folder in state running, owned by this process, with `history` lines and events."""
     import psutil
 
-    from core.jobs import write_status
+    from core.jobs.protocol import write_status
 
     run_dir.mkdir(parents=True)
     me = psutil.Process()

@@ -66,7 +66,7 @@ def peak_rss() -> int:
 
 def draw_small_dataset(folder: Path, count: int, side: int) -> None:
     """Half square, half 3:2 images, so the job plans two buckets."""
-    from core.demo import draw_image
+    from core.dataset.demo import draw_image
 
     rng = random.Random(count)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,11 +78,11 @@ def draw_small_dataset(folder: Path, count: int, side: int) -> None:
 def child_memory(dataset: str, model: str, args) -> None:
     """In a fresh process: cache the dataset, print the peak and the baseline RSS (bytes) as JSON."""
     import torch
-
-    import core.latents
-    from core.config import CacheConfig
-    from core.jobs import JobContext
     from diffusers import AutoencoderKL  # noqa: F401  (imported before the baseline is taken)
+
+    import core.dataset.latents
+    from core.config import CacheConfig
+    from core.jobs.protocol import JobContext
 
     torch.set_num_threads(1)  # only memory is measured here; one thread is fastest on a busy machine
     before = current_rss()
@@ -93,7 +93,7 @@ def child_memory(dataset: str, model: str, args) -> None:
                           min_bucket_reso=side, max_bucket_reso=2 * side, bucket_reso_steps=side,
                           vae_batch_size=args.batch_size, max_data_loader_n_workers=args.workers)
         ctx = JobContext(Path(work) / "run", echo=False)
-        result = core.latents.run(cfg, ctx)
+        result = core.dataset.latents.run(cfg, ctx)
         ctx.close()
     print(json.dumps({"peak": peak_rss(), "baseline": before, "encoded": result["encoded"]}))
 
@@ -114,7 +114,7 @@ def measure(args) -> list[Row]:
         work = Path(tmp)
         model = args.model
         if not model:
-            from core.demo import build_demo
+            from core.dataset.demo import build_demo
 
             model = build_demo(work / "demo", "sd1", num_images=1)["single_file"]
         small, large = args.images, 4 * args.images

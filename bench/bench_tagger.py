@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.common import Row, print_rows, studio_home  # noqa: E402
+from core.captions.taggers.common import images_to_do  # noqa: E402
+from core.captions.taggers.wd14 import load_tagger, model_input, predict, run  # noqa: E402
 from core.config import TagConfig  # noqa: E402
-from core.jobs import JobContext  # noqa: E402
-from core.taggers.common import images_to_do  # noqa: E402
-from core.taggers.wd14 import load_tagger, model_input, predict, run  # noqa: E402
+from core.jobs.protocol import JobContext  # noqa: E402
 
 SIZES = [(448, 448), (512, 384), (384, 512), (600, 600)]
 QUICK = ["--images", "16", "--repeats", "1", "--blocks", "4"]

@@ -29,8 +29,9 @@ import torch  # noqa: E402
 
 from bench.common import Row, print_rows  # noqa: E402
 from core.config import TrainConfig, validate  # noqa: E402
-from core.jobs import JobContext  # noqa: E402
-from core.train import loop, step as step_fn  # noqa: E402
+from core.jobs.protocol import JobContext  # noqa: E402
+from core.train import loop  # noqa: E402
+from core.train import step as step_fn
 from core.train.conditioning import PromptEncoder  # noqa: E402
 
 QUICK = ["--steps", "10", "--warmup", "3"]
@@ -106,7 +107,7 @@ def measure(args) -> list[Row]:
         work = Path(tmp)
         model, dataset = args.model, args.dataset
         if not model:
-            from core.demo import build_demo
+            from core.dataset.demo import build_demo
 
             build_demo(work / "demo", arch="sd1", num_images=16, seed=0)
             model, dataset = str(work / "demo" / "model"), dataset or str(work / "demo" / "dataset")

@@ -5,6 +5,6 @@ import sys
 for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("DO_NOT_TRACK", "1")):
     os.environ.setdefault(key, value)
 
-from core.cli import main  # noqa: E402
+from core.jobs.cli import main  # noqa: E402
 
 sys.exit(main())

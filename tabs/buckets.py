@@ -6,9 +6,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.buckets import BucketAssignment, crop_to_bucket
 from core.config import BucketSettings, CacheConfig
-from core.images import ImageError, open_image
+from core.dataset.buckets import BucketAssignment, crop_to_bucket
+from core.dataset.images import ImageError, open_image
 from tabs.charts import bar_chart_html
 from tabs.job_section import JobSection
 

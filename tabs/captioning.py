@@ -9,8 +9,8 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError, validate
-from core.images import ImageError, thumbnail
-from core.registry import JOBS
+from core.dataset.images import ImageError, thumbnail
+from core.jobs.registry import JOBS
 from tabs.job_section import JobSection
 
 PREVIEW_IMAGES = 4
@@ -20,7 +20,7 @@ WD14_HELP = ("Needs a WD14 tagger folder with **model.onnx** and **selected_tags
 BLIP_HELP = ("Needs a BLIP captioning model saved by transformers: e.g. `Salesforce/blip-image-captioning-large` "
              "downloaded with its processor files (config.json, model weights, preprocessor_config.json, "
              "tokenizer files) into one folder, given as model_dir. Nothing is downloaded by the studio.")
-PREVIEWERS = {"tag": "core.taggers.wd14:preview_tags", "caption": "core.taggers.blip:preview_captions"}
+PREVIEWERS = {"tag": "core.captions.taggers.wd14:preview_tags", "caption": "core.captions.taggers.blip:preview_captions"}
 
 
 def preview(job: str, values: dict) -> tuple[list, str]:

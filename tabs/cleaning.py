@@ -17,7 +17,7 @@ TAG_COLUMNS = ["tag", "captions"]
 
 
 def preview_table(values: dict) -> tuple[pd.DataFrame, str]:
-    from core.cleaning import preview
+    from core.captions.cleaning import preview
 
     try:
         cfg = validate(CleanConfig, values, "settings")
@@ -34,13 +34,13 @@ def preview_table(values: dict) -> tuple[pd.DataFrame, str]:
 
 
 def snapshot_choices() -> list[tuple[str, str]]:
-    from core.cleaning import list_snapshots
+    from core.captions.cleaning import list_snapshots
 
     return [(f"{s.id} · {s.files} file(s) · {s.label[:80]}", s.id) for s in list_snapshots()]
 
 
 def tag_statistics(values: dict, top_n: int) -> tuple[pd.DataFrame, str]:
-    from core.caption_stats import top_tags
+    from core.captions.stats import top_tags
 
     try:
         cfg = validate(CleanConfig, values, "settings")
@@ -53,7 +53,7 @@ def tag_statistics(values: dict, top_n: int) -> tuple[pd.DataFrame, str]:
 
 
 def search_tag(values: dict, tag: str, regex: bool) -> str:
-    from core.caption_stats import find_with_tag
+    from core.captions.stats import find_with_tag
 
     if not tag.strip():
         return "Type a tag to search for."
@@ -68,7 +68,7 @@ def search_tag(values: dict, tag: str, regex: bool) -> str:
 
 
 def export_metadata(values: dict, out_path: str, tags_extension: str, full_path: bool, overwrite: bool) -> str:
-    from core.caption_stats import export_kohya_metadata
+    from core.captions.stats import export_kohya_metadata
 
     try:
         cfg = validate(CleanConfig, values, "settings")
@@ -83,7 +83,7 @@ def export_metadata(values: dict, out_path: str, tags_extension: str, full_path:
 
 
 def build(blocks: gr.Blocks) -> None:
-    from core.caption_rules import RULE_TEMPLATES
+    from core.captions.rules import RULE_TEMPLATES
 
     extra = {}
 

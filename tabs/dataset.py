@@ -8,9 +8,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core.captions import (list_caption_backups, read_caption, read_caption_detailed, restore_caption,
-                           save_caption)
-from core.images import ImageError, thumbnail
+from core.captions.files import list_caption_backups, read_caption, read_caption_detailed, restore_caption, save_caption
+from core.dataset.images import ImageError, thumbnail
 from tabs.charts import bar_chart_html
 from tabs.job_section import JobSection
 

@@ -13,8 +13,17 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError
-from core.runner import (ACTIVE_STATES, Tail, enforce_stop, list_runs, progress_rate, read_status,
-                         request_stop, run_state, start_job)
+from core.jobs.runner import (
+    ACTIVE_STATES,
+    Tail,
+    enforce_stop,
+    list_runs,
+    progress_rate,
+    read_status,
+    request_stop,
+    run_state,
+    start_job,
+)
 
 STATE_TEXT = {"starting": "starting…", "running": "running", "done": "done", "stopped": "stopped",
               "error": "failed", "invalid": "invalid settings", "killed": "ended unexpectedly"}

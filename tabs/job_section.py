@@ -5,7 +5,7 @@ from typing import Callable
 
 import gradio as gr
 
-from core.registry import JOBS
+from core.jobs.registry import JOBS
 from tabs.form import SchemaForm
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.presets import PresetError, delete_preset, find_preset, list_presets, save_preset
+from core.config.presets import PresetError, delete_preset, find_preset, list_presets, save_preset
 from tabs.form import SchemaForm
 
 

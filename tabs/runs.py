@@ -8,9 +8,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core.run_summary import last_metric, output_files
-from core.runner import ACTIVE_STATES, list_runs, read_status, request_stop
-from core.tensorboard import has_tensorboard_logs, start_tensorboard
+from core.jobs.run_summary import last_metric, output_files
+from core.jobs.runner import ACTIVE_STATES, list_runs, read_status, request_stop
+from core.jobs.tensorboard import has_tensorboard_logs, start_tensorboard
 from tabs.job_panel import STATE_TEXT, format_duration
 
 COLUMNS = ["started", "job", "status", "duration", "final loss", "folder"]

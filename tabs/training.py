@@ -9,9 +9,9 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import CacheConfig, ConfigError, TrainConfig, validate
-from core.images import ImageError, thumbnail
-from core.presets import differences, find_preset
-from core.runner import display_command, job_command
+from core.config.presets import differences, find_preset
+from core.dataset.images import ImageError, thumbnail
+from core.jobs.runner import display_command, job_command
 from core.train.checkpoints import saved_states
 from tabs.charts import line_chart_svg
 from tabs.form import SchemaForm
@@ -119,7 +119,7 @@ def class_images_values(values: dict) -> dict:
 
 def import_kohya(path: str | None, form: SchemaForm) -> list:
     """The form's values from a kohya_ss / sd-scripts config file, then the import message."""
-    from core.kohya_import import read_kohya_config
+    from core.config.kohya_import import read_kohya_config
 
     if not path:
         return [gr.skip()] * len(form.inputs) + [""]

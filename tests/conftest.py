@@ -19,7 +19,7 @@ def studio_home(tmp_path_factory, monkeypatch):
 def demo_kit(tmp_path_factory):
     """`demo_kit(arch, num_images, seed)`: a demo kit folder built once per session for those
     arguments (model/, model.safetensors, dataset/). Tests that change files copy them first."""
-    from core.demo import build_demo
+    from core.dataset.demo import build_demo
 
     built = {}
 

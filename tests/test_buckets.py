@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import buckets
-from core.buckets import BucketAssignment, assign_bucket, crop_to_bucket, make_buckets
 from core.config import BucketConfig
-from core.images import ImageError
-from core.jobs import JobContext, JobStopped
+from core.dataset import buckets
+from core.dataset.buckets import BucketAssignment, assign_bucket, crop_to_bucket, make_buckets
+from core.dataset.images import ImageError
+from core.jobs.protocol import JobContext, JobStopped
 
 # 512,512 / 256..1024 / step 64: area 262144. Square: floor(512 / 64) * 64 = 512. For each width
 # w = 256, 320, ..., 1024: h = min(1024, floor((262144 // w) / 64) * 64), kept as (w,h) and (h,w):

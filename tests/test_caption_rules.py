@@ -1,11 +1,11 @@
-"""Caption cleaning rules (core.caption_rules): parsing, each rule, order, idempotence."""
+"""Caption cleaning rules (core.captions.rules): parsing, each rule, order, idempotence."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from core.caption_rules import RULE_TEMPLATES, clean_caption, describe, parse_rules
+from core.captions.rules import RULE_TEMPLATES, clean_caption, describe, parse_rules
 from core.config import CleanConfig
 
 

@@ -3,8 +3,15 @@ import json
 import pytest
 from PIL import Image
 
-from core.caption_stats import (caption_files, encoding_report, export_kohya_metadata, find_with_tag,
-                                split_tags, tag_frequencies, top_tags)
+from core.captions.stats import (
+    caption_files,
+    encoding_report,
+    export_kohya_metadata,
+    find_with_tag,
+    split_tags,
+    tag_frequencies,
+    top_tags,
+)
 
 
 def image(path, caption=None, ext=".txt", data=None):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.captions import list_caption_backups, read_caption, save_caption
+from core.captions.files import list_caption_backups, read_caption, save_caption
+from core.captions.taggers.blip import _load_blip, preview_captions, run
 from core.config import BlipCaptionConfig
-from core.jobs import JobContext
-from core.taggers.blip import _load_blip, preview_captions, run
+from core.jobs.protocol import JobContext
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]

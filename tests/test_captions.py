@@ -6,8 +6,15 @@ import os
 
 import pytest
 
-from core.captions import (backups_root, decode_caption, list_caption_backups, read_caption,
-                           read_caption_detailed, restore_caption, save_caption)
+from core.captions.files import (
+    backups_root,
+    decode_caption,
+    list_caption_backups,
+    read_caption,
+    read_caption_detailed,
+    restore_caption,
+    save_caption,
+)
 
 
 @pytest.fixture
@@ -172,13 +179,13 @@ def test_atomic_write_keeps_permissions_of_the_file_it_replaces(tmp_path):
     ("", "append", "a, b"),
 ])
 def test_merge_caption_modes(existing, mode, expected):
-    from core.captions import merge_caption
+    from core.captions.files import merge_caption
 
     assert merge_caption(existing, ["a", "b"], mode, ", ") == expected
 
 
 def test_write_generated_caption_backs_up_what_it_replaces(tmp_path):
-    from core.captions import list_caption_backups, write_generated_caption
+    from core.captions.files import list_caption_backups, write_generated_caption
 
     path = tmp_path / "img.txt"
     assert write_generated_caption(path, ["a dog on grass"], "skip", " ")

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from core.config import ClassImagesConfig
-from core.dreambooth import next_class_index
-from core.dreambooth import run as run_class_images
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
+from core.train.class_images import next_class_index
+from core.train.class_images import run as run_class_images
 
 PROMPT = "a photo of a dog"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.cleaning import list_snapshots, run, snapshots_root, take_snapshot, undo
+from core.captions.cleaning import list_snapshots, run, snapshots_root, take_snapshot, undo
 from core.config import CleanConfig, validate
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = {

@@ -2,11 +2,10 @@ import json
 
 import pytest
 
-from core import presets
-from core.cli import main as cli_main
-from core.config import SCHEMA_VERSION, ConfigError, ScanConfig, field_meta, validate
-from core.presets import PresetError, delete_preset, list_presets, load_preset, save_preset
-from core.registry import JOBS
+from core.config import SCHEMA_VERSION, ConfigError, ScanConfig, field_meta, presets, validate
+from core.config.presets import PresetError, delete_preset, list_presets, load_preset, save_preset
+from core.jobs.cli import main as cli_main
+from core.jobs.registry import JOBS
 
 
 def test_every_field_is_declared_with_help_and_group():
@@ -108,7 +107,7 @@ def test_old_schema_version_is_migrated(tmp_path, monkeypatch):
 
 
 def test_cli_layers_config_flags_and_set(tmp_path, capsys):
-    from core.cli import build_parser, resolve_config
+    from core.jobs.cli import build_parser, resolve_config
 
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"job": "scan", "values": {"train_data_dir": ["a"], "caption_extension": ".x"}}))
@@ -178,9 +177,9 @@ def test_resolution_is_normalised():
 
 
 def test_cli_literal_numbers_and_floats_parse(capsys):
-    from core.cli import build_parser, resolve_config
-    from core.registry import JobSpec
     from core.config import TrainConfig
+    from core.jobs.cli import build_parser, resolve_config
+    from core.jobs.registry import JobSpec
 
     spec = JobSpec("train", TrainConfig, "core.train:run", "train")
     args = build_parser(spec).parse_args(["--train_data_dir", "d", "--pretrained_model_name_or_path", "m",

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import scan
 from core.config import ScanConfig
-from core.dataset import caption_path, find_images, parse_repeat_folder
-from core.jobs import JobContext
+from core.dataset import scan
+from core.dataset.discovery import caption_path, find_images, parse_repeat_folder
+from core.jobs.protocol import JobContext
 
 
 def _image(path, size, fmt=None, caption=None, caption_bytes=None):
@@ -224,7 +224,7 @@ def test_scan_of_missing_folder_names_it(tmp_path):
 
 
 def test_scan_of_the_demo_dataset(tmp_path):
-    from core.demo import write_dataset
+    from core.dataset.demo import write_dataset
 
     counts = write_dataset(tmp_path / "dataset", num_images=24, seed=1)
     ctx = JobContext(tmp_path / "run", echo=False)

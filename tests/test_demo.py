@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from core.config import DemoConfig
-from core.demo import build_demo, build_pipeline, run
-from core.jobs import JobContext, JobStopped
+from core.dataset.demo import build_demo, build_pipeline, run
+from core.jobs.protocol import JobContext, JobStopped
 
 
 def _events(run_dir):

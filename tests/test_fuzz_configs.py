@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.cli import build_parser, resolve_config
 from core.config import ConfigError, TrainConfig, validate, validate_partial
-from core.kohya_import import GUI_RULES, RULES, import_kohya_values
-from core.presets import PresetError, load_preset, parse_preset
-from core.registry import JOBS
+from core.config.kohya_import import GUI_RULES, RULES, import_kohya_values
+from core.config.presets import PresetError, load_preset, parse_preset
+from core.jobs.cli import build_parser, resolve_config
+from core.jobs.registry import JOBS
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

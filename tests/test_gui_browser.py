@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.demo import write_dataset
+from core.dataset.demo import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -124,7 +124,7 @@ def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
 
 
 def test_plan_buckets_then_cache_latents(page, tmp_path):
-    from core.demo import build_demo
+    from core.dataset.demo import build_demo
 
     build_demo(tmp_path / "kit", arch="sd1", num_images=10, seed=2)
     page.click("#tab-buckets-button")
@@ -156,7 +156,7 @@ def wait_value(page, elem_id: str, expected_js: str, number: bool = False) -> No
 
 
 def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
-    from core.demo import build_demo
+    from core.dataset.demo import build_demo
 
     kit = tmp_path / "kit é"
     build_demo(kit, arch="sd1", num_images=8, seed=4)
@@ -288,10 +288,11 @@ def test_clean_captions_preview_apply_undo_and_statistics(page, tmp_path):
 
 
 def test_tools_tab_merges_a_lora_and_never_replaces_the_output(page, tmp_path):
-    from core.demo import build_demo
+    from test_lora_merge import lora_model, model_parts
+
+    from core.dataset.demo import build_demo
     from core.models.lora import save_lora
     from core.models.sd import load_sd_model
-    from test_lora_merge import lora_model, model_parts
 
     build_demo(tmp_path / "kit", arch="sd1", num_images=4, seed=0)
     base = tmp_path / "kit" / "model.safetensors"
@@ -319,7 +320,7 @@ def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_ho
     """kill -9 of the GUI leaves the job running; a new GUI on the same port shows it live and stops it."""
     from playwright.sync_api import sync_playwright
 
-    from core.demo import build_demo
+    from core.dataset.demo import build_demo
 
     build_demo(tmp_path / "kit", arch="sd1", num_images=8, seed=4)
     port, log = free_port(), studio_home / "gui.log"

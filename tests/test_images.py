@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from core import images
-from core.images import IMAGE_EXTENSIONS, ImageError, is_image_file, open_image, probe_image
+from core.dataset import images
+from core.dataset.images import IMAGE_EXTENSIONS, ImageError, is_image_file, open_image, probe_image
 
 
 def _save(im: Image.Image, path, **kwargs):

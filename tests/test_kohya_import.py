@@ -3,7 +3,7 @@ import json
 import pytest
 
 from core.config import ConfigError, TrainConfig, validate, validate_partial
-from core.kohya_import import GUI_RULES, RULES, KohyaImport, import_kohya_values, read_kohya_config
+from core.config.kohya_import import GUI_RULES, RULES, KohyaImport, import_kohya_values, read_kohya_config
 
 # A dreambooth/fine-tune config as the kohya_ss GUI saves it: numbers as strings, "" for unset,
 # LoRA keys of the shared form, a stale multires setting that noise_offset_type "Original" leaves unused.

@@ -16,13 +16,20 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.torch import load_file, save_file
 
-from core.buckets import crop_to_bucket, plan_buckets
 from core.config import CacheConfig
-from core.images import open_image
-from core.jobs import JobContext
-from core.latents import (cache_path_for, choose_precision, is_cache_valid, load_cached,
-                          noise_seed, prefetch, recipe)
-from core.latents import run as run_cache
+from core.dataset.buckets import crop_to_bucket, plan_buckets
+from core.dataset.images import open_image
+from core.dataset.latents import (
+    cache_path_for,
+    choose_precision,
+    is_cache_valid,
+    load_cached,
+    noise_seed,
+    prefetch,
+    recipe,
+)
+from core.dataset.latents import run as run_cache
+from core.jobs.protocol import JobContext
 
 NUM_IMAGES = 8
 
@@ -273,7 +280,7 @@ def test_nan_latents_are_not_cached(demo, dataset, tmp_path):
 
 
 def test_cache_job_follows_the_job_protocol(demo, dataset, tmp_path):
-    from core.jobs import execute
+    from core.jobs.protocol import execute
 
     cfg = make_cfg(demo, dataset, tmp_path)
     assert execute("cache", cfg, tmp_path / "job", lambda: run_cache) == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from core.demo import build_pipeline, save_demo_single_file
+from core.dataset.demo import build_pipeline, save_demo_single_file
 from core.models.ldm_convert import to_ldm_state_dict, unet_to_ldm, vae_to_ldm
 from core.models.single_file import save_single_file
 

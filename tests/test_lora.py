@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from core.demo import build_pipeline
-from core.models.lora import (add_lora, load_lora_kohya, lora_state_dict_kohya, merge_lora_into,
-                              save_lora)
+from core.dataset.demo import build_pipeline
+from core.models.lora import add_lora, load_lora_kohya, lora_state_dict_kohya, merge_lora_into, save_lora
 
 RANK, ALPHA = 4, 2.0
 

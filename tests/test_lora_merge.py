@@ -14,9 +14,9 @@ import torch
 
 from core.config import MergeLoraConfig
 from core.config.schema import ConfigError, validate
-from core.jobs import JobContext, JobStopped
-from core.lora_merge import run as run_merge
+from core.jobs.protocol import JobContext, JobStopped
 from core.models.lora import add_lora, load_lora_kohya, merge_lora_into, save_lora
+from core.models.lora_merge import run as run_merge
 from core.models.sd import load_sd_model
 from core.train.trainable import text_encoder_parts
 

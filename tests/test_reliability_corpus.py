@@ -10,10 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from badcorpus import build_corpus, unlock
-from core.jobs import execute
-from core.registry import JOBS
+
+from core.jobs.protocol import execute
+from core.jobs.registry import JOBS
 
 BUCKETS = {"max_resolution": "64,64", "min_bucket_reso": 64, "max_bucket_reso": 128}
 
@@ -76,8 +76,9 @@ def test_training_uses_every_good_image_and_reports_each_bad_one_once(corpus, tm
 
 
 def test_tagging_over_every_caption_loses_none(corpus, tmp_path):
-    from core.captions import list_caption_backups
     from test_tagger_wd14 import build_model
+
+    from core.captions.files import list_caption_backups
 
     warnings, result = run_job("tag", tmp_path / "run", train_data_dir=[str(corpus.root)],
                                model_dir=str(build_model(tmp_path / "tagger")), general_threshold=0.0,

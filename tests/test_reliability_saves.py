@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from trainkit import assert_same_weights, train, train_values
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,8 +97,8 @@ def test_disk_full_reaches_the_run_log_as_one_clear_line(kit, tmp_path, monkeypa
     import safetensors.torch
 
     from core.config import TrainConfig
-    from core.jobs import execute
-    from core.registry import JOBS
+    from core.jobs.protocol import execute
+    from core.jobs.registry import JOBS
 
     def full(tensors, filename, metadata=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -7,9 +7,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from core import runner
 from core.config import ConfigError
-from core.runner import Tail, list_runs, request_stop, run_state, start_job
+from core.jobs import runner
+from core.jobs.runner import Tail, list_runs, request_stop, run_state, start_job
 
 
 def wait_for(predicate, timeout=60.0):

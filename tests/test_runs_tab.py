@@ -1,9 +1,9 @@
-"""The Runs tab and what it reads from run folders (core/run_summary.py)."""
+"""The Runs tab and what it reads from run folders (core/jobs/run_summary.py)."""
 import json
 import time
 
 from core.fsutil import runs_root
-from core.run_summary import TAIL_BYTES, last_events, last_metric, output_files
+from core.jobs.run_summary import TAIL_BYTES, last_events, last_metric, output_files
 
 
 def event_line(kind: str, **fields) -> str:
@@ -16,7 +16,7 @@ def loss_events(values, name="loss") -> str:
 
 def make_run(name: str, job: str = "train", events: str = "", result: dict | None = None,
              state: str = "done", started: float | None = None):
-    """A run folder as core/runner.py and core/jobs.py leave it."""
+    """A run folder as core/jobs/runner.py and core/jobs/protocol.py leave it."""
     run = runs_root() / name
     run.mkdir(parents=True)
     started = started or time.time() - 90

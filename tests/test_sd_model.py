@@ -14,12 +14,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from core.demo import build_demo, build_pipeline
+from core.dataset.demo import build_demo, build_pipeline
 from core.fsutil import default_mode, recover_folder
 from core.models import sd as sd_module
 from core.models.ldm_convert import to_ldm_state_dict
-from core.models.sd import (CONFIGS_KEY, empty_model, load_sd_model, models_from_state,
-                            save_sd_model, shipped_configs)
+from core.models.sd import CONFIGS_KEY, empty_model, load_sd_model, models_from_state, save_sd_model, shipped_configs
 
 PARTS = ("unet", "vae", "text_encoder")
 

@@ -139,7 +139,7 @@ def test_the_source_checkers_catch_what_they_look_for():
 def test_no_python_file_of_the_repo_uses_a_shell():
     files = repo_python_files()
     names = {p.relative_to(REPO_ROOT).as_posix() for p in files}
-    assert {"gui.py", "core/runner.py", "core/tensorboard.py", "tests/test_security.py"} <= names
+    assert {"gui.py", "core/jobs/runner.py", "core/jobs/tensorboard.py", "tests/test_security.py"} <= names
     found = [hit for path in files
              for hit in shell_uses(path.read_text(encoding="utf-8"), path.relative_to(REPO_ROOT).as_posix())]
     assert found == [], "calls that may run a shell:\n" + "\n".join(found)
@@ -172,7 +172,7 @@ def pwned_files(test_folder: Path) -> list[Path]:
 
 def scan_config(dataset: str):
     from core.config import validate
-    from core.registry import JOBS
+    from core.jobs.registry import JOBS
 
     return validate(JOBS["scan"].config, {"train_data_dir": [dataset]}, "test")
 
@@ -180,7 +180,7 @@ def scan_config(dataset: str):
 def test_a_folder_named_with_shell_metacharacters_reaches_the_job_literally(tmp_path, monkeypatch):
     import gradio as gr
 
-    from core.runner import job_command, read_status, run_state
+    from core.jobs.runner import job_command, read_status, run_state
     from tabs.job_section import JobSection
 
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / NASTY / "studio"))  # the run folder's path too
@@ -220,8 +220,8 @@ def test_a_folder_named_with_shell_metacharacters_reaches_the_job_literally(tmp_
 @pytest.mark.skipif(os.name == "nt", reason="Windows commands are quoted for cmd.exe, not a POSIX shell")
 def test_the_training_command_shown_quotes_an_accelerate_config_path(tmp_path):
     from core.config import validate
-    from core.registry import JOBS
-    from core.runner import display_command, job_command
+    from core.jobs.registry import JOBS
+    from core.jobs.runner import display_command, job_command
 
     config_file = str(tmp_path / NASTY / "accelerate.yaml")
     cfg = validate(JOBS["train"].config, {"pretrained_model_name_or_path": "model.safetensors",
@@ -308,7 +308,7 @@ def test_gradio_is_launched_on_the_host_given_defaulting_to_loopback(argv, host,
 
 
 def test_tensorboard_is_started_on_loopback(tmp_path):
-    from core.tensorboard import tensorboard_command
+    from core.jobs.tensorboard import tensorboard_command
 
     argv = tensorboard_command(tmp_path, 6006)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"

@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from core.captions import list_caption_backups, read_caption, save_caption
+from core.captions.files import list_caption_backups, read_caption, save_caption
+from core.captions.taggers.wd14 import TagRules, load_tagger, model_input, predict, preprocess, preview_tags, run
 from core.config import TagConfig
-from core.jobs import JobContext
-from core.taggers.wd14 import TagRules, load_tagger, model_input, predict, preprocess, preview_tags, run
+from core.jobs.protocol import JobContext
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 32
@@ -131,7 +131,7 @@ def test_preprocess_equals_the_reference(shape, tmp_path):
     got = preprocess(image, SIDE)
     assert got.dtype == np.float32 and got.shape == (SIDE, SIDE, 3) and got.flags.c_contiguous
     np.testing.assert_array_equal(got, expected)
-    image.save(tmp_path / "rgba.png")  # the job's path: the file through core.images.open_image
+    image.save(tmp_path / "rgba.png")  # the job's path: the file through core.dataset.images.open_image
     np.testing.assert_array_equal(model_input(tmp_path / "rgba.png", SIDE, 10**8), expected)
 
 
@@ -191,7 +191,7 @@ def test_tag_options(model_dir, values, colour, tags):
 
 
 def test_emoticons_keep_their_underscores(model_dir):
-    from core.taggers.wd14 import KAOMOJIS, tag_key
+    from core.captions.taggers.wd14 import KAOMOJIS, tag_key
 
     assert {"^_^", ">_<", "0_0", "o_o", "||_||", "(o)_(o)", "<o>_<o>", "0_o"} <= KAOMOJIS
     assert [tag_key(t) for t in ("^_^", "o_o", "2b_(nier:automata)", "x-ray_(pokemon)")] == \

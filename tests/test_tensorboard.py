@@ -1,4 +1,4 @@
-"""core/tensorboard.py: a real TensorBoard server per run folder, on 127.0.0.1 only."""
+"""core/jobs/tensorboard.py: a real TensorBoard server per run folder, on 127.0.0.1 only."""
 import socket
 import subprocess
 import sys
@@ -9,9 +9,9 @@ import urllib.request
 import psutil
 import pytest
 
-from core import tensorboard
 from core.fsutil import REPO_ROOT
-from core.tensorboard import start_tensorboard, stop_all, stop_tensorboard
+from core.jobs import tensorboard
+from core.jobs.tensorboard import start_tensorboard, stop_all, stop_tensorboard
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_serves_the_run_on_loopback_only_then_stops(run_dir):
 
 def test_servers_do_not_outlive_the_process_that_started_them(run_dir):
     script = textwrap.dedent(f"""
-        from core.tensorboard import _servers, start_tensorboard
+        from core.jobs.tensorboard import _servers, start_tensorboard
         url = start_tensorboard({str(run_dir)!r})
         proc = next(iter(_servers.values()))[0]
         print(url, proc.pid, flush=True)

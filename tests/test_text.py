@@ -9,8 +9,8 @@ from collections import Counter  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from core.text import encode_prompts, final_layer_norm, process_caption, tokenize_prompts  # noqa: E402
-from core.tokenizer import load_clip_tokenizer  # noqa: E402
+from core.models.text import encode_prompts, final_layer_norm, process_caption, tokenize_prompts  # noqa: E402
+from core.models.tokenizer import load_clip_tokenizer  # noqa: E402
 
 BOS, EOS, BANG = 49406, 49407, 0  # "!" is SD2's pad token, id 0
 TAGS = "1girl, solo,  long hair ,blue eyes, smile,   outdoors, sky, tree, dress, hat"

@@ -6,7 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-from core.tokenizer import BPE_PATH, bytes_to_unicode, clip_vocab, load_clip_tokenizer
+from core.models.tokenizer import BPE_PATH, bytes_to_unicode, clip_vocab, load_clip_tokenizer
 
 BOS, EOS = 49406, 49407
 

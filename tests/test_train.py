@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainkit import StopDuringTraining, assert_same_weights, events, prompt_encoder, train, train_values
 
 from core.config import TrainConfig, validate
 from core.train import step
-from trainkit import StopDuringTraining, assert_same_weights, events, prompt_encoder, train, train_values
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -205,7 +205,7 @@ def latest_state(output_dir: Path) -> Path | None:
 
 
 def test_killed_run_resumes_from_its_last_state(kit, tmp_path):
-    from core.runner import kill_job, run_state, start_job
+    from core.jobs.runner import kill_job, run_state, start_job
 
     reference = tmp_path / "reference"
     train(train_values(kit, reference, max_train_steps=30), tmp_path / "ref-run")
@@ -225,7 +225,7 @@ def test_killed_run_resumes_from_its_last_state(kit, tmp_path):
 
 
 def test_two_processes_train_as_one(kit, tmp_path):
-    from core.cli import write_run_config
+    from core.jobs.cli import write_run_config
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

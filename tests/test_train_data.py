@@ -18,10 +18,16 @@ from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from accelerate.state import AcceleratorState
 
 from core.config import TrainConfig
-from core.jobs import JobContext
-from core.latents import load_cached
-from core.train.data import (BucketBatchSampler, TrainDataset, build_examples, cache_config,
-                             make_dataloader, prepare_latent_cache)
+from core.dataset.latents import load_cached
+from core.jobs.protocol import JobContext
+from core.train.data import (
+    BucketBatchSampler,
+    TrainDataset,
+    build_examples,
+    cache_config,
+    make_dataloader,
+    prepare_latent_cache,
+)
 
 NUM_IMAGES = 10  # 7 images in 5_demo, 3 in 2_shapes
 
@@ -247,7 +253,7 @@ def test_flip_p_decides_each_items_flip_with_flip_aug(demo, dataset, tmp_path, c
 
 
 def test_caption_options_reach_the_items(demo, dataset, tmp_path, ctx):
-    from core.text import process_caption
+    from core.models.text import process_caption
 
     options = dict(shuffle_caption=True, keep_tokens=1, caption_dropout_rate=0.3,
                    caption_tag_dropout_rate=0.2, caption_prefix="pre", caption_suffix="suf",

@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from trainkit import assert_same_weights, events, prompt_encoder, train, train_values
 
 from core.config import ClassImagesConfig, ConfigError, TrainConfig, field_meta, validate
 from core.config.dreambooth import PriorPreservationSettings
-from core.jobs import JobContext, JobStopped
+from core.jobs.protocol import JobContext, JobStopped
 from core.train import loop, step
-from core.train.data import (BucketBatchSampler, balanced_repeats, build_examples, class_examples,
-                             make_dataloader)
+from core.train.data import BucketBatchSampler, balanced_repeats, build_examples, class_examples, make_dataloader
 from core.train.preflight import check_training
-from trainkit import assert_same_weights, events, prompt_encoder, train, train_values
 
 CLASS_PROMPT = "a photo of a shape"
 INSTANCE_PROMPT = "a photo of sks shape"

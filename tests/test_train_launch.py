@@ -5,11 +5,11 @@ import sys
 import time
 
 import pytest
+from trainkit import train_values
 
 from core.config import ConfigError, TrainConfig, validate
-from core.runner import job_command, read_status, run_state, start_job
+from core.jobs.runner import job_command, read_status, run_state, start_job
 from core.train.launch import launcher_argv
-from trainkit import train_values
 
 ODD = "my run's \"out\" $HOME `x` ; & | é"
 

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core.config import TrainConfig, validate
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 from core.train import preflight
 from core.train.data import prepare_latent_cache
 from core.train.preflight import Preflight, Problem, check_training

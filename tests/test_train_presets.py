@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from trainkit import events, train
 
 from core.config import TrainConfig, validate
-from core.presets import builtin_dir, differences, find_preset, list_presets
-from trainkit import events, train
+from core.config.presets import builtin_dir, differences, find_preset, list_presets
 
 PRESETS = sorted(p.stem for p in (builtin_dir() / "train").glob("*.json"))
 SHRINK = {"max_train_steps": 2, "max_resolution": "128,128", "min_bucket_reso": 64, "max_bucket_reso": 256,

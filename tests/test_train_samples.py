@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 from core.train import samples as samples_mod
 from core.train.samples import SamplePrompt, clip_scores, generate_samples, parse_prompt_line, read_prompt_file
 
@@ -221,7 +221,7 @@ def clip_dir(tmp_path_factory):
     """A tiny random-weight CLIP model folder, laid out like one downloaded from the hub."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-    from core.tokenizer import load_clip_tokenizer
+    from core.models.tokenizer import load_clip_tokenizer
 
     folder = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)

@@ -4,14 +4,14 @@ saves that load back, LoRA files with te1/te2 names that diffusers applies, and 
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainkit import StopDuringTraining, events, train, train_values
 
 from core.config import ConfigError, TrainConfig, validate
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 from core.models.sd import load_sd_model
 from core.train import step
 from core.train.conditioning import PromptEncoder
 from core.train.data import TrainDataset, build_examples, size_conditioning
-from trainkit import StopDuringTraining, events, train, train_values
 
 LORA = {"train_lora": True, "network_dim": 4, "network_alpha": 2.0, "learning_rate": 1e-2}
 
@@ -26,7 +26,7 @@ def config(kit, tmp_path, **overrides) -> TrainConfig:
 
 
 def test_size_conditioning_is_the_planned_original_crop_and_bucket():
-    from core.buckets import BucketAssignment
+    from core.dataset.buckets import BucketAssignment
 
     a = BucketAssignment(path="x.png", original=(300, 200), bucket=(128, 96), resized=(144, 96),
                          crop=(8, 0, 136, 96), repeats=1)
@@ -73,7 +73,7 @@ def test_batches_carry_each_images_sizes_and_crop_to_the_unet(kit, tmp_path, cac
 
 
 def test_prompt_states_join_both_encoders_and_pool_the_second(kit):
-    from core.text import encode_prompts_sdxl, tokenize_prompts
+    from core.models.text import encode_prompts_sdxl, tokenize_prompts
 
     model = load_sd_model(str(kit / "model"))
     encoder = PromptEncoder(model, 1, 150, torch.device("cpu"))

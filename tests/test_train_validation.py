@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from core.config import TrainConfig, validate
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 from core.models.sd import load_sd_model
-from core.text import encode_prompts, tokenize_prompts
+from core.models.text import encode_prompts, tokenize_prompts
 from core.train.data import Example, build_examples, prepare_latent_cache
 from core.train.schedules import make_scheduler
 from core.train.validation import Plateau, scale_learning_rates, split_validation, validation_batches, validation_loss

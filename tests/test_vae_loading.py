@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.demo import build_demo
-from core.models.loading import (load_vae, model_arch, vae_config_from_ldm, weights_identity)
+from core.dataset.demo import build_demo
+from core.models.loading import load_vae, model_arch, vae_config_from_ldm, weights_identity
 
 
 def vae_only_state_dict(single_file) -> dict[str, torch.Tensor]:

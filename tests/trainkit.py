@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import TrainConfig, validate
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 from core.train import loop
 from core.train.conditioning import PromptEncoder
 

@@ -39,7 +39,7 @@ class TagConfig(CaptionWriteSettings):
     @field_validator("tag_replacement")
     @classmethod
     def _replacement_pairs(cls, items: list[str]) -> list[str]:
-        from core.taggers.wd14 import parse_replacements
+        from core.captions.taggers.wd14 import parse_replacements
 
         parse_replacements(items)  # a ValueError names the bad line
         return items
@@ -84,7 +84,7 @@ class CleanConfig(CaptionSettings, DatasetSettings):  # bases in reverse display
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, lines: list[str]) -> list[str]:
-        from core.caption_rules import parse_rules
+        from core.captions.rules import parse_rules
 
         parse_rules(lines)  # a ValueError names the line and what is wrong
         return lines

@@ -21,8 +21,15 @@ from pathlib import Path
 import torch
 
 from core.fsutil import default_mode, recover_folder, swap_in_folder
-from core.models.loading import (VAE_PREFIXES, Checkpoint, arch_of_folder, arch_of_keys,
-                                 existing_path, load_vae, read_json)
+from core.models.loading import (
+    VAE_PREFIXES,
+    Checkpoint,
+    arch_of_folder,
+    arch_of_keys,
+    existing_path,
+    load_vae,
+    read_json,
+)
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 CONFIGS_KEY = "studio.configs"  # safetensors metadata: the diffusers configs, as JSON
@@ -130,7 +137,7 @@ def _tokenizers(base: Path, arch: str) -> dict:
     pad token for each text encoder."""
     from transformers import CLIPTokenizer
 
-    from core.tokenizer import load_clip_tokenizer
+    from core.models.tokenizer import load_clip_tokenizer
 
     out = {}
     for part in TEXT_ENCODERS[arch]:

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from core.text import encode_prompts, encode_prompts_sdxl, process_caption, tokenize_prompts
+from core.models.text import encode_prompts, encode_prompts_sdxl, process_caption, tokenize_prompts
 
 
 def static_captions(raw_captions: list[str], caption_prefix: str, caption_suffix: str,
@@ -28,7 +28,7 @@ class PromptEncoder:
     """Captions -> (encoder states, pooled state or None) on `device`.
 
     SD 1.x / 2.x: one text encoder at `clip_skip`, no pooled state. SDXL: both encoders as in
-    core.text.encode_prompts_sdxl (clip_skip does not apply, as in kohya). `text_encoders` are
+    core.models.text.encode_prompts_sdxl (clip_skip does not apply, as in kohya). `text_encoders` are
     the modules to run (the accelerate-wrapped ones while they train); `trains` turns gradients
     on."""
 

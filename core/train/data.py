@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from core.buckets import BucketAssignment, crop_to_bucket, plan_buckets
-from core.captions import read_caption_detailed
+from core.captions.files import read_caption_detailed
 from core.config import CacheConfig, ClassImagesConfig, TrainConfig
-from core.dataset import caption_path
-from core.images import ImageError, open_image
-from core.latents import cache_path_for, load_cached, pixels_of
-from core.text import process_caption
+from core.dataset.buckets import BucketAssignment, crop_to_bucket, plan_buckets
+from core.dataset.discovery import caption_path
+from core.dataset.images import ImageError, open_image
+from core.dataset.latents import cache_path_for, load_cached, pixels_of
+from core.models.text import process_caption
 
 Size = tuple[int, int]
 
@@ -66,7 +66,7 @@ def prepare_latent_cache(cfg: TrainConfig, ctx) -> dict:
     result (its `complete` is False when stopped), or {} when caching is off."""
     if not cfg.cache_latents:
         return {}
-    from core.latents import run as run_cache
+    from core.dataset.latents import run as run_cache
 
     return run_cache(cache_config(cfg), ctx)
 
@@ -84,14 +84,14 @@ def prepare_class_images(cfg: TrainConfig, ctx) -> bool:
     batches); False when it stopped before the folder was full."""
     if not cfg.prior_preservation:
         return True
-    from core.dreambooth import run as run_class_images
+    from core.train.class_images import run as run_class_images
 
     return run_class_images(class_images_config(cfg), ctx)["complete"]
 
 
 def class_image_count(cfg: TrainConfig) -> int:
     """Images in the class folder now (0 when it does not exist yet)."""
-    from core.dreambooth import class_images_in
+    from core.train.class_images import class_images_in
 
     return len(class_images_in(Path(cfg.class_data_dir).expanduser()))
 

@@ -15,19 +15,25 @@ from pathlib import Path
 import torch
 
 from core.config import TrainConfig
-from core.jobs import JobContext
+from core.jobs.protocol import JobContext
 from core.train import checkpoints
 from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position
 from core.train.conditioning import PromptEncoder, static_captions
 from core.train.ema import EMA
 from core.train.loss import snr
 from core.train.noise import apply_zero_terminal_snr
-from core.train.outputs import RunOutputs, model_file
 from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
+from core.train.outputs import RunOutputs, model_file
 from core.train.schedules import make_scheduler, steps_of
 from core.train.step import loss_of_batch, weight_dtype
-from core.train.trainable import (add_lora_adapters, param_groups, set_trainable, text_encoder_parts,
-                                  text_encoder_rates, text_encoder_stop_step)
+from core.train.trainable import (
+    add_lora_adapters,
+    param_groups,
+    set_trainable,
+    text_encoder_parts,
+    text_encoder_rates,
+    text_encoder_stop_step,
+)
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -63,9 +69,16 @@ def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
     """(training examples, validation examples): the missing DreamBooth class images generated and the
     latent caches built (by the main process), the validation images split off or read from
     validation_data_dir, the class images added to the training examples."""
-    from core.jobs import JobStopped
-    from core.train.data import (build_examples, class_data_config, class_examples, class_image_count,
-                                 prepare_class_images, prepare_latent_cache, readable_examples)
+    from core.jobs.protocol import JobStopped
+    from core.train.data import (
+        build_examples,
+        class_data_config,
+        class_examples,
+        class_image_count,
+        prepare_class_images,
+        prepare_latent_cache,
+        readable_examples,
+    )
     from core.train.validation import split_validation
 
     configs = [cfg]

@@ -6,7 +6,7 @@ by their file names and key names (a safetensors header), images by their header
 cache by its files' metadata, and output_dir by a temporary file removed again (or, when the
 folder does not exist yet, by the permissions of its nearest existing parent).
 
-The latent cache count follows the cache job (`core.latents.stale_items`): an image counts when
+The latent cache count follows the cache job (`core.dataset.latents.stale_items`): an image counts when
 its cache file is missing or unreadable, or was made from another image file (size, mtime),
 bucket, resize, crop, compute dtype or without flipped latents that flip_aug wants. Whether it was
 made by the current VAE is not checked: the job compares a hash of the VAE's weights, which means
@@ -24,10 +24,10 @@ from typing import Literal
 
 import torch
 
-from core.buckets import BucketAssignment, plan_buckets
 from core.config import ConfigError, TrainConfig, validate
-from core.dataset import caption_path, check_folders
-from core.latents import cache_path_for, choose_precision, is_cache_valid, recipe
+from core.dataset.buckets import BucketAssignment, plan_buckets
+from core.dataset.discovery import caption_path, check_folders
+from core.dataset.latents import cache_path_for, choose_precision, is_cache_valid, recipe
 from core.models.loading import Checkpoint, arch_of_folder, existing_path
 from core.models.sd import TEXT_ENCODERS, base_model_arch
 from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, STATE_FILE, load_position, model_path

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from core.buckets import crop_to_bucket
-from core.images import DEFAULT_MAX_PIXELS, open_image
-from core.latents import encode_batch, load_cached, noise_seed, pixels_of
-from core.text import process_caption
+from core.dataset.buckets import crop_to_bucket
+from core.dataset.images import DEFAULT_MAX_PIXELS, open_image
+from core.dataset.latents import encode_batch, load_cached, noise_seed, pixels_of
+from core.models.text import process_caption
 from core.train.data import Example, size_conditioning
 from core.train.step import predict, training_target
 

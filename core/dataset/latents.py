@@ -1,6 +1,6 @@
 """The latent cache: every image of a dataset encoded once by the model's VAE (job `cache`).
 
-Images are planned with `core.buckets.plan_buckets`, grouped by bucket and encoded in batches of
+Images are planned with `core.dataset.buckets.plan_buckets`, grouped by bucket and encoded in batches of
 `vae_batch_size`; worker threads decode, resize and crop the next images while the VAE runs, and a
 writer thread saves finished files, so only a few batches are ever held in memory.
 
@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.buckets import BucketAssignment, crop_to_bucket, plan_buckets
 from core.config import CacheConfig
+from core.dataset.buckets import BucketAssignment, crop_to_bucket, plan_buckets
+from core.dataset.images import ImageError, open_image
+from core.dataset.prefetch import prefetch
 from core.fsutil import atomic_path
-from core.images import ImageError, open_image
-from core.jobs import JobContext, JobStopped
-from core.prefetch import prefetch
+from core.jobs.protocol import JobContext, JobStopped
 
 CACHE_SUFFIX = ".latents.safetensors"
 CACHE_FORMAT = 1

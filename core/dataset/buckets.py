@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 
 from core.config import BucketConfig, BucketSettings
-from core.dataset import find_images
+from core.dataset.discovery import find_images
+from core.dataset.images import ImageError, probe_image
 from core.fsutil import atomic_write_json
-from core.images import ImageError, probe_image
-from core.jobs import JobContext, JobStopped
+from core.jobs.protocol import JobContext, JobStopped
 
 PROGRESS_EVERY = 8
 # An image is "strongly upscaled" when its resized size has more than this many times its

@@ -54,7 +54,7 @@ def slugify(name: str) -> str:
 
 
 def config_model(job: str) -> type[JobConfig]:
-    from core.registry import JOBS
+    from core.jobs.registry import JOBS
 
     if job not in JOBS:
         raise PresetError(f"unknown job '{job}' (jobs: {', '.join(JOBS)})")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import psutil
 
-from core.cli import write_run_config
 from core.config import validate
 from core.fsutil import REPO_ROOT, runs_root
-from core.jobs import new_run_dir, write_status
-from core.registry import JOBS
+from core.jobs.cli import write_run_config
+from core.jobs.protocol import new_run_dir, write_status
+from core.jobs.registry import JOBS
 
 ACTIVE_STATES = ("starting", "running")
 _children: dict[str, subprocess.Popen] = {}  # processes this GUI started, polled so none lingers

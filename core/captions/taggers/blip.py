@@ -11,7 +11,7 @@ preview shows what the run writes.
 existing_captions: `skip` leaves images that have a caption file alone (they are not even
 decoded, so a stopped run continues where it stopped); `overwrite` replaces the file; `append`
 adds the sentence after the current text with ", " (captions are mostly comma-separated tags)
-unless the text contains it already. Changed files are backed up by core.captions.
+unless the text contains it already. Changed files are backed up by core.captions.files.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import torch
 
-from core.captions import read_caption, write_generated_caption
+from core.captions.files import read_caption, write_generated_caption
+from core.captions.taggers.common import caption_images, first_decodable, images_to_do
 from core.config import BlipCaptionConfig
-from core.images import open_image
-from core.jobs import JobContext
-from core.taggers.common import caption_images, first_decodable, images_to_do
+from core.dataset.images import open_image
+from core.jobs.protocol import JobContext
 
 APPEND_SEPARATOR = ", "
 SAMPLING_REPETITION_PENALTY = 1.1  # what BLIP's own generate uses when sampling

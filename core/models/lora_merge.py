@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from core.config.merge import MergeLoraConfig
-from core.jobs import JobStopped
+from core.jobs.protocol import JobStopped
 
 
 def output_path(cfg: MergeLoraConfig) -> Path:

@@ -14,7 +14,7 @@ import torch
 
 from core.config import parse_resolution
 from core.config.dreambooth import ClassImagesConfig
-from core.dataset import find_images
+from core.dataset.discovery import find_images
 from core.fsutil import atomic_path, atomic_write_text
 from core.train.samples import SamplePrompt, parameters_text, pipeline_of, prompt_embeds
 

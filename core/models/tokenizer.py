@@ -12,7 +12,7 @@ import gzip
 from functools import lru_cache
 from pathlib import Path
 
-BPE_PATH = Path(__file__).resolve().parent / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+BPE_PATH = Path(__file__).resolve().parent.parent / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2
 MODEL_MAX_LENGTH = 77
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"

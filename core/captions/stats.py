@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from core.captions import read_caption_detailed
-from core.dataset import DatasetImage, OnError, caption_path, find_images
+from core.captions.files import read_caption_detailed
+from core.dataset.discovery import DatasetImage, OnError, caption_path, find_images
 from core.fsutil import atomic_write_json
 
 Folders = Iterable[str | os.PathLike]
@@ -81,7 +81,7 @@ def export_kohya_metadata(folders: Folders, recursive: bool, out_path: str | os.
     image_key is the image's absolute path with `full_path`, else its file name without extension, as in
     sd-scripts. sd-scripts looks such a name up in the subset's image folder only, so without `full_path`
     an image in a subfolder is refused (sd-scripts: "recursive requires full_path"), as are two images
-    with the same name. Files are read in any encoding core.captions reads; the JSON is UTF-8, written
+    with the same name. Files are read in any encoding core.captions.files reads; the JSON is UTF-8, written
     atomically. An existing `out_path` is replaced only with `overwrite`.
     """
     out_path = Path(out_path)

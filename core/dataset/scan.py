@@ -9,12 +9,12 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from core.captions import read_caption
+from core.captions.files import read_caption
 from core.config import ScanConfig
-from core.dataset import DatasetImage, check_folders, find_images
+from core.dataset.discovery import DatasetImage, check_folders, find_images
+from core.dataset.images import ImageError, ImageInfo, probe_image
 from core.fsutil import atomic_write_json
-from core.images import ImageError, ImageInfo, probe_image
-from core.jobs import JobContext, JobStopped
+from core.jobs.protocol import JobContext, JobStopped
 
 PROGRESS_EVERY = 8
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from core.taggers.wd14 import tag_key
+from core.captions.taggers.wd14 import tag_key
 
 TextFn = Callable[[str], str]
 TagFn = Callable[[list[str]], list[str]]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core.fsutil import atomic_write_json
-from core.tokenizer import load_clip_tokenizer
+from core.models.tokenizer import load_clip_tokenizer
 
 DEMO_ENTRIES = ("model", "model.safetensors", "dataset")
 MARKER = "demo.json"

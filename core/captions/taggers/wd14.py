@@ -15,7 +15,7 @@ without character_tags_first).
 
 existing_captions: `skip` leaves images with a caption file alone (they are not even decoded, so a
 stopped run continues where it stopped); `overwrite` and `append` (new tags only) go through
-core.captions, which backs up every changed file.
+core.captions.files, which backs up every changed file.
 """
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from core.captions import write_generated_caption
+from core.captions.files import write_generated_caption
+from core.captions.taggers.common import caption_images, first_decodable, images_to_do
 from core.config import TagConfig
-from core.images import open_image, to_rgb
-from core.jobs import JobContext
-from core.taggers.common import caption_images, first_decodable, images_to_do
+from core.dataset.images import open_image, to_rgb
+from core.jobs.protocol import JobContext
 
 MODEL_FILES = ("model.onnx", "selected_tags.csv")
 MODEL_HINT = ("download model.onnx and selected_tags.csv of a SmilingWolf WD tagger from Hugging Face "

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 from core.config import CaptionWriteSettings
-from core.dataset import caption_path, find_images
-from core.images import ImageError
-from core.jobs import JobContext, JobStopped
-from core.prefetch import prefetch
+from core.dataset.discovery import caption_path, find_images
+from core.dataset.images import ImageError
+from core.dataset.prefetch import prefetch
+from core.jobs.protocol import JobContext, JobStopped
 
 
 def images_to_do(cfg: CaptionWriteSettings,

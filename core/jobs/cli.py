@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 from core.config import ConfigError, JobConfig, validate
-from core.registry import JOBS, JobSpec
+from core.jobs.registry import JOBS, JobSpec
 
 
 def _is_list(annotation) -> bool:
@@ -79,7 +79,7 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
 
 def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
     """Layer the values of one invocation and validate them; raises ConfigError."""
-    from core.presets import read_values_file
+    from core.config.presets import read_values_file
 
     values: dict = {}
     if args.config:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = JOBS[job]
     args = build_parser(spec).parse_args(rest)
-    from core.jobs import EXIT_INVALID, JobContext, execute, new_run_dir, process_rank, write_status
+    from core.jobs.protocol import EXIT_INVALID, JobContext, execute, new_run_dir, process_rank, write_status
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     try:

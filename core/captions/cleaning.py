@@ -17,12 +17,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.caption_rules import clean_caption, parse_rules
-from core.caption_stats import caption_files, find_with_tag
-from core.captions import read_caption_detailed
+from core.captions.files import read_caption_detailed
+from core.captions.rules import clean_caption, parse_rules
+from core.captions.stats import caption_files, find_with_tag
 from core.config import CleanConfig, UndoCleanConfig
 from core.fsutil import atomic_write_bytes, atomic_write_json, studio_home
-from core.jobs import JobContext, JobStopped
+from core.jobs.protocol import JobContext, JobStopped
 
 MANIFEST = "manifest.json"
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from core.captions import backups_root
-from core.images import is_image_file
+from core.captions.files import backups_root
+from core.dataset.images import is_image_file
 
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
