@@ -7,6 +7,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core.captions.cleaning import list_snapshots, preview
+from core.captions.rules import RULE_TEMPLATES
+from core.captions.stats import export_kohya_metadata, find_with_tag, top_tags
 from core.config import CleanConfig, ConfigError, validate
 from tabs.charts import bar_chart_html
 from tabs.job_panel import JobPanel
@@ -17,8 +20,6 @@ TAG_COLUMNS = ["tag", "captions"]
 
 
 def preview_table(values: dict) -> tuple[pd.DataFrame, str]:
-    from core.captions.cleaning import preview
-
     try:
         cfg = validate(CleanConfig, values, "settings")
         changes, changed, total, unusual = preview(cfg)
@@ -34,14 +35,10 @@ def preview_table(values: dict) -> tuple[pd.DataFrame, str]:
 
 
 def snapshot_choices() -> list[tuple[str, str]]:
-    from core.captions.cleaning import list_snapshots
-
     return [(f"{s.id} · {s.files} file(s) · {s.label[:80]}", s.id) for s in list_snapshots()]
 
 
 def tag_statistics(values: dict, top_n: int) -> tuple[pd.DataFrame, str]:
-    from core.captions.stats import top_tags
-
     try:
         cfg = validate(CleanConfig, values, "settings")
         rows = top_tags(cfg.train_data_dir, cfg.recursive, cfg.caption_extension, int(top_n))
@@ -53,8 +50,6 @@ def tag_statistics(values: dict, top_n: int) -> tuple[pd.DataFrame, str]:
 
 
 def search_tag(values: dict, tag: str, regex: bool) -> str:
-    from core.captions.stats import find_with_tag
-
     if not tag.strip():
         return "Type a tag to search for."
     try:
@@ -68,8 +63,6 @@ def search_tag(values: dict, tag: str, regex: bool) -> str:
 
 
 def export_metadata(values: dict, out_path: str, tags_extension: str, full_path: bool, overwrite: bool) -> str:
-    from core.captions.stats import export_kohya_metadata
-
     try:
         cfg = validate(CleanConfig, values, "settings")
         if not out_path.strip():
@@ -83,8 +76,6 @@ def export_metadata(values: dict, out_path: str, tags_extension: str, full_path:
 
 
 def build(blocks: gr.Blocks) -> None:
-    from core.captions.rules import RULE_TEMPLATES
-
     extra = {}
 
     def preview_controls() -> None:

@@ -8,10 +8,10 @@ from core.captions.stats import (
     encoding_report,
     export_kohya_metadata,
     find_with_tag,
-    split_tags,
     tag_frequencies,
     top_tags,
 )
+from core.captions.tags import join_tags, split_tags
 
 
 def image(path, caption=None, ext=".txt", data=None):
@@ -39,6 +39,11 @@ def dataset(tmp_path):
 def test_split_tags_strips_and_drops_empty_parts():
     assert split_tags(" a ,b,, ,c d ,") == ["a", "b", "c d"]
     assert split_tags("") == []
+
+
+def test_join_tags_is_the_inverse_of_split_tags_on_clean_tags():
+    assert join_tags([" a", "", "b ", "c d"]) == "a, b, c d"
+    assert split_tags(join_tags(["a", "b"])) == ["a", "b"]
 
 
 def test_caption_files_lists_images_with_a_caption_in_path_order(dataset):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from core.captions.files import list_caption_backups, read_caption, save_caption
 from core.captions.taggers.wd14 import TagRules, load_tagger, model_input, predict, preprocess, preview_tags, run
+from core.captions.tags import KAOMOJIS, tag_key
 from core.config import TagConfig
 from core.jobs.protocol import JobContext
 
@@ -190,9 +191,7 @@ def test_tag_options(model_dir, values, colour, tags):
     assert rules_for(model_dir, **values).select(scores_of(model_dir, colour)) == tags
 
 
-def test_emoticons_keep_their_underscores(model_dir):
-    from core.captions.taggers.wd14 import KAOMOJIS, tag_key
-
+def test_emoticons_keep_their_underscores():
     assert {"^_^", ">_<", "0_0", "o_o", "||_||", "(o)_(o)", "<o>_<o>", "0_o"} <= KAOMOJIS
     assert [tag_key(t) for t in ("^_^", "o_o", "2b_(nier:automata)", "x-ray_(pokemon)")] == \
         ["^_^", "o_o", "2b (nier:automata)", "x-ray (pokemon)"]

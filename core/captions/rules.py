@@ -2,9 +2,9 @@
 
 One rule a line, `name` or `name: argument`; names are case-insensitive, blank lines and `#` comments
 are skipped. Captions are comma-separated tag lists (WD14) or sentences (BLIP). Tag rules split the
-text on commas, strip each tag and join the tags with ", ", so every tag rule also normalises the
-separators (empty tags from ",," or a trailing comma go). `replace`, `replace_regex` and `lowercase`
-work on the whole text and leave separators alone. Tags the user names (`remove`, `prefix`, `suffix`)
+text on commas, strip each tag and join the tags with ", " (core.captions.tags), so every tag rule
+also normalises the separators (empty tags from ",," or a trailing comma go). `replace`,
+`replace_regex` and `lowercase` work on the whole text and leave separators alone. Tags the user names (`remove`, `prefix`, `suffix`)
 match case-insensitively; `dedupe` and `drop_subsumed` compare tags exactly.
 
 Cleaning twice equals cleaning once for every rule except `replace` and `replace_regex`, which are
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
-from core.captions.taggers.wd14 import tag_key
+from core.captions.tags import join_tags, split_tags, tag_key
 
 TextFn = Callable[[str], str]
 TagFn = Callable[[list[str]], list[str]]
@@ -29,20 +29,12 @@ class Rule:
     apply: TextFn = field(repr=False, compare=False)
 
 
-def _split(text: str) -> list[str]:
-    return [tag for tag in (part.strip() for part in text.split(",")) if tag]
-
-
-def _join(tags: list[str]) -> str:
-    return ", ".join(tag for tag in (t.strip() for t in tags) if tag)
-
-
 def _on_tags(fn: TagFn) -> TextFn:
-    return lambda text: _join(fn(_split(text)))
+    return lambda text: join_tags(fn(split_tags(text)))
 
 
 def _underscores(tags: list[str]) -> list[str]:
-    return _split(_join([tag_key(tag) for tag in tags]))
+    return split_tags(join_tags([tag_key(tag) for tag in tags]))
 
 
 def _whitespace(tags: list[str]) -> list[str]:
@@ -110,7 +102,7 @@ def _sd_normalize(tags: list[str]) -> list[str]:
     of plain words ends with."""
     tags = _underscores(tags)
     if _is_prose(tags):
-        tags = _split(_swap_words(_join(tags)))
+        tags = split_tags(_swap_words(join_tags(tags)))
     if _is_prose(tags):
         return tags
     tags = [tag for tag in tags if not PREFIXED_RATING.fullmatch(tag)]
@@ -147,7 +139,7 @@ def _without(tags: list[str], tag: str) -> list[str]:
 
 
 def _remove(argument: str) -> TextFn:
-    unwanted = {tag.casefold() for tag in _split(argument)}
+    unwanted = {tag.casefold() for tag in split_tags(argument)}
     if not unwanted:
         raise ValueError("needs at least one tag")
     return _on_tags(lambda tags: [tag for tag in tags if tag.casefold() not in unwanted])

@@ -1,8 +1,7 @@
 """Read-only views of a dataset's captions for the cleaning tab: tag counts, tag search, files that
 are not plain UTF-8, and export to the metadata JSON that kohya sd-scripts' fine-tuning reads.
 
-A tag is a comma-separated part of a caption, stripped of surrounding space; empty parts are not tags.
-Nothing here changes a caption file.
+A tag is one of core.captions.tags.split_tags. Nothing here changes a caption file.
 """
 from __future__ import annotations
 
@@ -13,15 +12,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from core.captions.files import read_caption_detailed
+from core.captions.tags import split_tags
 from core.dataset.discovery import DatasetImage, OnError, caption_path, find_images
 from core.fsutil import atomic_write_json
 
 Folders = Iterable[str | os.PathLike]
-
-
-def split_tags(caption: str) -> list[str]:
-    """The tags of a caption in order: comma-separated parts, stripped, empty ones dropped."""
-    return [tag for tag in (part.strip() for part in caption.split(",")) if tag]
 
 
 def caption_files(folders: Folders, recursive: bool, extension: str,

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
+from core.captions.rules import parse_rules
+from core.captions.tags import parse_replacements
 from core.config.dataset import CaptionSettings, DatasetSettings, LoaderSettings
 from core.config.schema import JobConfig, param
 
@@ -39,8 +41,6 @@ class TagConfig(CaptionWriteSettings):
     @field_validator("tag_replacement")
     @classmethod
     def _replacement_pairs(cls, items: list[str]) -> list[str]:
-        from core.captions.taggers.wd14 import parse_replacements
-
         parse_replacements(items)  # a ValueError names the bad line
         return items
 
@@ -84,8 +84,6 @@ class CleanConfig(CaptionSettings, DatasetSettings):  # bases in reverse display
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, lines: list[str]) -> list[str]:
-        from core.captions.rules import parse_rules
-
         parse_rules(lines)  # a ValueError names the line and what is wrong
         return lines
 

@@ -7,7 +7,7 @@ resized bicubic to the graph's input side, RGB->BGR, float32 0..255, NHWC. Score
 sigmoid outputs: the most probable rating (with use_rating_tags), general tags scoring above
 general_threshold, character tags above character_threshold, each category by score descending.
 
-Tag text: underscores become spaces (remove_underscore) except in the emoticons of KAOMOJIS, then
+Tag text (core.captions.tags): underscores become spaces (remove_underscore) except in emoticons, then
 `tag_replacement` applies. Tags the user lists (replacements, undesired_tags, always_first_tags) match
 with underscores and spaces alike, and the last two also before or after replacement. Order written:
 always_first_tags present (in the user's order), rating, character and general tags (general first
@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import functools
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +31,7 @@ from PIL import Image
 
 from core.captions.files import write_generated_caption
 from core.captions.taggers.common import caption_images, first_decodable, images_to_do
+from core.captions.tags import parse_replacements, tag_key
 from core.config import TagConfig
 from core.dataset.images import open_image, to_rgb
 from core.jobs.protocol import JobContext
@@ -40,10 +40,6 @@ MODEL_FILES = ("model.onnx", "selected_tags.csv")
 MODEL_HINT = ("download model.onnx and selected_tags.csv of a SmilingWolf WD tagger from Hugging Face "
               "(e.g. https://huggingface.co/SmilingWolf/wd-vit-tagger-v3) into this folder")
 GENERAL, CHARACTER, RATING = 0, 4, 9
-# Emoticon tags whose underscores are part of the face (the reference's list and kohya's additions).
-KAOMOJIS = frozenset({
-    "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o",
-    "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||", ">_@", "^_o", "c_c", "~_~", ";_;", "0_o"})
 
 
 class Tagger(NamedTuple):
@@ -172,25 +168,6 @@ class TagRules:
     def _above(self, scores: np.ndarray, category: int, threshold: float) -> list[int]:
         index = np.flatnonzero((self.categories == category) & (scores > threshold))
         return index[np.argsort(-scores[index], kind="stable")].tolist()
-
-
-def tag_key(tag: str) -> str:
-    """The tag with underscores as spaces, except in emoticons (KAOMOJIS)."""
-    return tag if tag in KAOMOJIS else tag.replace("_", " ")
-
-
-def parse_replacements(items: list[str]) -> dict[str, str]:
-    """{key of old: new} from `old,new` lines (`\\,` is a comma inside a tag; an empty new drops the tag)."""
-    pairs = {}
-    for item in items:
-        if not item.strip():
-            continue
-        parts = [part.replace("\\,", ",").strip() for part in re.split(r"(?<!\\),", item)]
-        if len(parts) != 2 or not parts[0]:
-            raise ValueError(f"tag_replacement {item!r}: expected one `old,new` pair a line "
-                             "(write \\, for a comma inside a tag)")
-        pairs[tag_key(parts[0])] = parts[1]
-    return pairs
 
 
 def run(cfg: TagConfig, ctx: JobContext) -> dict:
