@@ -12,6 +12,11 @@ from core.config.launch import LaunchSettings
 from core.config.schema import param
 from core.config.train_eval import SampleSettings, ValidationSettings
 
+# The names the trainer implements (core/train/ reads them from here, with typing.get_args).
+OptimizerName = Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy"]
+LrSchedulerName = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+HuberSchedule = Literal["constant", "exponential", "snr"]
+
 
 class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, PromptSettings, CaptionSettings,
                   SaveSettings, ModelSettings, DreamBoothSettings, BucketSettings):  # reverse display order
@@ -113,7 +118,7 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
     learning_rate: float = param(2e-6, "Learning rate.", group="Training", gt=0)
     scale_lr: bool = param(False, "Multiply the learning rate by sqrt(batch size x accumulation steps).",
                            group="Training", advanced=True)
-    optimizer_type: Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy"] = param(
+    optimizer_type: OptimizerName = param(
         "AdamW", "Optimizer. 8bit variants (bitsandbytes) use less memory; Adafactor (relative step by "
         "default) and Prodigy set their own step size (use learning_rate 1 with Prodigy).", group="Optimizer")
     optimizer_args: list[str] = param(
@@ -121,9 +126,8 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         group="Optimizer", advanced=True)
     max_grad_norm: float = param(1.0, "Clip gradients to this norm (0: no clipping).", group="Optimizer",
                                  advanced=True, ge=0)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                          "polynomial"] = param("constant", "How the learning rate changes over the run.",
-                                                group="Optimizer")
+    lr_scheduler: LrSchedulerName = param("constant", "How the learning rate changes over the run.",
+                                          group="Optimizer")
     lr_warmup_steps: float = param(
         0, "Warm-up: steps, or a fraction of the run when below 1 (0.05 = the first 5%).", group="Optimizer", ge=0)
     lr_decay_steps: int = param(
@@ -160,7 +164,7 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         "l2", "Loss: l2 (mean squared error), or huber / smooth_l1 (less sensitive to outliers).",
         group="Noise & loss", advanced=True)
     huber_c: float = param(0.1, "huber / smooth_l1: the c parameter.", group="Noise & loss", advanced=True, gt=0)
-    huber_schedule: Literal["constant", "exponential", "snr"] = param(
+    huber_schedule: HuberSchedule = param(
         "snr", "huber / smooth_l1: how c changes with the timestep.", group="Noise & loss", advanced=True)
     min_snr_gamma: float = param(0.0, "Min-SNR loss weighting gamma (5 typical; 0: off).", group="Noise & loss",
                                  advanced=True, ge=0)

@@ -7,11 +7,14 @@ loss weights x min_snr_weight x debiased_weight) and takes the batch mean.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 
+from core.config.train import HuberSchedule
+
 LOSS_TYPES = ("l2", "huber", "smooth_l1", "l1")
-HUBER_SCHEDULES = ("constant", "exponential", "snr")
+HUBER_SCHEDULES = get_args(HuberSchedule)
 
 
 def _alphas_cumprod_at(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:

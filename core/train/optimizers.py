@@ -10,10 +10,13 @@ import ast
 import importlib.util
 import inspect
 import math
+from typing import get_args
 
 import torch
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy")
+from core.config.train import OptimizerName
+
+OPTIMIZERS = get_args(OptimizerName)
 
 
 def parse_optimizer_args(items: list[str]) -> dict:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import get_args
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+from core.config.train import LrSchedulerName
+
+SCHEDULES = get_args(LrSchedulerName)
 
 
 def steps_of(value: float, total_steps: int) -> int:
