@@ -23,6 +23,8 @@ import random
 
 import torch
 
+from core.captions.tags import split_tags
+
 CHUNK = 75  # text tokens per encoder pass (77 positions less BOS and EOS)
 
 
@@ -59,8 +61,8 @@ def process_caption(caption: str, shuffle_caption: bool, keep_tokens: int, rng: 
         head, flex_part = caption.split(keep_tokens_separator, 1)
         if keep_tokens_separator in flex_part:
             flex_part, tail = flex_part.split(keep_tokens_separator, 1)
-            fixed_end = _nonempty_tags(tail)
-        fixed, flex = _nonempty_tags(head), _nonempty_tags(flex_part)
+            fixed_end = split_tags(tail)
+        fixed, flex = split_tags(head), split_tags(flex_part)
     else:
         tags = [tag.strip() for tag in caption.strip().split(",")]
         keep = max(keep_tokens, 0)
@@ -70,10 +72,6 @@ def process_caption(caption: str, shuffle_caption: bool, keep_tokens: int, rng: 
     if caption_tag_dropout_rate > 0:
         flex = [tag for tag in flex if rng.random() >= caption_tag_dropout_rate]
     return ", ".join(fixed + flex + fixed_end)
-
-
-def _nonempty_tags(part: str) -> list[str]:
-    return [tag.strip() for tag in part.split(",") if tag.strip()]
 
 
 def chunk_count(max_token_length: int | None) -> int:
