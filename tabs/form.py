@@ -1,17 +1,12 @@
 """Schema -> Gradio form: one component per parameter, grouped, advanced ones folded away."""
 from __future__ import annotations
 
-import typing
 from itertools import groupby
 
 import gradio as gr
 from pydantic import BaseModel
 
-from core.config import field_meta
-
-
-def _choices(annotation) -> tuple | None:
-    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+from core.config import FieldKind, field_kind, field_meta
 
 
 def _bounds(field) -> dict:
@@ -23,29 +18,21 @@ def _bounds(field) -> dict:
     return bounds
 
 
-def _without_none(annotation):
-    """`float | None` -> float (an empty number field means None); other annotations unchanged."""
-    args = typing.get_args(annotation)
-    if type(None) in args and len(args) == 2:
-        return next(a for a in args if a is not type(None))
-    return annotation
-
-
-def _component(model_name: str, name: str, field, meta: dict, value) -> gr.components.Component:
-    annotation = _without_none(field.annotation)
+def _component(model_name: str, name: str, field, kind: FieldKind, value) -> gr.components.Component:
+    """The input of one parameter; an optional number's empty field means None."""
     common = {"label": name, "info": field.description, "elem_id": f"{model_name}-{name}"}
-    if annotation is bool:
+    if kind.kind == "bool":
         return gr.Checkbox(value=value, **common)
-    if choices := _choices(annotation):
-        return gr.Dropdown(choices=list(choices), value=value, **common)
-    if annotation in (int, float):
-        return gr.Number(value=value, precision=0 if annotation is int else None, **_bounds(field), **common)
-    if typing.get_origin(annotation) is list and (items := _choices(typing.get_args(annotation)[0])):
-        return gr.CheckboxGroup(choices=list(items), value=list(value), **common)
-    if typing.get_origin(annotation) is list:
+    if kind.kind == "choice":
+        return gr.Dropdown(choices=list(kind.choices), value=value, **common)
+    if kind.kind in ("int", "float"):
+        return gr.Number(value=value, precision=0 if kind.kind == "int" else None, **_bounds(field), **common)
+    if kind.kind == "multi_choice":
+        return gr.CheckboxGroup(choices=list(kind.choices), value=list(value), **common)
+    if kind.kind == "list":
         return gr.Textbox(value="\n".join(map(str, value)), lines=3, placeholder="one per line", **common)
-    placeholder = {"dir": "path to a folder", "file": "path to a file"}.get(meta["widget"])
-    lines = 4 if meta["widget"] == "textarea" else 1
+    placeholder = {"dir": "path to a folder", "file": "path to a file"}.get(kind.widget)
+    lines = 4 if kind.widget == "textarea" else 1
     return gr.Textbox(value=value, placeholder=placeholder, lines=lines, **common)
 
 
@@ -59,6 +46,7 @@ class SchemaForm:
         defaults = model.model_construct().model_dump(mode="json")
         values = {**defaults, **(values or {})}
         metas = {n: field_meta(model, n) for n in self.names}
+        self.kinds = {n: field_kind(model, n) for n in self.names}
         group_order = {g: i for i, g in enumerate(dict.fromkeys(metas[n]["group"] for n in self.names))}
         ordered = sorted(self.names, key=lambda n: (metas[n]["advanced"], group_order[metas[n]["group"]]))
         self.components: dict[str, gr.components.Component] = {}
@@ -66,8 +54,8 @@ class SchemaForm:
             title = f"{group} (advanced)" if advanced and "advanced" not in group.lower() else group
             with gr.Accordion(title, open=not advanced):
                 for name in names:
-                    self.components[name] = _component(model.__name__, name, model.model_fields[name], metas[name],
-                                                       values[name])
+                    self.components[name] = _component(model.__name__, name, model.model_fields[name],
+                                                       self.kinds[name], values[name])
 
     @property
     def inputs(self) -> list:
@@ -77,7 +65,7 @@ class SchemaForm:
         """Component values (in `inputs` order) -> values dict for the schema (not yet validated)."""
         values = {}
         for name, value in zip(self.names, raw):
-            if typing.get_origin(self.model.model_fields[name].annotation) is list and isinstance(value, str):
+            if self.kinds[name].kind == "list" and isinstance(value, str):
                 value = [line.strip() for line in value.splitlines() if line.strip()]
             values[name] = value
         return values
@@ -85,5 +73,5 @@ class SchemaForm:
     def show(self, values: dict) -> list:
         """A values dict (defaults filled in) -> component values in `inputs` order."""
         full = {**self.model.model_construct().model_dump(mode="json"), **values}
-        return ["\n".join(map(str, full[n])) if isinstance(self.components[n], gr.Textbox) and isinstance(full[n], list)
+        return ["\n".join(map(str, full[n])) if self.kinds[n].kind == "list" and isinstance(full[n], list)
                 else full[n] for n in self.names]

@@ -84,6 +84,7 @@ def test_builtin_presets_are_valid_and_read_only():
         found, errors = list_presets(job)
         assert errors == []
         for preset in (p for p in found if p.builtin):
+            assert preset.migrated_from is None, f"{preset.path}: write it at schema version {SCHEMA_VERSION}"
             with pytest.raises(PresetError, match="read-only"):
                 save_preset(job, preset.name, preset.values, overwrite=True)
             with pytest.raises(PresetError, match="cannot be deleted"):
@@ -104,6 +105,39 @@ def test_old_schema_version_is_migrated(tmp_path, monkeypatch):
     preset = load_preset(path, "scan")
     assert preset.values == {"train_data_dir": ["d"], "caption_extension": ".cap"}
     assert preset.migrated_from == 1
+
+
+TRAIN_REQUIRED = {"pretrained_model_name_or_path": "m", "train_data_dir": ["d"], "output_dir": "o"}
+
+
+@pytest.mark.parametrize("version, rate, migrated", [(1, 0, None), (1, 0.0, None), (1, "0", None), (1, 1e-6, 1e-6),
+                                                      (2, 0, 0), (2, 1e-6, 1e-6)])
+def test_version_1_learning_rate_te_0_becomes_empty_same_as_learning_rate(tmp_path, version, rate, migrated):
+    """Schema version 2: an empty learning_rate_te is "same as learning_rate" (what 0 meant in version 1);
+    0 keeps the text encoder frozen, as learning_rate_te1/te2 0."""
+    values = {**TRAIN_REQUIRED, "train_text_encoder": True, "learning_rate": 1e-4, "learning_rate_te": rate}
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps({"schema_version": version, "job": "train", "values": values}))
+    preset = load_preset(path, "train")
+    assert preset.values["learning_rate_te"] == migrated
+    assert preset.migrated_from == (version if version < SCHEMA_VERSION else None)
+    if migrated == 0:
+        with pytest.raises(ConfigError, match="every text encoder stays frozen .*turn off train_text_encoder"):
+            validate(JOBS["train"].config, preset.values, "preset")
+        return
+    cfg = validate(JOBS["train"].config, preset.values, "preset")
+    assert cfg.text_encoder_rates("sd1") == {"text_encoder": migrated or 1e-4}
+
+
+def test_a_version_1_run_config_is_migrated_on_the_command_line(tmp_path):
+    from core.jobs.cli import build_parser, resolve_config
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"schema_version": 1, "job": "train", "values": {
+        **TRAIN_REQUIRED, "train_text_encoder": True, "learning_rate_te": 0}}))
+    spec = JOBS["train"]
+    cfg = resolve_config(spec, build_parser(spec).parse_args(["--config", str(config)]))
+    assert cfg.learning_rate_te is None and cfg.text_encoder_rates("sd1") == {"text_encoder": cfg.learning_rate}
 
 
 def test_cli_layers_config_flags_and_set(tmp_path, capsys):

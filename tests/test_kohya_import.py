@@ -81,6 +81,8 @@ lr_warmup_steps = 200
 max_grad_norm = 1.0
 """
 
+REQUIRED = {"pretrained_model_name_or_path": "/m", "train_data_dir": ["/d"], "output_dir": "/o"}
+
 
 def checked(result: KohyaImport) -> KohyaImport:
     """Every import must pass the schema field by field, as presets do."""
@@ -174,7 +176,9 @@ def test_sd_scripts_toml_with_tables(tmp_path):
     ({"save_precision": "bf16"}, {"save_precision": "bf16"}),
     ({"save_model_as": "diffusers_safetensors"}, {"save_model_as": "diffusers"}),
     ({"stop_text_encoder_training": "25"}, {"stop_text_encoder_training": 0.25}),
-    ({"text_encoder_lr": 0}, {"learning_rate_te": 0.0}),
+    ({"text_encoder_lr": 0}, {"learning_rate_te": None}),  # as learning_rate (our 0 would freeze it)
+    ({"learning_rate_te": "0"}, {"learning_rate_te": None}),
+    ({"learning_rate_te1": "0", "learning_rate_te2": "1e-6"}, {"learning_rate_te1": 0.0, "learning_rate_te2": 1e-6}),
     ({"text_encoder_lr": "1e-6", "learning_rate_te": 0.0}, {"learning_rate_te": 1e-6}),
     ({"lr_scheduler": "Constant_With_Warmup"}, {"lr_scheduler": "constant_with_warmup"}),
     ({"shuffle_caption": "False", "flip_aug": "true", "save_state": 1}, {"shuffle_caption": False, "flip_aug": True,
@@ -194,6 +198,22 @@ def test_conversions(raw, expected):
 def test_sd_scripts_counts_stop_text_encoder_training_in_steps():
     assert checked(import_kohya_values({"stop_text_encoder_training": 20}, gui=False)).values == {
         "stop_text_encoder_training": 20.0}
+
+
+@pytest.mark.parametrize("raw, sd_rates, sdxl_rates", [
+    ({"text_encoder_lr": 0}, {"text_encoder": 1e-4}, {"text_encoder": 1e-4, "text_encoder_2": 1e-4}),
+    ({"learning_rate_te": "0"}, {"text_encoder": 1e-4}, {"text_encoder": 1e-4, "text_encoder_2": 1e-4}),
+    ({"text_encoder_lr": "5e-6"}, {"text_encoder": 5e-6}, {"text_encoder": 5e-6, "text_encoder_2": 5e-6}),
+    ({"learning_rate_te1": "0", "learning_rate_te2": "1e-6"}, {"text_encoder": 1e-4}, {"text_encoder_2": 1e-6}),
+])
+def test_kohya_text_encoder_rates_train_as_they_did(raw, sd_rates, sdxl_rates):
+    """A kohya text encoder rate of 0 trained the text encoder at learning_rate (empty here, since our 0
+    freezes it); learning_rate_te1/te2 0 froze that encoder before and still does."""
+    result = checked(import_kohya_values({"learning_rate": "1e-4", "train_text_encoder": True, **raw}))
+    cfg = validate(TrainConfig, {**REQUIRED, **result.values}, "kohya import")
+    assert (cfg.text_encoder_rates("sd1"), cfg.text_encoder_rates("sdxl")) == (sd_rates, sdxl_rates)
+    if raw == {"text_encoder_lr": 0}:
+        assert "text_encoder_lr 0 -> learning_rate_te empty" in result.notes
 
 
 def test_our_own_name_wins_over_an_alias_and_the_other_is_noted():
@@ -283,8 +303,7 @@ def test_regularization_images_become_prior_preservation_with_a_hint_about_the_c
     [note] = result.notes
     assert note.startswith("reg_data_dir /data/reg -> class_data_dir /data/reg (set class_prompt")
     with pytest.raises(ConfigError, match="class_prompt is needed with class_data_dir"):
-        validate(TrainConfig, {**result.values, "pretrained_model_name_or_path": "/m", "train_data_dir": ["/d"],
-                               "output_dir": "/o"}, "kohya import")
+        validate(TrainConfig, {**result.values, **REQUIRED}, "kohya import")
 
 
 def test_an_sd_scripts_lora_config_turns_lora_training_on():

@@ -1,15 +1,18 @@
 """What a run trains (U-Net, text encoder, block groups, stopping the text encoder), EMA, full
 fp16/bf16, cached text-encoder outputs, and the checks that refuse incompatible options."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from core.config import ConfigError, TrainConfig, validate
+from core.config.presets import read_values_file
 from core.train import step
 from core.train.conditioning import PromptEncoder, static_captions
 from core.train.ema import EMA, ema_decay_at
-from core.train.trainable import (param_groups, set_trainable, text_encoder_parameters, text_encoder_stop_step,
-                                  unet_parameters)
+from core.train.trainable import (frozen_text_encoders_problem, param_groups, set_trainable, text_encoder_parameters,
+                                  text_encoder_rates, text_encoder_stop_step, unet_parameters)
 from trainkit import train, train_values
 
 UNET = "model.diffusion_model."
@@ -83,6 +86,7 @@ def changed_keys(base: dict, trained: dict, prefix: str) -> set[str]:
 
 @pytest.mark.parametrize("overrides, unet_changes, te_changes", [
     ({"train_text_encoder": True, "learning_rate_te": 1e-3}, "all", True),
+    ({"train_text_encoder": True, "learning_rate_te": 0, "learning_rate_te1": 1e-3}, "all", False),  # te1: SDXL only
     ({"train_unet": False, "train_text_encoder": True}, "none", True),
     ({"unet_blocks": ["mid"]}, "middle_block", False),
 ])
@@ -98,6 +102,41 @@ def test_training_modes_change_only_what_they_train(kit, tmp_path, overrides, un
         assert unet_changed and all(k.startswith(UNET + unet_changes) for k in unet_changed)
     assert bool(changed_keys(base, trained, TEXT)) == te_changes
     assert not changed_keys(base, trained, "first_stage_model.")
+
+
+def test_a_v1_run_config_with_learning_rate_te_0_trains_the_text_encoder_at_learning_rate(kit, tmp_path):
+    """Schema version 1 read learning_rate_te 0 as "same as learning_rate"; version 2 spells it empty."""
+    values = {**train_values(kit, tmp_path / "out", max_train_steps=2), "train_text_encoder": True,
+              "learning_rate_te": 0}
+    old = tmp_path / "config.json"
+    old.write_text(json.dumps({"schema_version": 1, "job": "train", "values": values}))
+    migrated = read_values_file(old, "train")
+    assert migrated["learning_rate_te"] is None
+    cfg = validate(TrainConfig, migrated, "test")
+    model = fresh_model(kit)
+    trained = set_trainable(model, True, list(text_encoder_rates(model, cfg)), [], 1)
+    assert [g["lr"] for g in param_groups(trained, cfg.learning_rate, text_encoder_rates(model, cfg))] == [
+        cfg.learning_rate, cfg.learning_rate]
+    train(migrated, tmp_path / "run")
+    base, after = load_file(str(kit / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert changed_keys(base, after, TEXT)
+    with pytest.raises(ConfigError, match="turn off train_text_encoder"):  # version 2: 0 freezes it
+        validate(TrainConfig, values, "test")
+
+
+@pytest.mark.parametrize("rates, arch, expected", [
+    ({}, "sd1", {"text_encoder": 1e-4}),
+    ({"learning_rate_te": 1e-6}, "sd1", {"text_encoder": 1e-6}),
+    ({"learning_rate_te": 0, "learning_rate_te1": 1e-5}, "sd1", {}),
+    ({}, "sdxl", {"text_encoder": 1e-4, "text_encoder_2": 1e-4}),
+    ({"learning_rate_te": 1e-6, "learning_rate_te2": 0}, "sdxl", {"text_encoder": 1e-6}),
+    ({"learning_rate_te": 0, "learning_rate_te1": 1e-5}, "sdxl", {"text_encoder": 1e-5}),
+])
+def test_text_encoder_rates_empty_is_the_rate_above_and_0_freezes(kit, rates, arch, expected):
+    cfg = validate(TrainConfig, train_values(kit, kit / "unused", train_text_encoder=True, learning_rate=1e-4,
+                                             **rates), "test")
+    assert cfg.text_encoder_rates(arch) == expected
+    assert (frozen_text_encoders_problem(cfg, arch) is None) == bool(expected)
 
 
 def test_stop_text_encoder_training_freezes_it_from_that_step(kit, tmp_path):

@@ -9,6 +9,7 @@ from core.config.captioning import (BlipCaptionConfig, CaptionWriteSettings, Cle
 from core.config.dataset import (BucketConfig, BucketSettings, CaptionSettings, DatasetSettings,  # noqa: F401
                                  ScanConfig, parse_resolution)
 from core.config.dreambooth import ClassImagesConfig  # noqa: F401
+from core.config.fields import FieldKind, field_kind  # noqa: F401
 from core.config.merge import MergeLoraConfig  # noqa: F401
 from core.config.models import CacheConfig, DemoConfig, LatentSettings, ModelSettings  # noqa: F401
 from core.config.schema import (SCHEMA_VERSION, ConfigError, JobConfig, field_meta,  # noqa: F401

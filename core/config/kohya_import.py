@@ -65,6 +65,12 @@ def _prompt_file(value: Any) -> str:
     return str(value)
 
 
+def _text_encoder_rate(value: Any) -> Any:
+    """kohya's text encoder rate 0 is imported as it read before schema version 2: same as
+    learning_rate, which is now empty (our 0 keeps the text encoder frozen)."""
+    return None if _is_zero(value) else value
+
+
 def _lora_module(value: Any) -> bool:
     if str(value).strip() != "networks.lora":
         raise ValueError("only networks.lora (LoRA) is supported here, not LyCORIS or other network modules")
@@ -81,7 +87,8 @@ RULES: dict[str, Rule] = {
     "lr_warmup": Rule("lr_warmup_steps", _fraction, " (% of the run)"),
     "optimizer": Rule("optimizer_type"),
     "optimizer_args": Rule("optimizer_args", _optimizer_args),
-    "text_encoder_lr": Rule("learning_rate_te"),
+    "text_encoder_lr": Rule("learning_rate_te", _text_encoder_rate),
+    "learning_rate_te": Rule("learning_rate_te", _text_encoder_rate),
     "save_precision": Rule("save_precision", _renamed({"float": "fp32"})),
     "save_model_as": Rule("save_model_as", _renamed({"ckpt": "safetensors", "diffusers_safetensors": "diffusers"})),
     "sdxl_no_half_vae": Rule("no_half_vae"),
@@ -255,6 +262,8 @@ def _is_zero(value: Any) -> bool:
 
 
 def _short(value: Any, limit: int = 40) -> str:
+    if value is None:
+        return "empty"
     text = " ".join((value if isinstance(value, str) else json.dumps(value, default=str)).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 

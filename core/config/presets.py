@@ -16,8 +16,23 @@ from typing import Callable
 from core.config import SCHEMA_VERSION, ConfigError, JobConfig, validate_partial
 from core.fsutil import REPO_ROOT, atomic_write_json, studio_home
 
+
+def _text_encoder_rate_zero_is_empty(values: dict) -> dict:
+    """Version 1 -> 2: learning_rate_te 0 meant "same as learning_rate", which is now empty (None);
+    0 now keeps the text encoder frozen, as learning_rate_te1/te2 0 always did."""
+    try:
+        same_as_learning_rate = float(values.get("learning_rate_te")) == 0  # 0, 0.0, "0" as pydantic reads them
+    except (TypeError, ValueError):
+        same_as_learning_rate = False
+    if same_as_learning_rate:
+        values["learning_rate_te"] = None
+    return values
+
+
 # job -> {from_version: function(values) -> values at from_version + 1}
-MIGRATIONS: dict[str, dict[int, Callable[[dict], dict]]] = {}
+MIGRATIONS: dict[str, dict[int, Callable[[dict], dict]]] = {
+    "train": {1: _text_encoder_rate_zero_is_empty},
+}
 
 PRESET_KEYS = {"schema_version", "job", "name", "description", "values"}
 

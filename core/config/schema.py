@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # presets and run configs of older versions are migrated (core/config/presets.py)
 
 Widget = Literal["dir", "dirs", "file", "files", "text", "textarea"]
 

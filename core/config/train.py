@@ -68,9 +68,9 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
     train_unet: bool = param(True, "Train the U-Net.", group="What is trained")
     train_text_encoder: bool = param(
         False, "Train the text encoder too (or alone, with train_unet off).", group="What is trained")
-    learning_rate_te: float = param(
-        0.0, "Learning rate of the text encoder (0: same as learning_rate; often lower, e.g. 1e-6).",
-        group="What is trained", ge=0)
+    learning_rate_te: float | None = param(
+        None, "Learning rate of the text encoder when train_text_encoder is on (empty: same as learning_rate; "
+        "0: keep it frozen; often lower, e.g. 1e-6).", group="What is trained", ge=0)
     learning_rate_te1: float | None = param(
         None, "SDXL: learning rate of text encoder 1 (CLIP ViT-L) when train_text_encoder is on (empty: as "
         "learning_rate_te; 0: keep it frozen).", group="What is trained", advanced=True, ge=0)
@@ -199,6 +199,19 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
             self._check_optimizer_args()
         return self
 
+    def text_encoder_rates(self, arch: str) -> dict[str, float]:
+        """Learning rate of each text encoder a model of `arch` trains ({} with train_text_encoder off).
+        SD 1/2: its one encoder at learning_rate_te; SDXL: each at learning_rate_te1 / _te2. An empty
+        rate is the one above it (te1/te2 -> learning_rate_te -> learning_rate); 0 leaves that encoder
+        frozen (absent)."""
+        if not self.train_text_encoder:
+            return {}
+        rate = self.learning_rate if self.learning_rate_te is None else self.learning_rate_te
+        own = {"text_encoder": self.learning_rate_te1, "text_encoder_2": self.learning_rate_te2} \
+            if arch == "sdxl" else {"text_encoder": None}
+        rates = {part: rate if value is None else value for part, value in own.items()}
+        return {part: value for part, value in rates.items() if value != 0}
+
     def _check_optimizer_args(self) -> None:
         from core.train.optimizers import accepted_args, parse_optimizer_args
 
@@ -220,9 +233,11 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         if self.stop_text_encoder_training and not (self.train_text_encoder and self.train_unet):
             raise ValueError("stop_text_encoder_training needs train_text_encoder and train_unet both on "
                              "(it freezes the text encoder while the U-Net goes on)")
-        if self.train_text_encoder and self.learning_rate_te1 == 0 and self.learning_rate_te2 == 0:
-            raise ValueError("learning_rate_te1 and learning_rate_te2 are both 0, which keeps both SDXL text encoders "
-                             "frozen: turn off train_text_encoder instead")
+        if self.train_text_encoder and not self.text_encoder_rates("sdxl"):  # SD 1/2: frozen_text_encoders_problem
+            zeros = [name for name in ("learning_rate_te", "learning_rate_te1", "learning_rate_te2")
+                     if getattr(self, name) == 0]
+            raise ValueError(f"every text encoder stays frozen ({', '.join(zeros)} 0; an empty one is as "
+                             "learning_rate_te): turn off train_text_encoder instead")
         if self.full_fp16 and self.full_bf16:
             raise ValueError("full_fp16 and full_bf16 cannot be used together")
         for flag, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):

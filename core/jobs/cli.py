@@ -8,19 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import typing
 from pathlib import Path
 
-from core.config import ConfigError, JobConfig, validate
+from core.config import ConfigError, FieldKind, JobConfig, field_kind, validate
 from core.jobs.registry import JOBS, JobSpec
 
-
-def _is_list(annotation) -> bool:
-    return typing.get_origin(annotation) is list
-
-
-def _is_bool(annotation) -> bool:
-    return annotation is bool
+LIST_KINDS = ("list", "multi_choice")
 
 
 def parse_set(item: str, model: type[JobConfig]) -> tuple[str, object]:
@@ -35,7 +28,7 @@ def parse_set(item: str, model: type[JobConfig]) -> tuple[str, object]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    if _is_list(model.model_fields[key].annotation) and not isinstance(value, list):
+    if field_kind(model, key).kind in LIST_KINDS and not isinstance(value, list):
         value = [value]
     return key, value
 
@@ -51,6 +44,27 @@ def _choice_of(choices: tuple):
     return choice
 
 
+def _empty_is_none(text: str) -> str | None:
+    """argparse type for an optional field (`X | None`): an empty value means None, as an empty
+    form field; other text goes to the schema, which converts it."""
+    return None if text == "" else text
+
+
+def _add_flag(params: argparse._ArgumentGroup, name: str, kind: FieldKind, help_text: str) -> None:
+    """One flag per parameter; a flag not given leaves no attribute (an optional one may be given empty)."""
+    flag, unset = f"--{name}", argparse.SUPPRESS
+    if kind.kind == "bool":
+        params.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset, help=help_text)
+    elif kind.kind in LIST_KINDS:
+        params.add_argument(flag, nargs="+", default=unset, metavar="VALUE", help=help_text)
+    elif kind.kind == "choice":
+        params.add_argument(flag, default=unset, help=help_text, type=_choice_of(kind.choices), choices=kind.choices,
+                            metavar="{" + ",".join(map(str, kind.choices)) + "}")
+    else:
+        params.add_argument(flag, default=unset, help=help_text, type=_empty_is_none if kind.optional else None,
+                            metavar="VALUE")
+
+
 def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m core {spec.name}", description=spec.summary,
@@ -64,16 +78,7 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
     for name, field in spec.config.model_fields.items():
         help_text = f"{field.description} (default: {field.get_default(call_default_factory=True)!r})" \
             .replace("%", "%%")  # argparse formats help with %
-        flag = f"--{name}"
-        if _is_bool(field.annotation):
-            params.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif _is_list(field.annotation):
-            params.add_argument(flag, nargs="+", default=None, metavar="VALUE", help=help_text)
-        else:
-            literal = typing.get_origin(field.annotation) is typing.Literal
-            choices = typing.get_args(field.annotation) if literal else None
-            params.add_argument(flag, default=None, help=help_text, type=_choice_of(choices) if choices else None,
-                                choices=choices, metavar="{" + ",".join(map(str, choices)) + "}" if choices else "VALUE")
+        _add_flag(params, name, field_kind(spec.config, name), help_text)
     return parser
 
 
@@ -84,10 +89,7 @@ def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
     values: dict = {}
     if args.config:
         values.update(read_values_file(Path(args.config), spec.name))
-    for name in spec.config.model_fields:
-        flag_value = getattr(args, name, None)
-        if flag_value is not None:
-            values[name] = flag_value
+    values.update({name: getattr(args, name) for name in spec.config.model_fields if hasattr(args, name)})
     for item in args.set:
         key, value = parse_set(item, spec.config)
         values[key] = value

@@ -48,16 +48,18 @@ def reached_parameters(model, part: str, clip_skip: int) -> list[torch.nn.Parame
 
 
 def text_encoder_rates(model, cfg) -> dict[str, float]:
-    """Learning rate of each text encoder the run trains (train_text_encoder on): SD 1/2 its one
-    encoder at learning_rate_te (0: learning_rate); SDXL each at learning_rate_te1 / _te2 (empty:
-    as the one encoder; 0: that encoder stays frozen)."""
-    if not cfg.train_text_encoder:
-        return {}
-    rate = cfg.learning_rate_te or cfg.learning_rate
-    if model.arch != "sdxl":
-        return {"text_encoder": rate}
-    rates = {"text_encoder": cfg.learning_rate_te1, "text_encoder_2": cfg.learning_rate_te2}
-    return {part: rate if value is None else value for part, value in rates.items() if value != 0}
+    """Learning rate of each text encoder the run trains (see TrainConfig.text_encoder_rates: empty
+    is the rate above it, 0 keeps that encoder frozen)."""
+    return cfg.text_encoder_rates(model.arch)
+
+
+def frozen_text_encoders_problem(cfg, arch: str) -> str | None:
+    """What is wrong when train_text_encoder is on but no text encoder of a model of `arch` is
+    trained (the config refuses it for SDXL; an SD 1/2 model ignores learning_rate_te1/te2)."""
+    if not cfg.train_text_encoder or cfg.text_encoder_rates(arch):
+        return None
+    return ("learning_rate_te 0 keeps the text encoder frozen: turn off train_text_encoder, or leave "
+            "learning_rate_te empty to train it at learning_rate")
 
 
 def text_encoder_parts(model) -> list[str]:
