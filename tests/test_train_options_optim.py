@@ -17,15 +17,6 @@ def test_constant_ignores_warmup_and_constant_with_warmup_ramps():
     assert _at("constant_with_warmup", [0, 5, 10, 99]) == [0.0, 0.5, 1.0, 1.0]
 
 
-def test_linear():
-    assert _at("linear", [5, 10, 55, 100]) == pytest.approx([0.5, 1.0, 0.5, 0.0])
-
-
-def test_cosine_one_at_warmup_end_half_mid_decay_zero_at_end():
-    assert _at("cosine", [10, 35, 60, 110], total=110) == pytest.approx(
-        [1.0, 0.5 + math.sqrt(2) / 4, 0.5, 0.0])
-
-
 def test_cosine_with_decay_steps_holds_then_decays_over_the_last_steps():
     assert _at("cosine", [5, 50, 80, 90, 100], decay_steps=20) == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
 
