@@ -1,7 +1,6 @@
 """Buckets tab: plan aspect-ratio buckets, look at how images will be cropped, cache latents."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -9,6 +8,7 @@ import gradio as gr
 from core.config import BucketSettings, CacheConfig
 from core.dataset.buckets import BucketAssignment, crop_to_bucket
 from core.dataset.images import ImageError, open_image
+from core.jobs.run_folder import RunFolder
 from tabs.charts import bar_chart_html
 from tabs.job_section import JobSection
 
@@ -17,10 +17,7 @@ CACHE_ONLY_FIELDS = [n for n in CacheConfig.model_fields if n not in BucketSetti
 
 
 def load_plan(run_dir: str | None) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / "buckets.json").read_text(encoding="utf-8")) if run_dir else None
-    except (OSError, ValueError):
-        return None
+    return RunFolder(run_dir).read_bucket_plan() if run_dir else None
 
 
 def bucket_label(bucket) -> str:
@@ -85,7 +82,7 @@ def build(blocks: gr.Blocks) -> None:
     with gr.Tab("Buckets & latents", id="buckets", elem_id="tab-buckets"):
         gr.Markdown("Group images into buckets of about the training area (nothing squashed, little "
                     "cropped), check the plan, then cache the VAE latents so training is faster and lighter.")
-        planner = JobSection("bucket", "Plan buckets", grace_s=30)
+        planner = JobSection("bucket", "Plan buckets")
         plan_state = gr.State(None)
         summary = gr.Markdown(plan_summary(None), elem_id="bucket-summary")
         chart = gr.HTML(bucket_chart(None), elem_id="bucket-chart")
@@ -96,7 +93,7 @@ def build(blocks: gr.Blocks) -> None:
                              elem_id="bucket-samples")
         with gr.Accordion("Latent cache", open=True):
             gr.Markdown("Uses the dataset and bucket settings above.")
-            cache = JobSection("cache", "Cache latents", grace_s=120, fields=CACHE_ONLY_FIELDS,
+            cache = JobSection("cache", "Cache latents", fields=CACHE_ONLY_FIELDS,
                                base_form=planner.form)
 
     planner.wire(blocks)

@@ -3,14 +3,13 @@ images before the whole dataset, and a summary (written, skipped, failed) after 
 from __future__ import annotations
 
 import importlib
-import json
-from pathlib import Path
 
 import gradio as gr
 
 from core.config import ConfigError, validate
 from core.dataset.images import ImageError, thumbnail
 from core.jobs.registry import JOBS
+from core.jobs.run_folder import RunFolder
 from tabs.job_section import JobSection
 
 PREVIEW_IMAGES = 4
@@ -44,9 +43,8 @@ def run_summary(run_dir: str | None) -> str:
     """Counts of a finished run and the files that failed."""
     if not run_dir:
         return ""
-    try:
-        result = json.loads((Path(run_dir) / "result.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    result = RunFolder(run_dir).read_result()
+    if result is None:
         return "No result: the run did not finish (see its log)."
     counts = " · ".join(f"{key} **{result.get(key, 0)}**" for key in ("written", "skipped", "unchanged", "failed"))
     text = f"{result.get('images', 0)} images: {counts}"

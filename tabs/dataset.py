@@ -1,7 +1,6 @@
 """Dataset tab: scan folders, read the report, browse images and edit their captions."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pandas as pd
 
 from core.captions.files import list_caption_backups, read_caption, read_caption_detailed, restore_caption, save_caption
 from core.dataset.images import ImageError, thumbnail
+from core.jobs.run_folder import RunFolder
 from tabs.charts import bar_chart_html
 from tabs.job_section import JobSection
 
@@ -18,12 +18,7 @@ FILTERS = {"all images": None, "missing caption": "missing", "empty caption": "e
 
 
 def load_report(run_dir: str | None) -> dict | None:
-    if not run_dir:
-        return None
-    try:
-        return json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return RunFolder(run_dir).read_scan_report() if run_dir else None
 
 
 def report_markdown(report: dict | None) -> str:
@@ -132,7 +127,7 @@ def build(blocks: gr.Blocks) -> None:
     with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
         gr.Markdown("Scan one or more dataset folders (images with sidecar caption files; kohya-style "
                     "`N_name` folders count as N repeats), then browse the images and edit captions.")
-        scan = JobSection("scan", "Scan", grace_s=30)
+        scan = JobSection("scan", "Scan")
         report_state = gr.State(None)
         summary = gr.Markdown(report_markdown(None), elem_id="scan-report")
         with gr.Row():
@@ -161,7 +156,7 @@ def build(blocks: gr.Blocks) -> None:
         with gr.Accordion("No dataset or model yet? Build the demo kit", open=False):
             gr.Markdown("Builds a tiny random-weight model (diffusers folder and single file) and a small "
                         "captioned dataset, offline, in seconds — enough to try every tab on a CPU.")
-            demo = JobSection("demo", "Build demo kit", grace_s=30)
+            demo = JobSection("demo", "Build demo kit")
 
     scan.wire(blocks)
     demo.wire(blocks)
@@ -183,7 +178,7 @@ def build(blocks: gr.Blocks) -> None:
     def use_demo_dataset(run_dir, current):
         if not run_dir or current.strip():
             return gr.skip()  # never replace folders the user typed
-        config = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        config = RunFolder(run_dir).read_config()
         dataset = (Path(config["values"]["out"]) / "dataset").resolve()
         return str(dataset) if dataset.is_dir() else gr.skip()
 

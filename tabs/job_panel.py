@@ -1,8 +1,8 @@
 """The job panel every tab uses: live log, progress with rate and ETA, status, Stop, command.
 
-Its state is the run folder plus byte offsets into log.txt and events.jsonl; a timer tails
-both. On page load it reattaches to the newest run of its job, so a refresh or a GUI restart
-loses nothing.
+Its state is the run folder plus byte offsets into its log and events; a timer tails both
+(and ends a job that outlives its stop grace period). On page load it reattaches to the newest
+run of its job, so a refresh or a GUI restart loses nothing.
 """
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import ConfigError
+from core.jobs.run_folder import RunFolder
 from core.jobs.runner import (
     ACTIVE_STATES,
-    Tail,
     enforce_stop,
     list_runs,
     progress_rate,
-    read_status,
     request_stop,
     run_state,
     start_job,
@@ -56,7 +55,7 @@ def progress_html(run: dict | None) -> str:
 
 def status_markdown(run: dict) -> str:
     state = run.get("state", "starting")
-    status = read_status(Path(run["run_dir"]))
+    status = RunFolder(run["run_dir"]).read_status()
     started, ended = status.get("started"), status.get("ended")
     elapsed = (ended or time.time()) - started if started else None
     text = f"**{STATE_TEXT.get(state, state)}** · `{run['run_dir']}` · {format_duration(elapsed)}"
@@ -70,10 +69,10 @@ def status_markdown(run: dict) -> str:
 class JobPanel:
     """Build inside a Blocks context; call `wire(blocks)` once the page is laid out."""
 
-    def __init__(self, job: str, grace_s: float = 60.0, max_lines: int = 1000, elem_prefix: str = ""):
+    def __init__(self, job: str, max_lines: int = 1000, elem_prefix: str = ""):
         """`elem_prefix`: prefix of the element ids (default: the job name); a second panel for the
         same job on the page needs its own."""
-        self.job, self.grace_s, self.max_lines = job, grace_s, max_lines
+        self.job, self.max_lines = job, max_lines
         prefix = elem_prefix or job
         self.run = gr.State(None)
         self.finished = gr.State(None)  # run folder of the last finished run; tabs hook .change
@@ -111,7 +110,7 @@ class JobPanel:
                "total": 0, "samples": [], "warnings": 0, "error": None, "state": "starting",
                "metrics": {}, "images": [], "checkpoints": []}
         updates = self.poll(run)
-        updates[self.command] = read_status(run_dir).get("command", "")
+        updates[self.command] = RunFolder(run_dir).read_status().get("command", "")
         updates[self.timer] = gr.Timer(active=updates[self.run]["state"] in ACTIVE_STATES)
         return updates
 
@@ -120,17 +119,17 @@ class JobPanel:
             return self._unchanged()
         run = dict(run)
         run_dir = Path(run["run_dir"])
-        log = Tail(run_dir / "log.txt", run["log_offset"])
+        folder = RunFolder(run_dir)
+        log, events = folder.log_tail(run["log_offset"]), folder.events_tail(run["events_offset"])
         new_lines = log.read_lines()
-        events = Tail(run_dir / "events.jsonl", run["events_offset"])
         for event in events.read_events():
             self._apply_event(run, event)
         run["log_offset"], run["events_offset"] = log.offset, events.offset
-        enforce_stop(run_dir, self.grace_s)
+        enforce_stop(run_dir)
         was_active, run["state"] = run["state"] in ACTIVE_STATES, run_state(run_dir)
         finished = was_active and run["state"] not in ACTIVE_STATES
         if finished and run["state"] == "killed":
-            new_lines += _console_tail(run_dir)
+            new_lines += _console_tail(folder)
         updates = {self.run: run, self.status: status_markdown(run), self.progress: progress_html(run),
                    self.stop: gr.update(interactive=run["state"] in ACTIVE_STATES)}
         if new_lines:
@@ -183,11 +182,7 @@ class JobPanel:
         blocks.load(self.reattach, outputs=self.outputs)
 
 
-def _console_tail(run_dir: Path, lines: int = 30) -> list[str]:
+def _console_tail(folder: RunFolder, lines: int = 30) -> list[str]:
     """Last lines the process printed outside the log (a crash before logging started)."""
-    try:
-        text = (run_dir / "console.txt").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    tail = text.strip().splitlines()[-lines:]
+    tail = folder.text_tail(folder.console_file).strip().splitlines()[-lines:]
     return ["--- process output ---", *tail] if tail else []

@@ -18,7 +18,7 @@ class JobSection:
     not in `fields`); its values are used under this form's own.
     """
 
-    def __init__(self, job: str, button_label: str, grace_s: float = 60.0, fields: list[str] | None = None,
+    def __init__(self, job: str, button_label: str, fields: list[str] | None = None,
                  base_form: SchemaForm | None = None, before_panel: Callable[[], None] | None = None):
         """`before_panel`: builds more controls between the start button and the job panel."""
         self.job, self.base_form = job, base_form
@@ -27,7 +27,7 @@ class JobSection:
         self.button = gr.Button(button_label, variant="primary", elem_id=f"{job}-button")
         if before_panel:
             before_panel()
-        self.panel = JobPanel(job, grace_s=grace_s)
+        self.panel = JobPanel(job)
 
     def values(self, *raw) -> dict:
         """The job's values from the components (base form's first, in `inputs` order)."""

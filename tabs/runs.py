@@ -8,8 +8,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core.jobs.run_folder import RunFolder
 from core.jobs.run_summary import last_metric, output_files
-from core.jobs.runner import ACTIVE_STATES, list_runs, read_status, request_stop
+from core.jobs.runner import ACTIVE_STATES, grace_period, list_runs, stop_in_background
 from core.jobs.tensorboard import has_tensorboard_logs, start_tensorboard
 from tabs.job_panel import STATE_TEXT, format_duration
 
@@ -31,14 +32,6 @@ def runs_table() -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=COLUMNS), folders
 
 
-def _read(path: Path, limit: int = 200_000) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return ""
-    return data[-limit:].decode("utf-8", errors="replace")
-
-
 def outputs_markdown(run_dir: str) -> str:
     files = output_files(run_dir)
     if not files:
@@ -50,15 +43,23 @@ def outputs_markdown(run_dir: str) -> str:
 
 def run_details(run_dir: str) -> tuple[str, str, str, str, str]:
     """Header, log tail, config.json, result.json and output files of a run."""
-    folder = Path(run_dir)
-    status = read_status(folder)
-    header = f"**{status.get('job', '?')}** · {status.get('state', '?')} · `{folder}`"
+    run = RunFolder(run_dir)
+    status = run.read_status()
+    header = f"**{status.get('job', '?')}** · {status.get('state', '?')} · `{run.path}`"
     if status.get("command"):
         header += f"\n\n```\n{status['command']}\n```"
-    config = _read(folder / "config.json")
-    result = _read(folder / "result.json") or "(no result: the run has not finished, or failed)"
-    log = "\n".join(_read(folder / "log.txt").splitlines()[-300:])
+    config = run.text_tail(run.config_file)
+    result = run.text_tail(run.result_file) or "(no result: the run has not finished, or failed)"
+    log = "\n".join(run.text_tail(run.log_file()).splitlines()[-300:])
     return header, log, config, result, outputs_markdown(run_dir)
+
+
+def stop_run(run_dir: str) -> str:
+    """Ask the run to stop and end its processes if it still runs after its job's grace period
+    (in the background); says so."""
+    stop_in_background(Path(run_dir))
+    return (f"Stop requested for `{run_dir}`; if it still runs {grace_period(Path(run_dir)):g} s from now, "
+            "its processes are ended.")
 
 
 def tensorboard_link(run_dir: str) -> str:
@@ -90,14 +91,12 @@ def build(blocks: gr.Blocks) -> None:
 
     def select(folder_list: list[str], evt: gr.SelectData):
         run_dir = folder_list[evt.index[0]]
-        active = read_status(Path(run_dir)).get("state") in ACTIVE_STATES
+        active = RunFolder(run_dir).read_status().get("state") in ACTIVE_STATES
         return (run_dir, *run_details(run_dir), gr.update(interactive=active),
                 gr.update(interactive=has_tensorboard_logs(run_dir)), "")
 
     def stop_selected(run_dir: str | None):
-        if run_dir:
-            request_stop(Path(run_dir))
-        return gr.update(interactive=False), f"Stop requested for `{run_dir}`."
+        return gr.update(interactive=False), stop_run(run_dir) if run_dir else gr.skip()
 
     def open_tensorboard(run_dir: str | None):
         return tensorboard_link(run_dir) if run_dir else gr.skip()

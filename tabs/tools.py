@@ -12,5 +12,5 @@ def build(blocks: gr.Blocks) -> None:
             gr.Markdown("Adds each LoRA (kohya / AUTOMATIC1111, sd-scripts SDXL or diffusers files) at its "
                         "ratio into the base model's weights and saves a new model; the base model and the "
                         "LoRA files are not changed, and an existing output is never replaced.")
-            merge = JobSection("merge_lora", "Merge", grace_s=60)
+            merge = JobSection("merge_lora", "Merge")
     merge.wire(blocks)

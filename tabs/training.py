@@ -41,7 +41,7 @@ class TrainingPanel(JobPanel):
     """The job panel plus curves, the latest checkpoint and a gallery of samples."""
 
     def __init__(self):
-        super().__init__("train", grace_s=600.0)  # a graceful stop saves a state: give it time
+        super().__init__("train")
         with gr.Row():
             self.loss_chart = gr.HTML(line_chart_svg({}, "Loss"), elem_id="train-loss-chart")
             self.lr_chart = gr.HTML(line_chart_svg({}, "Learning rate"), elem_id="train-lr-chart")

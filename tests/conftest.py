@@ -3,6 +3,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -18,7 +22,8 @@ def studio_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def demo_kit(tmp_path_factory):
     """`demo_kit(arch, num_images, seed)`: a demo kit folder built once per session for those
-    arguments (model/, model.safetensors, dataset/). Tests that change files copy them first."""
+    arguments (model/, model.safetensors, dataset/). Tests that change files copy them first
+    (`copy_dataset`)."""
     from core.dataset.demo import build_demo
 
     built = {}
@@ -31,3 +36,67 @@ def demo_kit(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture
+def copy_dataset(tmp_path):
+    """`copy_dataset(kit)`: a fresh copy of a demo kit's dataset (images and captions, without the latent
+    cache other tests may have written beside them) at tmp_path/dataset, for a test that changes files."""
+    def copy(kit):
+        return shutil.copytree(kit / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.latents.*"))
+
+    return copy
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port():
+    """`free_port()`: a TCP port on 127.0.0.1 that nothing listens on now."""
+    return _free_port
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """A kohya-style folder of 12 small captioned images (3 repeats): a scan of it takes a moment."""
+    from PIL import Image
+
+    folder = tmp_path / "data" / "3_cats"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        Image.new("RGB", (64 + i, 48), (i * 20, 0, 0)).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"cat {i}")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def stuck_job(small_dataset):
+    """`(run_dir, process)` of a scan started as the GUI starts it and suspended while it runs: a job that
+    no longer answers to STOP (the stop must end it). Ended at teardown if the test did not."""
+    import psutil
+
+    from core.jobs.run_folder import RunFolder
+    from core.jobs.runner import kill_job, start_job
+
+    run_dir = start_job("scan", {"train_data_dir": [str(small_dataset)]})
+    deadline = time.time() + 60
+    while RunFolder(run_dir).read_status().get("state") != "running":
+        assert time.time() < deadline, "the scan did not start"
+        time.sleep(0.05)
+    proc = psutil.Process(RunFolder(run_dir).read_status()["pid"])
+    proc.suspend()
+    yield run_dir, proc
+    kill_job(run_dir)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    """A quiet JobContext on tmp_path/run, closed after the test."""
+    from core.jobs.protocol import JobContext
+
+    with JobContext(tmp_path / "run", echo=False) as context:
+        yield context

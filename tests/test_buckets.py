@@ -14,6 +14,7 @@ from core.dataset import buckets
 from core.dataset.buckets import BucketAssignment, assign_bucket, crop_to_bucket, make_buckets
 from core.dataset.images import ImageError
 from core.jobs.protocol import JobContext, JobStopped
+from core.jobs.run_folder import RunFolder
 
 # 512,512 / 256..1024 / step 64: area 262144. Square: floor(512 / 64) * 64 = 512. For each width
 # w = 256, 320, ..., 1024: h = min(1024, floor((262144 // w) / 64) * 64), kept as (w,h) and (h,w):
@@ -196,9 +197,8 @@ def _cfg(root, **kw):
 
 
 def test_bucket_job_writes_the_plan(dataset, tmp_path):
-    ctx = JobContext(tmp_path / "run", echo=False)
-    result = buckets.run(_cfg(dataset), ctx)
-    ctx.close()
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        result = buckets.run(_cfg(dataset), ctx)
     plan = json.loads((tmp_path / "run" / "buckets.json").read_text())
     by_name = {e["path"].rsplit("/", 1)[-1]: e for e in plan["images"]}
     assert sorted(by_name) == ["a.png", "b.png", "c.png", "d.png", "e.jpg"]
@@ -221,7 +221,7 @@ def test_bucket_job_writes_the_plan(dataset, tmp_path):
     assert plan["complete"] is True and plan["settings"]["train_batch_size"] == 2
     assert result == {"complete": True, "images": 5, "buckets_used": 3, "broken": 2,
                       "upscaled": 2, "mean_crop_loss": s["mean_crop_loss"]}
-    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
+    events = RunFolder(tmp_path / "run").read_events()
     assert sum(e["event"] == "warning" for e in events) == 2
     # the last event: progress over all 6 image files, broken.png included
     assert events[-1] == {**events[-1], "event": "progress", "step": 6, "total": 6}
@@ -230,9 +230,8 @@ def test_bucket_job_writes_the_plan(dataset, tmp_path):
 
 
 def test_bucket_job_no_upscale_adds_buckets(dataset, tmp_path):
-    ctx = JobContext(tmp_path / "run", echo=False)
-    buckets.run(_cfg(dataset, bucket_no_upscale=True), ctx)
-    ctx.close()
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        buckets.run(_cfg(dataset, bucket_no_upscale=True), ctx)
     plan = json.loads((tmp_path / "run" / "buckets.json").read_text())
     assert [b["bucket"] for b in plan["buckets"]] == [[64, 64], [384, 512], [512, 512],
                                                       [640, 320], [640, 384]]
@@ -251,9 +250,8 @@ class StopAfter(JobContext):
 
 
 def test_stopped_job_writes_a_partial_plan(dataset, tmp_path):
-    ctx = StopAfter(tmp_path / "run", checks=2)
-    result = buckets.run(_cfg(dataset), ctx)
-    ctx.close()
+    with StopAfter(tmp_path / "run", checks=2) as ctx:
+        result = buckets.run(_cfg(dataset), ctx)
     plan = json.loads((tmp_path / "run" / "buckets.json").read_text())
     assert result["complete"] is False and plan["complete"] is False
     assert [e["path"].rsplit("/", 1)[-1] for e in plan["images"]] == ["a.png", "b.png"]

@@ -13,6 +13,7 @@ from core.captions.files import list_caption_backups, read_caption, save_caption
 from core.captions.taggers.blip import _load_blip, preview_captions, run
 from core.config import BlipCaptionConfig
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
@@ -78,19 +79,12 @@ def make_cfg(dataset, blip_dir, **overrides) -> BlipCaptionConfig:
 
 
 def caption_run(cfg, tmp_path, name="run"):
-    ctx = JobContext(tmp_path / name, echo=False)
-    try:
+    with JobContext(tmp_path / name, echo=False) as ctx:
         return run(cfg, ctx)
-    finally:
-        ctx.close()
 
 
 def captions(root: Path) -> dict[str, str]:
     return {p.name: read_caption(p.with_suffix(".txt")) for p in images_of(root) if p.with_suffix(".txt").exists()}
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def test_beam_search_writes_deterministic_captions_within_the_length_limits(dataset, blip_dir, tokenizer,
@@ -102,7 +96,7 @@ def test_beam_search_writes_deterministic_captions_within_the_length_limits(data
     written = captions(dataset)
     assert len(written) == NUM_IMAGES
     assert all(3 <= len(tokenizer.tokenize(text)) <= 8 for text in written.values()), written
-    progress = [e for e in events(tmp_path / "run") if e["event"] == "progress"]
+    progress = RunFolder(tmp_path / "run").read_events("progress")
     assert progress[-1]["step"] == progress[-1]["total"] == NUM_IMAGES
 
     again = caption_run(make_cfg(dataset, blip_dir, existing_captions="overwrite", batch_size=1), tmp_path, "again")
@@ -170,7 +164,7 @@ def test_bad_images_are_reported_and_the_rest_captioned(dataset, blip_dir, tmp_p
     assert result["complete"] and (result["written"], result["failed"]) == (NUM_IMAGES, 2)
     assert sorted(result["failed_paths"]) == sorted([str(truncated), str(fake)])
     assert not truncated.with_suffix(".txt").exists() and not fake.with_suffix(".txt").exists()
-    warned = {os.path.basename(e["path"]) for e in events(tmp_path / "run") if e["event"] == "warning"}
+    warned = {os.path.basename(e["path"]) for e in RunFolder(tmp_path / "run").read_events("warning")}
     assert warned == {"truncated.png", "notes.png"}
 
 
@@ -185,9 +179,8 @@ class StopAfterFirstBatch(JobContext):
 
 def test_stop_between_batches_then_continue_with_skip(dataset, blip_dir, tmp_path):
     cfg = make_cfg(dataset, blip_dir, batch_size=2)
-    ctx = StopAfterFirstBatch(tmp_path / "stopped", echo=False)
-    first = run(cfg, ctx)
-    ctx.close()
+    with StopAfterFirstBatch(tmp_path / "stopped", echo=False) as ctx:
+        first = run(cfg, ctx)
     assert not first["complete"] and (first["written"], len(captions(dataset))) == (2, 2)
 
     second = caption_run(cfg, tmp_path, "continued")
@@ -225,4 +218,4 @@ def test_command_line_run(dataset, blip_dir, tmp_path):
     result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     assert (result["written"], result["failed"]) == (NUM_IMAGES, 0)
     assert len(list(dataset.rglob("*.caption"))) == NUM_IMAGES
-    assert events(run_dir)[-1]["event"] == "done"
+    assert RunFolder(run_dir).read_events()[-1]["event"] == "done"

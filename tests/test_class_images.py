@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.config import ClassImagesConfig
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 from core.train.class_images import next_class_index
 from core.train.class_images import run as run_class_images
 
@@ -32,11 +33,8 @@ def make_cfg(model: Path, folder: Path, **overrides) -> ClassImagesConfig:
 
 
 def run_job(cfg: ClassImagesConfig, run_dir: Path, ctx_type=JobContext) -> dict:
-    ctx = ctx_type(run_dir, echo=False)
-    try:
+    with ctx_type(run_dir, echo=False) as ctx:
         return run_class_images(cfg, ctx)
-    finally:
-        ctx.close()
 
 
 class StopAfterFirstBatch(JobContext):
@@ -77,7 +75,7 @@ def test_generates_the_missing_images_after_the_existing_ones(model, tmp_path):
             assert f"Seed: {42 + i}" in image.info["parameters"]
             assert image.info["parameters"].startswith(f"{PROMPT}\nNegative prompt: blurry\n")
             assert np.asarray(image).std() > 0
-    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    events = RunFolder(tmp_path / "run").read_events()
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3]
     assert sorted(os.path.basename(e["path"]) for e in events if e["event"] == "image") == [n + ".png" for n in new]
 

@@ -42,11 +42,8 @@ def caption_bytes(folder: Path) -> dict[str, bytes]:
 
 def clean(folder: Path, tmp_path: Path, **values) -> dict:
     cfg = validate(CleanConfig, {"train_data_dir": [str(folder)], **values}, "test")
-    ctx = JobContext(tmp_path / f"run-{time.time_ns()}", echo=False)
-    try:
+    with JobContext(tmp_path / f"run-{time.time_ns()}", echo=False) as ctx:
         return run(cfg, ctx)
-    finally:
-        ctx.close()
 
 
 def test_apply_writes_clean_utf8_after_a_snapshot_and_undo_restores_bytes(dataset, tmp_path):

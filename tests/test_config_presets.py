@@ -6,6 +6,7 @@ from core.config import SCHEMA_VERSION, ConfigError, ScanConfig, field_meta, pre
 from core.config.presets import PresetError, delete_preset, list_presets, load_preset, save_preset
 from core.jobs.cli import main as cli_main
 from core.jobs.registry import JOBS
+from core.jobs.run_folder import RunFolder
 
 
 def test_every_field_is_declared_with_help_and_group():
@@ -161,7 +162,7 @@ def test_cli_invalid_config_exits_2_and_records_it(tmp_path, capsys):
     assert "field 'max_image_pixels'" in capsys.readouterr().err
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "invalid" and status["exit_code"] == 2
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = RunFolder(run_dir).read_events()
     assert events[-1]["event"] == "error" and "max_image_pixels" in events[-1]["message"]
     assert cli_main(["scan", "--set", "nope=1"]) == 2
     assert cli_main(["nojob"]) == 2

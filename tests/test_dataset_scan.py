@@ -11,6 +11,7 @@ from core.config import ScanConfig
 from core.dataset import scan
 from core.dataset.discovery import caption_path, find_images, parse_repeat_folder
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 
 
 def _image(path, size, fmt=None, caption=None, caption_bytes=None):
@@ -116,11 +117,8 @@ def test_missing_folder_and_file_are_clear_errors(tmp_path):
 
 def _run_scan(folders, tmp_path, ctx_class=JobContext, **options):
     cfg = ScanConfig(train_data_dir=[str(f) for f in folders], **options)
-    ctx = ctx_class(tmp_path / "run", echo=False)
-    try:
+    with ctx_class(tmp_path / "run", echo=False) as ctx:
         summary = scan.run(cfg, ctx)
-    finally:
-        ctx.close()
     report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
     return summary, report
 
@@ -173,8 +171,7 @@ def test_scan_repeat_folders_and_images(corpus, tmp_path):
 
 def test_scan_warns_per_broken_image_and_logs_summary(corpus, tmp_path):
     _run_scan([corpus], tmp_path)
-    events = [json.loads(line) for line in
-              (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    events = RunFolder(tmp_path / "run").read_events()
     warned = sorted(e["path"].rsplit("/", 1)[-1] for e in events if e["event"] == "warning")
     assert warned == ["cut.png", "fake.JPG", "zero.png"]
     progress = [(e["step"], e["total"]) for e in events if e["event"] == "progress"]
@@ -227,8 +224,8 @@ def test_scan_of_the_demo_dataset(tmp_path):
     from core.dataset.demo import write_dataset
 
     counts = write_dataset(tmp_path / "dataset", num_images=24, seed=1)
-    ctx = JobContext(tmp_path / "run", echo=False)
-    result = scan.run(ScanConfig(train_data_dir=[str(tmp_path / "dataset")]), ctx)
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        result = scan.run(ScanConfig(train_data_dir=[str(tmp_path / "dataset")]), ctx)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert result["total_files"] == result["readable"] == 24
     assert (result["broken"], result["missing_captions"], result["empty_captions"]) == (0, 0, 0)

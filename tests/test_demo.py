@@ -10,20 +10,15 @@ import torch
 from core.config import DemoConfig
 from core.dataset.demo import build_demo, build_pipeline, run
 from core.jobs.protocol import JobContext, JobStopped
-
-
-def _events(run_dir):
-    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
+from core.jobs.run_folder import RunFolder
 
 
 def test_run_builds_model_single_file_and_dataset(tmp_path):
     from PIL import Image
 
     out, run_dir = tmp_path / "demo", tmp_path / "run"
-    ctx = JobContext(run_dir, echo=False)
-    summary = run(DemoConfig(out=str(out), arch="sd1", num_images=12, seed=1), ctx)
-    ctx.close()
+    with JobContext(run_dir, echo=False) as ctx:
+        summary = run(DemoConfig(out=str(out), arch="sd1", num_images=12, seed=1), ctx)
 
     assert (out / "model" / "model_index.json").is_file()
     assert (out / "model" / "tokenizer" / "tokenizer.json").is_file()
@@ -46,7 +41,7 @@ def test_run_builds_model_single_file_and_dataset(tmp_path):
         assert caption.startswith("demo, ") == (path.parent.name == "5_demo")
     assert len({round(w / h, 2) for w, h in sizes}) >= 4
 
-    progress = [e for e in _events(run_dir) if e["event"] == "progress"]
+    progress = [e for e in RunFolder(run_dir).read_events() if e["event"] == "progress"]
     assert progress[-1]["step"] == progress[-1]["total"] == 15
     assert [e["step"] for e in progress] == sorted(e["step"] for e in progress)
 
@@ -116,10 +111,8 @@ def test_stop_leaves_previous_demo_intact(tmp_path):
     out, run_dir = tmp_path / "demo", tmp_path / "run"
     build_demo(out, "sd1", num_images=4, seed=0)
     before = (out / "model.safetensors").read_bytes()
-    ctx = JobContext(run_dir, echo=False)
-    (run_dir / "STOP").touch()
-    with pytest.raises(JobStopped):
+    with JobContext(run_dir, echo=False) as ctx, pytest.raises(JobStopped):
+        (run_dir / "STOP").touch()
         run(DemoConfig(out=str(out), arch="sdxl", num_images=4, overwrite=True), ctx)
-    ctx.close()
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["dataset", "demo.json", "model", "model.safetensors"]

@@ -1,18 +1,11 @@
 """gui.py arguments and the app itself (served over HTTP, tabs present)."""
 import json
-import socket
 import time
 import urllib.request
 
 import pytest
 
 import gui
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_defaults_bind_loopback_only():
@@ -41,7 +34,7 @@ def test_bad_auth_is_rejected(capsys):
     assert "user:password" in capsys.readouterr().err
 
 
-def test_app_serves_its_tabs():
+def test_app_serves_its_tabs(free_port):
     from tabs.app import build_app
 
     app = build_app()

@@ -1,7 +1,6 @@
 """The GUI in a real browser: Playwright drives Debian's chromium (headless) against gui.py."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,6 @@ def chromium_path() -> str:
     pytest.skip("no chromium found (set CHROMIUM_PATH or install Debian's chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_gui(port: int, log_path: Path) -> subprocess.Popen:
     """gui.py on 127.0.0.1:`port`, once it answers; its output appended to `log_path`."""
     with open(log_path, "ab") as log:
@@ -53,7 +46,7 @@ def start_gui(port: int, log_path: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def gui_url(studio_home):
+def gui_url(studio_home, free_port):
     port = free_port()
     proc = start_gui(port, studio_home / "gui.log")
     try:
@@ -316,7 +309,7 @@ def test_tools_tab_merges_a_lora_and_never_replaces_the_output(page, tmp_path):
     assert output.read_bytes() == before
 
 
-def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_home, tmp_path):
+def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_home, tmp_path, free_port):
     """kill -9 of the GUI leaves the job running; a new GUI on the same port shows it live and stops it."""
     from playwright.sync_api import sync_playwright
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 
@@ -30,6 +29,7 @@ from core.dataset.latents import (
 )
 from core.dataset.latents import run as run_cache
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 
 NUM_IMAGES = 8
 
@@ -40,9 +40,9 @@ def demo(demo_kit):
 
 
 @pytest.fixture
-def dataset(demo, tmp_path):
+def dataset(demo, copy_dataset):
     """A fresh copy of the demo images (tests change them)."""
-    return shutil.copytree(demo / "dataset", tmp_path / "dataset")
+    return copy_dataset(demo)
 
 
 def make_cfg(demo, dataset, tmp_path, **overrides) -> CacheConfig:
@@ -54,11 +54,8 @@ def make_cfg(demo, dataset, tmp_path, **overrides) -> CacheConfig:
 
 
 def cache_run(cfg, tmp_path, name="run") -> dict:
-    ctx = JobContext(tmp_path / name, echo=False)
-    try:
+    with JobContext(tmp_path / name, echo=False) as ctx:
         return run_cache(cfg, ctx)
-    finally:
-        ctx.close()
 
 
 def cache_files(cfg) -> dict[str, int]:
@@ -235,9 +232,8 @@ class StopAfter(JobContext):
 
 def test_stop_leaves_complete_files_and_the_next_run_continues(demo, dataset, tmp_path):
     cfg = make_cfg(demo, dataset, tmp_path, vae_batch_size=1)
-    ctx = StopAfter(tmp_path / "stopped", cfg.latents_dir, 3)
-    first = run_cache(cfg, ctx)
-    ctx.close()
+    with StopAfter(tmp_path / "stopped", cfg.latents_dir, 3) as ctx:
+        first = run_cache(cfg, ctx)
     assert not first["complete"] and 3 <= first["encoded"] < NUM_IMAGES
     names = os.listdir(cfg.latents_dir)
     assert len(names) == first["encoded"] and all(n.endswith(".latents.safetensors") for n in names)
@@ -258,8 +254,7 @@ def test_bad_images_are_reported_and_skipped(demo, dataset, tmp_path):
     result = cache_run(cfg, tmp_path)
     assert result["complete"]
     assert (result["encoded"], result["failed"]) == (NUM_IMAGES, 2)
-    lines = (tmp_path / "run" / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    events = [json.loads(line) for line in lines]
+    events = RunFolder(tmp_path / "run").read_events()
     warned = {os.path.basename(e.get("path", "")) for e in events if e["event"] == "warning"}
     assert {"truncated.jpg", "notes.png"} <= warned
     last = events[-1]

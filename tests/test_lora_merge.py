@@ -64,11 +64,8 @@ def lora_model(base: Path, seed: int, targets: str = "all_linear_conv"):
 def merge(base: Path, loras: list[Path], out: Path, run_dir: Path, ctx_type=JobContext, **values) -> dict:
     cfg = MergeLoraConfig(pretrained_model_name_or_path=str(base), lora_models=[str(p) for p in loras],
                           output_dir=str(out), output_name="merged", save_precision="fp32", **values)
-    ctx = ctx_type(run_dir, echo=False)
-    try:
+    with ctx_type(run_dir, echo=False) as ctx:
         return run_merge(cfg, ctx)
-    finally:
-        ctx.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from badcorpus import build_corpus, unlock
 
 from core.jobs.protocol import execute
 from core.jobs.registry import JOBS
+from core.jobs.run_folder import RunFolder
 
 BUCKETS = {"max_resolution": "64,64", "min_bucket_reso": 64, "max_bucket_reso": 128}
 
@@ -29,7 +30,7 @@ def run_job(job: str, run_dir: Path, **values) -> tuple[list[dict], dict]:
     """Run `job` in-process with the full job protocol; (its warning events, its result)."""
     spec = JOBS[job]
     assert execute(job, spec.config(**values), run_dir, spec.load) == 0, (run_dir / "log.txt").read_text()
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    events = RunFolder(run_dir).read_events()
     assert events[-1]["event"] == "done"
     return [e for e in events if e["event"] == "warning"], json.loads((run_dir / "result.json").read_text())
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from trainkit import assert_same_weights, train, train_values
 
+from core.jobs.run_folder import RunFolder
+
 REPO = Path(__file__).resolve().parent.parent
 
 KILLED_WHILE_SAVING = textwrap.dedent("""
@@ -92,8 +94,6 @@ def test_disk_full_while_training_saves_is_a_clear_error_and_the_last_checkpoint
 
 def test_disk_full_reaches_the_run_log_as_one_clear_line(kit, tmp_path, monkeypatch):
     """Through the job protocol: the run ends in error and its error event carries the message."""
-    import json
-
     import safetensors.torch
 
     from core.config import TrainConfig
@@ -110,8 +110,7 @@ def test_disk_full_reaches_the_run_log_as_one_clear_line(kit, tmp_path, monkeypa
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
-    errors = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
-              if json.loads(line)["event"] == "error"]
+    errors = RunFolder(run_dir).read_events("error")
     assert len(errors) == 1 and "No space left on device" in errors[0]["message"]
     assert "free some space" in errors[0]["message"]
 

@@ -1,15 +1,18 @@
 """The job runner as the GUI uses it: start, tail, stop, crash, kill, reattach."""
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from PIL import Image
 
 from core.config import ConfigError
 from core.jobs import runner
-from core.jobs.runner import Tail, list_runs, request_stop, run_state, start_job
+from core.jobs.cli import main as cli_main
+from core.jobs.registry import JOBS
+from core.jobs.run_folder import RunFolder, Tail
+from core.jobs.runner import list_runs, request_stop, run_state, start_job
 
 
 def wait_for(predicate, timeout=60.0):
@@ -21,31 +24,17 @@ def wait_for(predicate, timeout=60.0):
     raise AssertionError("timed out waiting")
 
 
-@pytest.fixture
-def small_dataset(tmp_path):
-    folder = tmp_path / "data" / "3_cats"
-    folder.mkdir(parents=True)
-    for i in range(12):
-        Image.new("RGB", (64 + i, 48), (i * 20, 0, 0)).save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"cat {i}")
-    return tmp_path / "data"
-
-
-def events_of(run_dir: Path) -> list[dict]:
-    return Tail(run_dir / "events.jsonl").read_events()
-
-
 def test_job_runs_to_done_and_is_tailed(small_dataset, studio_home):
     run_dir = start_job("scan", {"train_data_dir": [str(small_dataset)]}, name="my scan")
     assert run_dir.parent == studio_home / "runs" and run_dir.name.startswith("scan-my-scan-")
     config = json.loads((run_dir / "config.json").read_text())
     assert config["job"] == "scan" and config["values"]["train_data_dir"] == [str(small_dataset)]
     wait_for(lambda: run_state(run_dir) == "done")
-    log = Tail(run_dir / "log.txt")
+    log = RunFolder(run_dir).log_tail()
     lines = log.read_lines()
     assert any("scan: started" in line for line in lines) and any("scan: done" in line for line in lines)
     assert log.read_lines() == []  # nothing new since the last read
-    events = events_of(run_dir)
+    events = RunFolder(run_dir).read_events()
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and progress[-1]["step"] == progress[-1]["total"] == 12
     assert events[-1]["event"] == "done"
@@ -74,7 +63,7 @@ def test_stop_is_graceful(small_dataset):
     run_dir = start_job("scan", {"train_data_dir": [str(small_dataset)]})
     request_stop(run_dir)  # before the job even looks: it must stop at its first check
     wait_for(lambda: run_state(run_dir) == "stopped")
-    assert events_of(run_dir)[-1]["event"] == "stopped"
+    assert RunFolder(run_dir).read_events()[-1]["event"] == "stopped"
     report = json.loads((run_dir / "report.json").read_text())
     assert report["complete"] is False
     assert json.loads((run_dir / "status.json").read_text())["exit_code"] == 0
@@ -89,7 +78,7 @@ def test_failure_exits_1_with_traceback_in_log(tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     assert status["exit_code"] == 1
     assert "Traceback" in (run_dir / "log.txt").read_text()
-    error = [e for e in events_of(run_dir) if e["event"] == "error"][-1]
+    error = RunFolder(run_dir).read_events("error")[-1]
     assert str(out) in error["message"]
     assert (out / "mine.txt").read_text() == "user data"
 
@@ -113,12 +102,45 @@ def test_reattach_after_gui_restart_then_stop(small_dataset):
     wait_for(lambda: run_state(run_dir) == "stopped")
 
 
-def test_kill_after_grace_and_dead_job_is_reported(small_dataset):
+def set_stop_grace(monkeypatch, job: str, seconds: float) -> None:
+    monkeypatch.setitem(JOBS, job, dataclasses.replace(JOBS[job], stop_grace_s=seconds))
+
+
+def _ended(proc: psutil.Process) -> bool:
+    return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def test_kill_after_grace_and_dead_job_is_reported(stuck_job, monkeypatch):
+    run_dir, proc = stuck_job
+    request_stop(run_dir)
+    set_stop_grace(monkeypatch, "scan", 60)
+    assert runner.enforce_stop(run_dir) is False
+    set_stop_grace(monkeypatch, "scan", 0)
+    assert runner.enforce_stop(run_dir) is True
+    assert _ended(proc)
+    assert run_state(run_dir) == "killed"
+
+
+def test_command_line_stop_waits_the_grace_period_then_ends_the_job(stuck_job, monkeypatch, capsys):
+    run_dir, proc = stuck_job
+    set_stop_grace(monkeypatch, "scan", 0.5)
+    started = time.monotonic()
+    assert cli_main(["stop", str(run_dir), "--wait"]) == 0
+    assert time.monotonic() - started >= 0.5
+    assert _ended(proc) and run_state(run_dir) == "killed"
+    assert RunFolder(run_dir).stop_requested()
+    assert capsys.readouterr().out.strip().endswith(f"{run_dir}: killed")
+    assert cli_main(["stop", str(run_dir)]) == 0 and "not running (killed)" in capsys.readouterr().out
+
+
+def test_command_line_stop_without_wait_only_asks(small_dataset):
     run_dir = start_job("scan", {"train_data_dir": [str(small_dataset)]})
     proc = _running_process(run_dir)
-    proc.suspend()  # a job that no longer answers to STOP
-    request_stop(run_dir)
-    assert runner.enforce_stop(run_dir, grace_s=60) is False
-    assert runner.enforce_stop(run_dir, grace_s=0) is True
-    assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    assert run_state(run_dir) == "killed"
+    proc.suspend()  # holds it: the request must be seen once it runs again
+    try:
+        assert cli_main(["stop", str(run_dir)]) == 0
+        assert RunFolder(run_dir).stop_requested() and proc.is_running()
+    finally:
+        proc.resume()
+    wait_for(lambda: run_state(run_dir) == "stopped")
+    assert cli_main(["stop", str(run_dir / "missing")]) == 2

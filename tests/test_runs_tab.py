@@ -1,9 +1,14 @@
 """The Runs tab and what it reads from run folders (core/jobs/run_summary.py)."""
+import dataclasses
 import json
 import time
 
+import psutil
+
 from core.fsutil import runs_root
-from core.jobs.run_summary import TAIL_BYTES, last_events, last_metric, output_files
+from core.jobs.registry import JOBS
+from core.jobs.run_folder import EVENTS_TAIL_BYTES, RunFolder
+from core.jobs.run_summary import last_metric, output_files
 
 
 def event_line(kind: str, **fields) -> str:
@@ -41,8 +46,8 @@ def test_last_metric_is_the_latest_value_of_that_name():
 def test_last_metric_reads_only_the_end_of_a_large_file():
     events = loss_events([1.0] * 20_000) + loss_events([0.125]) + event_line("checkpoint", path="x", step=20_001)
     run = make_run("train-big", events=events)
-    assert (run / "events.jsonl").stat().st_size > 20 * TAIL_BYTES
-    tail = last_events(run)
+    assert (run / "events.jsonl").stat().st_size > 20 * EVENTS_TAIL_BYTES
+    tail = RunFolder(run).last_events()
     assert 0 < len(tail) < 1000 and tail[-1]["event"] == "checkpoint"
     assert all(set(event) >= {"event", "time"} for event in tail)  # the cut first line is dropped
     assert last_metric(run, "loss") == 0.125
@@ -54,7 +59,7 @@ def test_partial_last_line_and_missing_events_are_tolerated():
     assert last_metric(run, "loss") == 0.6
     empty = make_run("scan-a", job="scan")
     (empty / "events.jsonl").unlink()
-    assert last_events(empty) == [] and last_metric(empty, "loss") is None
+    assert RunFolder(empty).last_events() == [] and last_metric(empty, "loss") is None
     assert output_files(empty) == []
 
 
@@ -128,3 +133,18 @@ def test_runs_tab_builds_with_its_controls():
         runs.build(blocks)
     elem_ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
     assert {"runs-table", "run-tensorboard", "run-tensorboard-link", "run-outputs"} <= elem_ids
+
+
+def test_stop_ends_a_job_that_ignores_it_after_its_grace_period(stuck_job, monkeypatch):
+    from core.jobs.runner import run_state
+    from tabs.runs import stop_run
+
+    run_dir, proc = stuck_job
+    monkeypatch.setitem(JOBS, "scan", dataclasses.replace(JOBS["scan"], stop_grace_s=0.5))
+    started = time.monotonic()
+    assert "0.5 s" in stop_run(str(run_dir))
+    assert RunFolder(run_dir).stop_requested()
+    while run_state(run_dir) != "killed" and time.monotonic() - started < 30:
+        time.sleep(0.05)
+    assert run_state(run_dir) == "killed" and time.monotonic() - started >= 0.5
+    assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE

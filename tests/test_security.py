@@ -18,7 +18,6 @@ import ast
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -180,7 +179,8 @@ def scan_config(dataset: str):
 def test_a_folder_named_with_shell_metacharacters_reaches_the_job_literally(tmp_path, monkeypatch):
     import gradio as gr
 
-    from core.jobs.runner import job_command, read_status, run_state
+    from core.jobs.run_folder import RunFolder
+    from core.jobs.runner import job_command, run_state
     from tabs.job_section import JobSection
 
     monkeypatch.setenv("STUDIO_HOME", str(tmp_path / NASTY / "studio"))  # the run folder's path too
@@ -197,7 +197,7 @@ def test_a_folder_named_with_shell_metacharacters_reaches_the_job_literally(tmp_
     run_dir = Path(updates[section.panel.run]["run_dir"])
     wait_until(lambda: run_state(run_dir) not in ("starting", "running"), what="the scan job")
 
-    status = read_status(run_dir)
+    status = RunFolder(run_dir).read_status()
     assert run_state(run_dir) == "done", (run_dir / "console.txt").read_text(errors="replace")
     assert status["exit_code"] == 0
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -258,13 +258,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
             for conn in proc.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_gui_started_on_the_default_host_listens_on_loopback_only(studio_home):
+def test_gui_started_on_the_default_host_listens_on_loopback_only(studio_home, free_port):
     port = free_port()
     log_path = studio_home / "gui.log"
     with open(log_path, "wb") as log:

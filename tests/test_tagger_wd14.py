@@ -20,6 +20,7 @@ from core.captions.taggers.wd14 import TagRules, load_tagger, model_input, predi
 from core.captions.tags import KAOMOJIS, tag_key
 from core.config import TagConfig
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 32
@@ -94,19 +95,12 @@ def make_cfg(dataset: Path, model: Path, **values) -> TagConfig:
 
 
 def tag_run(cfg: TagConfig, tmp_path: Path, name: str = "run", context=JobContext) -> dict:
-    ctx = context(tmp_path / name, echo=False)
-    try:
+    with context(tmp_path / name, echo=False) as ctx:
         return run(cfg, ctx)
-    finally:
-        ctx.close()
 
 
 def captions(folder: Path, extension: str = ".txt") -> dict[str, str]:
     return {str(p.relative_to(folder)): read_caption(p) for p in sorted(folder.rglob(f"*{extension}"))}
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def reference(image: Image.Image, size: int) -> np.ndarray:
@@ -214,7 +208,7 @@ def test_job_writes_tags_with_the_separator_and_extension(dataset, model_dir, tm
     assert "blue theme" in got["wide.caption"]  # red and white padding: B = G = 0.69, R = 1
     assert "green theme" in got["sub/half.caption"]  # transparent pixels are white, not blue
     assert not list(dataset.rglob("*.txt"))
-    progress = [e for e in events(tmp_path / "run") if e["event"] == "progress"]
+    progress = RunFolder(tmp_path / "run").read_events("progress")
     assert progress[-1] == {**progress[-1], "step": 8, "total": 8} and len(progress) == 9  # start + per image
 
 
@@ -270,7 +264,7 @@ def test_bad_images_are_reported_and_the_rest_tagged(dataset, model_dir, tmp_pat
     assert sorted(result["failed_paths"]) == sorted(str(dataset / n) for n in ("c0_large.png", "empty.png"))
     assert set(captions(dataset)) == {"c0_small.txt", "c1_small.txt", "c1_large.txt", "c2_small.txt",
                                       "c2_large.txt", "wide.txt", "sub/half.txt"}
-    warned = {os.path.basename(e["path"]) for e in events(tmp_path / "run") if e["event"] == "warning"}
+    warned = {os.path.basename(e["path"]) for e in RunFolder(tmp_path / "run").read_events("warning")}
     assert warned == {"c0_large.png", "empty.png"}
 
 
@@ -342,4 +336,4 @@ def test_command_line_run(dataset, model_dir, tmp_path):
     result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     assert (result["images"], result["written"], result["failed"]) == (8, 8, 0)
     assert read_caption(dataset / "c0_small.txt") == "sensitive, kiryu coco, red theme, ^_^"
-    assert events(run_dir)[-1]["event"] == "done"
+    assert RunFolder(run_dir).read_events()[-1]["event"] == "done"

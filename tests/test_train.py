@@ -217,12 +217,12 @@ def test_killed_run_resumes_from_its_last_state(kit, tmp_path):
 
 
 def test_two_processes_train_as_one(kit, tmp_path):
-    from core.jobs.cli import write_run_config
+    from core.jobs.run_folder import RunFolder
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    write_run_config(run_dir, "train", validate(TrainConfig, train_values(kit, tmp_path / "out", max_train_steps=3),
-                                                "test"))
+    cfg = validate(TrainConfig, train_values(kit, tmp_path / "out", max_train_steps=3), "test")
+    RunFolder(run_dir).write_config("train", cfg)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "core", "train", "--config", str(run_dir / "config.json"), "--run-dir", str(run_dir)]

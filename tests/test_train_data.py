@@ -3,9 +3,7 @@ mid-epoch through accelerate's skip_first_batches (one and two processes), repro
 cached latents and pixels."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections import Counter
 from itertools import pairwise
 
@@ -19,7 +17,6 @@ from accelerate.state import AcceleratorState
 
 from core.config import TrainConfig
 from core.dataset.latents import load_cached
-from core.jobs.protocol import JobContext
 from core.train.data import (
     BucketBatchSampler,
     TrainDataset,
@@ -38,15 +35,8 @@ def demo(demo_kit):
 
 
 @pytest.fixture
-def dataset(demo, tmp_path):
-    return shutil.copytree(demo / "dataset", tmp_path / "dataset")
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    context = JobContext(tmp_path / "run", echo=False)
-    yield context
-    context.close()
+def dataset(demo, copy_dataset):
+    return copy_dataset(demo)
 
 
 def make_cfg(demo, dataset, tmp_path, **overrides) -> TrainConfig:
@@ -59,8 +49,7 @@ def make_cfg(demo, dataset, tmp_path, **overrides) -> TrainConfig:
 
 
 def warnings(ctx) -> list[dict]:
-    lines = (ctx.run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    return [e for e in map(json.loads, lines) if e["event"] == "warning"]
+    return ctx.run.read_events("warning")
 
 
 def batch_rows(dataloader) -> list[tuple]:

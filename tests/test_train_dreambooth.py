@@ -5,7 +5,6 @@ before training, stop and resume (while generating and while training), prefligh
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -32,15 +31,8 @@ def kit(demo_kit):
 
 
 @pytest.fixture
-def dataset(kit, tmp_path):
-    return shutil.copytree(kit / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.latents.*"))
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    context = JobContext(tmp_path / "run", echo=False)
-    yield context
-    context.close()
+def dataset(kit, copy_dataset):
+    return copy_dataset(kit)
 
 
 def make_class_folder(folder: Path, sizes: list[tuple[int, int]], captioned: bool = True) -> Path:

@@ -8,7 +8,8 @@ import pytest
 from trainkit import train_values
 
 from core.config import ConfigError, TrainConfig, validate
-from core.jobs.runner import job_command, read_status, run_state, start_job
+from core.jobs.run_folder import RunFolder
+from core.jobs.runner import job_command, run_state, start_job
 from core.train.launch import launcher_argv
 
 ODD = "my run's \"out\" $HOME `x` ; & | é"
@@ -80,7 +81,7 @@ def test_two_processes_started_like_the_gui_does(kit, tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # CPU processes (gloo); on GPUs one process per GPU
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run_dir = start_job("train", train_values(kit, tmp_path / "out", max_train_steps=2, num_processes=2))
-    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in read_status(run_dir)["command"]
+    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in RunFolder(run_dir).read_status()["command"]
     assert wait_done(run_dir) == "done", (run_dir / "console.txt").read_text()[-3000:]
     assert "processes: 2" in (run_dir / "log.txt").read_text()
     assert (run_dir / "log.rank1.txt").is_file()

@@ -9,7 +9,6 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core.config import TrainConfig, validate
-from core.jobs.protocol import JobContext
 from core.train import preflight
 from core.train.data import prepare_latent_cache
 from core.train.preflight import Preflight, Problem, check_training
@@ -21,10 +20,8 @@ def kit(demo_kit):
 
 
 @pytest.fixture
-def dataset(kit, tmp_path):
-    """A copy of the demo dataset's images and captions (the latent cache is written beside the images, and
-    other tests may have cached the shared kit already)."""
-    return shutil.copytree(kit / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.latents.*"))
+def dataset(kit, copy_dataset):
+    return copy_dataset(kit)
 
 
 @pytest.fixture
@@ -47,12 +44,12 @@ def warnings_of(result: Preflight, field: str | None) -> list[str]:
     return [p.message for p in result.warnings if p.field == field]
 
 
-def test_good_settings_count_images_and_the_latent_cache(values, dataset, tmp_path):
+def test_good_settings_count_images_and_the_latent_cache(values, dataset, ctx):
     result = check_training(values)
     assert result.problems == [] and result.ok
     assert result.images == 6 and result.cache_missing == 6 and result.needs_cache
 
-    prepare_latent_cache(validate(TrainConfig, values, "t"), JobContext(tmp_path / "run", echo=False))
+    prepare_latent_cache(validate(TrainConfig, values, "t"), ctx)
     result = check_training(values)
     assert result.ok and result.cache_missing == 0 and not result.needs_cache
 
@@ -63,8 +60,8 @@ def test_good_settings_count_images_and_the_latent_cache(values, dataset, tmp_pa
     assert check_training(values).cache_missing == 1
 
 
-def test_cache_count_follows_the_cache_recipe(values, tmp_path):
-    prepare_latent_cache(validate(TrainConfig, values, "t"), JobContext(tmp_path / "run", echo=False))
+def test_cache_count_follows_the_cache_recipe(values, ctx, tmp_path):
+    prepare_latent_cache(validate(TrainConfig, values, "t"), ctx)
     assert check_training(values).cache_missing == 0
     assert check_training({**values, "flip_aug": True}).cache_missing == 6  # no flipped latents yet
     assert check_training({**values, "max_resolution": "64,64"}).cache_missing == 6  # other buckets

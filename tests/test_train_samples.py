@@ -1,6 +1,5 @@
 """Training samples: kohya prompt files, sample images from the tiny demo model, CLIP scores."""
 import contextlib
-import json
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import torch
 from PIL import Image
 
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 from core.train import samples as samples_mod
 from core.train.samples import SamplePrompt, clip_scores, generate_samples, parse_prompt_line, read_prompt_file
 
@@ -96,15 +96,10 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def events(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
 def test_samples_written_with_metadata(model, tmp_path):
-    ctx = JobContext(tmp_path / "run", echo=False)
     prompts = [small("a cat --n dog, blurry --d 3 --l 5"), parse_prompt_line("a dog --w 72 --h 64 --s 2")]
-    out = generate(model, prompts, tmp_path / "samples", step=120, ctx=ctx)
-    ctx.close()
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        out = generate(model, prompts, tmp_path / "samples", step=120, ctx=ctx)
     paths = [tmp_path / "samples" / "step00000120-00.png", tmp_path / "samples" / "step00000120-01.png"]
     assert [s.path for s in out] == paths
     assert [s.prompt for s in out] == prompts and [s.seed for s in out] == [3, 11]
@@ -114,7 +109,7 @@ def test_samples_written_with_metadata(model, tmp_path):
     assert first.text["parameters"] == ("a cat\nNegative prompt: dog, blurry\n"
                                         "Steps: 2, CFG scale: 5, Seed: 3, Size: 64x64")
     assert second.text["parameters"] == "a dog\nSteps: 2, CFG scale: 7.5, Seed: 11, Size: 72x64"
-    assert [e["path"] for e in events(tmp_path / "run") if e["event"] == "image"] == [str(p) for p in paths]
+    assert [e["path"] for e in RunFolder(tmp_path / "run").read_events("image")] == [str(p) for p in paths]
     log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8").splitlines()
     assert len(log) == 1 and "step 120: 2 of 2 sample images" in log[0]
 
@@ -191,12 +186,11 @@ def test_a_failing_prompt_is_a_warning(model, tmp_path, monkeypatch):
         return real_generate(pipe, encoder, prompt, *args)
 
     monkeypatch.setattr(samples_mod, "_generate", failing)
-    ctx = JobContext(tmp_path / "run", echo=False)
-    out = generate(model, [small("a cat"), small("bad"), small("a dog")], tmp_path / "s", step=3, ctx=ctx)
-    ctx.close()
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        out = generate(model, [small("a cat"), small("bad"), small("a dog")], tmp_path / "s", step=3, ctx=ctx)
     assert [s.path.name for s in out] == ["step00000003-00.png", "step00000003-02.png"]
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["step00000003-00.png", "step00000003-02.png"]
-    warnings = [e["message"] for e in events(tmp_path / "run") if e["event"] == "warning"]
+    warnings = [e["message"] for e in RunFolder(tmp_path / "run").read_events("warning")]
     assert len(warnings) == 1 and "sample 1 ('bad') failed: RuntimeError: CUDA out of memory" in warnings[0]
     assert "2 of 3 sample images" in (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
 
@@ -291,15 +285,14 @@ def test_clip_folder_errors(tmp_path, demo_kit):
 
 
 def test_samples_with_clip_scores(model, clip_dir, tmp_path):
-    ctx = JobContext(tmp_path / "run", echo=False)
     prompts = [small("a cat"), small("a dog")]
-    out = generate(model, prompts, tmp_path / "s", step=7, ctx=ctx, clip_dir=str(clip_dir))
-    bad = generate(model, prompts[:1], tmp_path / "t", step=8, ctx=ctx, clip_dir=str(tmp_path / "nope"))
-    ctx.close()
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        out = generate(model, prompts, tmp_path / "s", step=7, ctx=ctx, clip_dir=str(clip_dir))
+        bad = generate(model, prompts[:1], tmp_path / "t", step=8, ctx=ctx, clip_dir=str(tmp_path / "nope"))
     expected = clip_scores([Image.open(s.path) for s in out], ["a cat", "a dog"], clip_dir)
     assert [s.clip_score for s in out] == pytest.approx(expected, abs=1e-4)
     assert bad[0].path.is_file() and bad[0].clip_score is None
-    got = events(tmp_path / "run")
+    got = RunFolder(tmp_path / "run").read_events()
     metrics = [e for e in got if e["event"] == "metric"]
     assert [(m["name"], m["step"]) for m in metrics] == [("clip_score", 7)]
     assert metrics[0]["value"] == pytest.approx(sum(expected) / 2, abs=1e-4)

@@ -41,14 +41,11 @@ def test_size_conditioning_is_the_planned_original_crop_and_bucket():
 def test_batches_carry_each_images_sizes_and_crop_to_the_unet(kit, tmp_path, cache_latents):
     cfg = config(kit, tmp_path, cache_latents=cache_latents, latents_dir=str(tmp_path / "latents"), flip_aug=True,
                  flip_p=0.5)
-    ctx = JobContext(tmp_path / "run", echo=False)
-    try:
-        from core.train.data import prepare_latent_cache
+    from core.train.data import prepare_latent_cache
 
+    with JobContext(tmp_path / "run", echo=False) as ctx:
         prepare_latent_cache(cfg, ctx)
         examples = build_examples(cfg, ctx)
-    finally:
-        ctx.close()
     data = TrainDataset(examples, cfg)
     flips = set()
     for key in range(len(examples) * 4):

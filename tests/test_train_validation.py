@@ -95,11 +95,8 @@ def make_cfg(kit, tmp_path, **overrides) -> TrainConfig:
 @pytest.fixture(scope="module")
 def examples(kit, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("validation-pixels")
-    ctx = JobContext(tmp_path / "run", echo=False)
-    try:
+    with JobContext(tmp_path / "run", echo=False) as ctx:
         return build_examples(make_cfg(kit, tmp_path), ctx)
-    finally:
-        ctx.close()
 
 
 def encoder(model):
@@ -163,12 +160,9 @@ def test_validation_loss_sees_weight_changes_and_v_prediction(examples, model, k
 
 def test_validation_loss_from_the_latent_cache(examples, model, kit, tmp_path):
     cfg = make_cfg(kit, tmp_path, cache_latents=True)
-    ctx = JobContext(tmp_path / "run", echo=False)
-    try:
+    with JobContext(tmp_path / "run", echo=False) as ctx:
         prepare_latent_cache(cfg, ctx)
         cached = build_examples(cfg, ctx)
-    finally:
-        ctx.close()
     assert [e.image for e in cached] == [e.image for e in examples]
     assert all(e.cache is not None and e.cache.is_file() for e in cached)
     value = loss(cached, model.unet, model)

@@ -1,5 +1,4 @@
 """Helpers shared by the trainer tests: a small run's values, running it, reading its outputs."""
-import json
 from pathlib import Path
 
 import torch
@@ -7,6 +6,7 @@ from safetensors.torch import load_file
 
 from core.config import TrainConfig, validate
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 from core.train import loop
 from core.train.conditioning import PromptEncoder
 
@@ -26,11 +26,10 @@ class StopDuringTraining(JobContext):
 
 
 def train(values: dict, run_dir: Path, context=JobContext) -> dict:
-    ctx = context(run_dir, echo=False)
     try:
-        return loop.run(validate(TrainConfig, values, "test"), ctx)
+        with context(run_dir, echo=False) as ctx:
+            return loop.run(validate(TrainConfig, values, "test"), ctx)
     finally:
-        ctx.close()
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(True)  # as accelerate's own tests do: each run picks its precision
@@ -52,4 +51,4 @@ def prompt_encoder(model, cfg) -> PromptEncoder:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return RunFolder(run_dir).read_events()

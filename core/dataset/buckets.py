@@ -199,7 +199,7 @@ def run(cfg: BucketConfig, ctx: JobContext) -> dict:
         complete = False
         ctx.log(f"stopped after {len(assignments)} images; the plan is partial")
     plan = build_plan(cfg, assignments, skipped, complete)
-    atomic_write_json(ctx.run_dir / "buckets.json", plan)
+    atomic_write_json(ctx.run.bucket_plan_file, plan)
     _log_summary(ctx, plan)
     s = plan["summary"]
     return {"complete": complete, "images": s["images"], "buckets_used": s["buckets_used"],

@@ -75,7 +75,7 @@ def run(cfg: ScanConfig, ctx: JobContext) -> dict:
         ctx.log(f"stopped after {len(readable) + len(broken)} of {len(images)} images; "
                 "the report is partial")
     report = build_report(cfg, roots, images, readable, broken, invalid, complete)
-    atomic_write_json(ctx.run_dir / "report.json", report)
+    atomic_write_json(ctx.run.scan_report_file, report)
     summary = summarize(report)
     _log_summary(ctx, summary)
     return summary

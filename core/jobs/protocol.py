@@ -1,11 +1,7 @@
 """The job protocol, inside the job process.
 
-A job runs in its own run folder and reports through it:
-  config.json   the validated arguments (plus job name and schema version)
-  log.txt       human lines (also echoed to stdout)
-  events.jsonl  one JSON object a line: progress, metric, image, warning, done, stopped, error
-  status.json   pid, state (running/done/stopped/error/invalid), exit code, times
-  STOP          created by whoever wants the job to stop; jobs poll `ctx.should_stop()`
+A job runs in its own run folder (core/jobs/run_folder.py names its files) and reports through it:
+log lines, events, status, result; it honours a stop request with `ctx.check_stop()`.
 Exit codes: 0 done or stopped, 1 failure, 2 invalid config.
 """
 from __future__ import annotations
@@ -19,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from core.fsutil import atomic_write_json, runs_root
+from core.jobs.run_folder import RunFolder
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
@@ -50,18 +47,25 @@ def process_rank() -> int:
 
 class JobContext:
     """What a running job uses to talk to the world: log lines, events, stop requests.
+    `with JobContext(run_dir) as ctx:` closes its files on exit.
 
     Under `accelerate launch` only rank 0 writes log.txt and events.jsonl; other ranks write
-    log.rankN.txt and events.rankN.jsonl."""
+    log.rankN.txt and events.rankN.jsonl. `ctx.run` is the run folder, `ctx.run_dir` its path."""
 
     def __init__(self, run_dir: str | os.PathLike, echo: bool = True, rank: int = 0):
-        self.run_dir = Path(run_dir)
+        self.run = RunFolder(run_dir)
+        self.run_dir = self.run.path
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.echo, self.rank = echo, rank
-        suffix = f".rank{rank}" if rank else ""
-        self._log = open(self.run_dir / f"log{suffix}.txt", "a", encoding="utf-8")
-        self._events = open(self.run_dir / f"events{suffix}.jsonl", "a", encoding="utf-8")
+        self._log = open(self.run.log_file(rank), "a", encoding="utf-8")
+        self._events = open(self.run.events_file(rank), "a", encoding="utf-8")
         self._skipped: set[str] = set()
+
+    def __enter__(self) -> JobContext:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def close(self) -> None:
         self._log.close()
@@ -100,31 +104,31 @@ class JobContext:
             self.warning(f"skipped: {reason}", path)
 
     def should_stop(self) -> bool:
-        return (self.run_dir / "STOP").exists()
+        return self.run.stop_requested()
 
-    def check_stop(self) -> None:
+    def check_stop(self, message: str = "") -> None:
+        """Raise JobStopped when a stop was asked (`message`, what the stop leaves behind, logged first)."""
         if self.should_stop():
+            if message:
+                self.log(message)
             raise JobStopped()
-
-
-def write_status(run_dir: Path, **fields) -> None:
-    path = run_dir / "status.json"
-    status = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    status.update(fields)
-    atomic_write_json(path, status)
 
 
 def execute(job: str, cfg, run_dir: Path, load) -> int:
     """Run the job (`load()` returns its `run(cfg, ctx)`) with the full protocol; returns the exit code."""
+    rank = process_rank()
+    with JobContext(run_dir, rank=rank) as ctx:
+        return _execute(job, cfg, ctx, load)
+
+
+def _execute(job: str, cfg, ctx: JobContext, load) -> int:
     import psutil
 
-    rank = process_rank()
-    ctx = JobContext(run_dir, rank=rank)
-    status = write_status if rank == 0 else (lambda *args, **kwargs: None)  # rank 0 speaks for the run
+    run = ctx.run
+    status = run.update_status if ctx.rank == 0 else (lambda **fields: None)  # rank 0 speaks for the run
     me = psutil.Process()
-    status(run_dir, job=job, pid=me.pid, pid_created=me.create_time(), state="running",
-           started=time.time(), argv=sys.argv)
-    ctx.log(f"{job}: started in {run_dir}")
+    status(job=job, pid=me.pid, pid_created=me.create_time(), state="running", started=time.time(), argv=sys.argv)
+    ctx.log(f"{job}: started in {run.path}")
     try:
         result = load()(cfg, ctx)
     except JobStopped:
@@ -133,16 +137,14 @@ def execute(job: str, cfg, run_dir: Path, load) -> int:
     except Exception as exc:  # the job failed: full traceback to the log, message to events
         ctx.log(traceback.format_exc().rstrip())
         ctx.event("error", message=f"{type(exc).__name__}: {exc}")
-        status(run_dir, state="error", exit_code=EXIT_FAILURE, ended=time.time())
-        ctx.close()
+        status(state="error", exit_code=EXIT_FAILURE, ended=time.time())
         return EXIT_FAILURE
     else:
         stopped = ctx.should_stop()
     state = "stopped" if stopped else "done"
-    if result is not None and rank == 0:
-        atomic_write_json(run_dir / "result.json", result)
+    if result is not None and ctx.rank == 0:
+        atomic_write_json(run.result_file, result)
     ctx.event(state, **({"result": result} if result is not None else {}))
     ctx.log(f"{job}: {state}")
-    status(run_dir, state=state, exit_code=EXIT_OK, ended=time.time())
-    ctx.close()
+    status(state=state, exit_code=EXIT_OK, ended=time.time())
     return EXIT_OK

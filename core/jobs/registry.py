@@ -16,6 +16,7 @@ class JobSpec:
     target: str  # "module:function", imported only when the job runs (keeps --help fast)
     summary: str
     launcher: str = ""  # "module:function" giving the argv before `-m core <job>`; default: this Python
+    stop_grace_s: float = 60.0  # once asked to stop, how long the job may take before its processes are ended
 
     def load(self) -> Callable:
         return _import(self.target)
@@ -31,14 +32,14 @@ def _import(target: str) -> Callable:
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("scan", config.ScanConfig, "core.dataset.scan:run",
-            "Scan dataset folders: formats, sizes, broken images, captions, repeats."),
+            "Scan dataset folders: formats, sizes, broken images, captions, repeats.", stop_grace_s=30),
     JobSpec("bucket", config.BucketConfig, "core.dataset.buckets:run",
-            "Plan aspect-ratio buckets: bucket, resize and crop of every image."),
+            "Plan aspect-ratio buckets: bucket, resize and crop of every image.", stop_grace_s=30),
     JobSpec("cache", config.CacheConfig, "core.dataset.latents:run",
-            "Encode the dataset with the model's VAE into a latent cache."),
+            "Encode the dataset with the model's VAE into a latent cache.", stop_grace_s=120),
     JobSpec("train", config.TrainConfig, "core.train.loop:run",
             "Fine-tune an SD 1.x / 2.x / XL model (full, or a LoRA) on a captioned dataset.",
-            launcher="core.train.launch:launcher_argv"),
+            launcher="core.train.launch:launcher_argv", stop_grace_s=600),  # a stopped run saves a state
     JobSpec("tag", config.TagConfig, "core.captions.taggers.wd14:run",
             "Tag images with a WD14 tagger (ONNX) into caption files."),
     JobSpec("caption", config.BlipCaptionConfig, "core.captions.taggers.blip:run",
@@ -52,5 +53,5 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("merge_lora", config.MergeLoraConfig, "core.models.lora_merge:run",
             "Merge LoRA files into a base model and save the result as a new model."),
     JobSpec("demo", config.DemoConfig, "core.dataset.demo:run",
-            "Build a tiny random model and a demo dataset offline."),
+            "Build a tiny random model and a demo dataset offline.", stop_grace_s=30),
 ]}

@@ -2,13 +2,16 @@
 
 Jobs run detached from the GUI (closing the browser or restarting the GUI does not stop
 them); everything the GUI needs is in the run folder, so it can reattach at any time.
+
+Stopping is one rule wherever it is asked (job panel, Runs tab, `python -m core stop`): create
+STOP, give the job the grace period its JobSpec declares, then end its whole process tree.
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +20,9 @@ import psutil
 
 from core.config import validate
 from core.fsutil import REPO_ROOT, runs_root
-from core.jobs.cli import write_run_config
-from core.jobs.protocol import new_run_dir, write_status
-from core.jobs.registry import JOBS
+from core.jobs.protocol import new_run_dir
+from core.jobs.registry import JOBS, JobSpec
+from core.jobs.run_folder import RunFolder
 
 ACTIVE_STATES = ("starting", "running")
 _children: dict[str, subprocess.Popen] = {}  # processes this GUI started, polled so none lingers
@@ -27,7 +30,7 @@ _children: dict[str, subprocess.Popen] = {}  # processes this GUI started, polle
 
 def job_command(job: str, run_dir: Path, cfg) -> list[str]:
     """The argv of a job run (for training with several processes: through `accelerate launch`)."""
-    return [*JOBS[job].launcher_argv(cfg), "-m", "core", job, "--config", str(run_dir / "config.json"),
+    return [*JOBS[job].launcher_argv(cfg), "-m", "core", job, "--config", str(RunFolder(run_dir).config_file),
             "--run-dir", str(run_dir)]
 
 
@@ -40,39 +43,26 @@ def start_job(job: str, values: dict, name: str = "", root: Path | None = None) 
     """Validate `values`, write a fresh run folder and start the job; raises ConfigError."""
     cfg = validate(JOBS[job].config, values, "form")
     run_dir = new_run_dir(job, name, root)
-    write_run_config(run_dir, job, cfg)
+    run = RunFolder(run_dir)
+    run.write_config(job, cfg)
     argv = job_command(job, run_dir, cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
     detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
               else {"start_new_session": True})
     # status.json is created here and from then on written by the job alone; the launcher's
     # pid goes to its own file so the two processes never write the same file.
-    write_status(run_dir, job=job, state="starting", started=time.time(), command=display_command(argv))
-    with open(run_dir / "console.txt", "wb") as console:
+    run.update_status(job=job, state="starting", started=time.time(), command=display_command(argv))
+    with open(run.console_file, "wb") as console:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                 stdout=console, stderr=subprocess.STDOUT, **detach)
     _children[str(run_dir)] = proc
-    (run_dir / "launcher.pid").write_text(str(proc.pid))
+    run.launcher_pid_file.write_text(str(proc.pid))
     return run_dir
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _launcher_pid(run_dir: Path) -> int | None:
-    try:
-        return int((Path(run_dir) / "launcher.pid").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _process(run_dir: Path, status: dict) -> psutil.Process | None:
     """The job's live process, or None (exited, or its pid was reused by another program)."""
-    pid = status.get("pid") or _launcher_pid(run_dir)
+    pid = status.get("pid") or RunFolder(run_dir).launcher_pid()
     if not pid:
         return None
     child = _children.get(str(run_dir))
@@ -92,11 +82,11 @@ def _process(run_dir: Path, status: dict) -> psutil.Process | None:
 
 def run_state(run_dir: Path) -> str:
     """starting | running | done | stopped | error | invalid | killed (died without a word)."""
-    status = read_status(run_dir)
+    status = RunFolder(run_dir).read_status()
     state = status.get("state", "unknown")
     just_launched = state == "starting" and time.time() - status.get("started", 0) < 10
     if state in ACTIVE_STATES and not just_launched and _process(run_dir, status) is None:
-        status = read_status(run_dir)  # it may have finished between the two reads
+        status = RunFolder(run_dir).read_status()  # it may have finished between the two reads
         state = status.get("state", "unknown")
         if state in ACTIVE_STATES:
             return "killed"
@@ -105,35 +95,6 @@ def run_state(run_dir: Path) -> str:
 
 def is_active(run_dir: Path) -> bool:
     return run_state(run_dir) in ACTIVE_STATES
-
-
-def request_stop(run_dir: Path) -> None:
-    """Ask the job to stop at its next check (graceful)."""
-    (Path(run_dir) / "STOP").touch()
-
-
-def kill_job(run_dir: Path) -> None:
-    """Kill the job's whole process tree (after a graceful stop has had its chance)."""
-    proc = _process(run_dir, read_status(run_dir))
-    if proc is None:
-        return
-    procs = [proc, *proc.children(recursive=True)]
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=5)
-    write_status(Path(run_dir), state="killed", ended=time.time())
-
-
-def enforce_stop(run_dir: Path, grace_s: float) -> bool:
-    """Kill a job that was asked to stop more than `grace_s` ago and is still running."""
-    stop = Path(run_dir) / "STOP"
-    if stop.exists() and is_active(run_dir) and time.time() - stop.stat().st_mtime > grace_s:
-        kill_job(run_dir)
-        return True
-    return False
 
 
 @dataclass
@@ -150,7 +111,7 @@ def list_runs(job: str | None = None, root: Path | None = None) -> list[RunInfo]
     root = Path(root) if root else runs_root()
     runs = []
     for run_dir in root.iterdir() if root.is_dir() else []:
-        status = read_status(run_dir)
+        status = RunFolder(run_dir).read_status()
         if not status or (job and status.get("job") != job):
             continue
         runs.append(RunInfo(run_dir, status.get("job", "?"), run_state(run_dir),
@@ -158,31 +119,62 @@ def list_runs(job: str | None = None, root: Path | None = None) -> list[RunInfo]
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)
 
 
-class Tail:
-    """Reads what was appended to a file since the last call, by byte offset, whole lines only."""
+def request_stop(run_dir: Path) -> None:
+    """Ask the job to stop at its next check (graceful)."""
+    RunFolder(run_dir).request_stop()
 
-    def __init__(self, path: Path, offset: int = 0):
-        self.path, self.offset = Path(path), offset
 
-    def read_lines(self) -> list[str]:
+def grace_period(run_dir: Path) -> float:
+    """Seconds the run's job has to stop by itself once asked (its JobSpec says)."""
+    spec = JOBS.get(RunFolder(run_dir).read_status().get("job"))
+    return spec.stop_grace_s if spec else JobSpec.stop_grace_s
+
+
+def kill_job(run_dir: Path) -> None:
+    """End the job's whole process tree (after a graceful stop has had its chance)."""
+    proc = _process(run_dir, RunFolder(run_dir).read_status())
+    if proc is None:
+        return
+    procs = [proc, *proc.children(recursive=True)]
+    for p in procs:
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return data[:end].decode("utf-8", errors="replace").splitlines()
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+    RunFolder(run_dir).update_status(state="killed", ended=time.time())
 
-    def read_events(self) -> list[dict]:
-        events = []
-        for line in self.read_lines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-        return events
+
+def enforce_stop(run_dir: Path) -> bool:
+    """Kill a job that was asked to stop more than its grace period ago and still runs (safe to call
+    on every poll: it acts once the time is up)."""
+    asked = RunFolder(run_dir).seconds_since_stop_request()
+    if asked is not None and asked > grace_period(run_dir) and is_active(run_dir):
+        kill_job(run_dir)
+        return True
+    return False
+
+
+def stop_job(run_dir: Path, poll_s: float = 0.2) -> str:
+    """Ask the job to stop, wait its grace period, end its process tree if it still runs; returns
+    the state it ended in (stopped, killed, or done/error if it finished meanwhile)."""
+    request_stop(run_dir)
+    while is_active(run_dir) and not enforce_stop(run_dir):
+        time.sleep(poll_s)
+    return run_state(run_dir)
+
+
+_stoppers: dict[str, threading.Thread] = {}  # run folder -> the thread stopping it (one per run)
+
+
+def stop_in_background(run_dir: Path) -> None:
+    """`stop_job` in a thread of this process, for a GUI that does not follow the run."""
+    key = str(Path(run_dir).resolve())
+    if key in _stoppers and _stoppers[key].is_alive():
+        return
+    request_stop(run_dir)  # asked before this returns, whatever the thread's timing
+    _stoppers[key] = threading.Thread(target=stop_job, args=(Path(run_dir),), daemon=True, name=f"stop {key}")
+    _stoppers[key].start()
 
 
 def progress_rate(samples: list[tuple[float, int]], total: int) -> tuple[float | None, float | None]:

@@ -1,4 +1,4 @@
-"""TensorBoard for a training run's logs (`<run_dir>/tensorboard`), served on 127.0.0.1 only.
+"""TensorBoard for a training run's logs (its run folder's tensorboard/), served on 127.0.0.1 only.
 
 One server per run folder, started on demand and kept in a small registry; every server this
 process started is stopped when it exits.
@@ -16,21 +16,19 @@ from pathlib import Path
 
 import psutil
 
+from core.jobs.run_folder import RunFolder
+
 HOST = "127.0.0.1"
 _servers: dict[str, tuple[subprocess.Popen, str]] = {}  # run folder -> (process, URL)
 _lock = threading.Lock()  # two clicks at once start one server
 
 
-def log_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "tensorboard"
-
-
 def has_tensorboard_logs(run_dir: str | os.PathLike) -> bool:
-    return log_dir(run_dir).is_dir()
+    return RunFolder(run_dir).tensorboard_dir.is_dir()
 
 
 def tensorboard_command(run_dir: str | os.PathLike, port: int) -> list[str]:
-    return [sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir(run_dir)),
+    return [sys.executable, "-m", "tensorboard.main", "--logdir", str(RunFolder(run_dir).tensorboard_dir),
             "--host", HOST, "--port", str(port)]
 
 
@@ -38,7 +36,7 @@ def start_tensorboard(run_dir: str | os.PathLike, timeout_s: float = 60.0) -> st
     """Start TensorBoard for the run (or find the one already serving it); returns its URL.
 
     Raises ValueError for a run without TensorBoard logs, RuntimeError if the server exits or
-    does not answer within `timeout_s` (with the last lines of `<run_dir>/tensorboard.log`)."""
+    does not answer within `timeout_s` (with the last lines of the run's tensorboard.log)."""
     run_dir = Path(run_dir).resolve()
     if not has_tensorboard_logs(run_dir):
         raise ValueError(f"{run_dir.name}: this run has no TensorBoard logs (only training runs write them)")
@@ -89,7 +87,7 @@ def _launch(run_dir: Path, port: int) -> subprocess.Popen:
     """The server process, in its own process group (no Ctrl+C from the GUI's console)."""
     detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
               if os.name == "nt" else {"start_new_session": True})
-    with open(run_dir / "tensorboard.log", "wb") as log:
+    with open(RunFolder(run_dir).tensorboard_log, "wb") as log:
         return subprocess.Popen(tensorboard_command(run_dir, port), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, **detach)
 
@@ -110,11 +108,9 @@ def _wait_until_listening(proc: subprocess.Popen, port: int, timeout_s: float) -
 
 
 def _failure(run_dir: Path, what: str, lines: int = 15) -> str:
-    log = run_dir / "tensorboard.log"
-    try:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
-    except OSError:
-        tail = []
+    run = RunFolder(run_dir)
+    log = run.tensorboard_log
+    tail = run.text_tail(log).strip().splitlines()[-lines:]
     return f"TensorBoard for {run_dir.name} {what}. Last lines of {log}:\n" + "\n".join(tail or ["(empty)"])
 
 

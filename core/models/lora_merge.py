@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from core.config.merge import MergeLoraConfig
-from core.jobs.protocol import JobStopped
 
 
 def output_path(cfg: MergeLoraConfig) -> Path:
@@ -49,9 +48,7 @@ def run(cfg: MergeLoraConfig, ctx) -> dict:
         ctx.log(f"{Path(path).name}: {len(names)} modules merged at ratio {ratio:g}")
         merged.append({"file": str(path), "ratio": ratio, "modules": len(names)})
         ctx.progress(index, steps)
-        if ctx.should_stop():
-            ctx.log("stopped before saving: nothing was written")
-            raise JobStopped()
+        ctx.check_stop("stopped before saving: nothing was written")
     _refuse_existing(target)
     ctx.log(f"saving {target} ({cfg.save_precision})")
     save_sd_model(model, target, cfg.save_model_as, cfg.save_precision,

@@ -7,6 +7,7 @@ uninterrupted run would.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from core.config import parse_resolution
 from core.config.dreambooth import ClassImagesConfig
 from core.dataset.discovery import find_images
 from core.fsutil import atomic_path, atomic_write_text
+from core.jobs.protocol import JobStopped
 from core.train.samples import SamplePrompt, parameters_text, pipeline_of, prompt_embeds
 
 CLASS_STEM = re.compile(r"class-(\d+)")
@@ -64,13 +66,11 @@ def _generate_missing(cfg: ClassImagesConfig, ctx, folder: Path, indices: range)
     prompt = SamplePrompt(cfg.class_prompt, cfg.negative_prompt, width, height, cfg.sample_steps,
                           cfg.guidance_scale)
     done = 0
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.suppress(JobStopped):  # a stopped run keeps and counts what it wrote
         pipe = pipeline_of(model, model.unet)
         states = encode_class_prompt(model, cfg, device, dtype)
         for start in range(0, len(indices), cfg.batch_size):
-            if ctx.should_stop():
-                ctx.log(f"stopped after {done} of {len(indices)} images")
-                break
+            ctx.check_stop(f"stopped after {done} of {len(indices)} images")
             batch = indices[start:start + cfg.batch_size]
             for index, image in zip(batch, _generate_batch(pipe, states, prompt, cfg.seed, batch)):
                 _save_class_image(ctx, folder, index, image, prompt, cfg.seed + index)
