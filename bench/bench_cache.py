@@ -87,9 +87,8 @@ def job_rate(cfg: CacheConfig, work: Path) -> tuple[float, float]:
     into a fresh cache folder."""
     from core.dataset.latents import run
 
-    ctx = JobContext(work / "run", echo=False)
-    result = run(cfg.model_copy(update={"latents_dir": str(work / "cache")}), ctx)
-    ctx.close()
+    with JobContext(work / "run", echo=False) as ctx:
+        result = run(cfg.model_copy(update={"latents_dir": str(work / "cache")}), ctx)
     assert result["failed"] == 0 and result["encoded"] > 0, result
     return result["images_per_s"], result["encoded"] / result["seconds"]
 

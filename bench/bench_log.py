@@ -28,6 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Row, print_rows, studio_home  # noqa: E402
+from core.jobs.run_folder import RunFolder  # noqa: E402
 
 QUICK = ["--lines", "3"]
 MARK = "bench line"
@@ -44,14 +45,13 @@ def fake_active_run(run_dir: Path, job: str, history: int) -> None:
     """A run folder in state running, owned by this process, with `history` lines and events."""
     import psutil
 
-    from core.jobs.protocol import write_status
-
     run_dir.mkdir(parents=True)
     me = psutil.Process()
-    write_status(run_dir, job=job, state="running", started=time.time(), pid=me.pid,
-                 pid_created=me.create_time(), command="python -m core train --config config.json")
-    with open(run_dir / "log.txt", "w", encoding="utf-8") as log, \
-            open(run_dir / "events.jsonl", "w", encoding="utf-8") as events:
+    run = RunFolder(run_dir)
+    run.update_status(job=job, state="running", started=time.time(), pid=me.pid,
+                      pid_created=me.create_time(), command="python -m core train --config config.json")
+    with open(run.log_file(), "w", encoding="utf-8") as log, \
+            open(run.events_file(), "w", encoding="utf-8") as events:
         for step in range(history):
             log.write(f"step {step}: loss 0.1234, lr 1e-05\n")
             events.write(json.dumps({"event": "progress", "step": step, "total": 10**6, "time": time.time()}) + "\n")
@@ -59,10 +59,10 @@ def fake_active_run(run_dir: Path, job: str, history: int) -> None:
 
 def append_step(run_dir: Path, step: int, text: str) -> float:
     """What a trainer step leaves in the run folder; returns when the log line was written."""
-    with open(run_dir / "events.jsonl", "a", encoding="utf-8") as events:
+    with open(RunFolder(run_dir).events_file(), "a", encoding="utf-8") as events:
         events.write(json.dumps({"event": "progress", "step": step, "total": 10**6, "time": time.time()}) + "\n")
         events.write(json.dumps({"event": "metric", "name": "loss", "step": step, "value": 0.1}) + "\n")
-    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+    with open(RunFolder(run_dir).log_file(), "a", encoding="utf-8") as log:
         log.write(text + "\n")
     return time.perf_counter()
 

@@ -92,9 +92,8 @@ def child_memory(dataset: str, model: str, args) -> None:
                           latents_dir=str(Path(work) / "cache"), max_resolution=f"{side},{side}",
                           min_bucket_reso=side, max_bucket_reso=2 * side, bucket_reso_steps=side,
                           vae_batch_size=args.batch_size, max_data_loader_n_workers=args.workers)
-        ctx = JobContext(Path(work) / "run", echo=False)
-        result = core.dataset.latents.run(cfg, ctx)
-        ctx.close()
+        with JobContext(Path(work) / "run", echo=False) as ctx:
+            result = core.dataset.latents.run(cfg, ctx)
     print(json.dumps({"peak": peak_rss(), "baseline": before, "encoded": result["encoded"]}))
 
 

@@ -120,11 +120,10 @@ def session_alone(cfg: TagConfig) -> Callable[[], float]:
 
 def job_rate(cfg: TagConfig, run_dir: Path, extension: str) -> float:
     """Images/s of one whole `run` call writing a fresh set of caption files."""
-    ctx = JobContext(run_dir, echo=False)
-    started = time.perf_counter()
-    result = run(cfg.model_copy(update={"caption_extension": extension}), ctx)
-    seconds = time.perf_counter() - started
-    ctx.close()
+    with JobContext(run_dir, echo=False) as ctx:
+        started = time.perf_counter()
+        result = run(cfg.model_copy(update={"caption_extension": extension}), ctx)
+        seconds = time.perf_counter() - started
     assert result["failed"] == 0 and result["written"] == result["images"], result
     return result["written"] / seconds
 

@@ -14,7 +14,6 @@ With no arguments it builds the tiny demo model (CPU, about a minute). For a rea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -56,11 +55,9 @@ def peak_memory_mib() -> float:
 
 
 def trainer_seconds_per_step(cfg: TrainConfig, run_dir: Path, warmup: int) -> float:
-    ctx = JobContext(run_dir, echo=False)
-    loop.run(cfg, ctx)
-    ctx.close()
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    progress = [e for e in events if e["event"] == "progress"]
+    with JobContext(run_dir, echo=False) as ctx:
+        loop.run(cfg, ctx)
+    progress = ctx.run.read_events("progress")
     times = {}  # step -> time of the training phase: the last run of progress events (the cache's come first)
     for event in reversed(progress):
         if event["total"] != progress[-1]["total"] or (times and event["step"] >= min(times)):
@@ -75,9 +72,8 @@ def bare_seconds_per_step(cfg: TrainConfig, steps: int, warmup: int) -> float:
     from core.models.sd import load_sd_model
     from core.train.data import build_examples, make_dataloader
 
-    ctx = JobContext(Path(cfg.output_dir).parent / "bare-run", echo=False)
-    batches = list(make_dataloader(build_examples(cfg, ctx), cfg))
-    ctx.close()
+    with JobContext(Path(cfg.output_dir).parent / "bare-run", echo=False) as ctx:
+        batches = list(make_dataloader(build_examples(cfg, ctx), cfg))
     model = load_sd_model(cfg.pretrained_model_name_or_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = step_fn.weight_dtype(cfg.mixed_precision)

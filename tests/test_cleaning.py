@@ -14,6 +14,7 @@ from PIL import Image
 from core.captions.cleaning import list_snapshots, run, snapshots_root, take_snapshot, undo
 from core.config import CleanConfig, validate
 from core.jobs.protocol import JobContext
+from core.jobs.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = {
@@ -133,8 +134,7 @@ def test_kill_during_apply_leaves_every_file_old_or_new_and_the_snapshot_restore
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
-        events = (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""
-        if '"progress"' in events:
+        if RunFolder(run_dir).read_events("progress"):
             break
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)

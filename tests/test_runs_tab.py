@@ -22,17 +22,17 @@ def loss_events(values, name="loss") -> str:
 def make_run(name: str, job: str = "train", events: str = "", result: dict | None = None,
              state: str = "done", started: float | None = None):
     """A run folder as core/jobs/runner.py and core/jobs/protocol.py leave it."""
-    run = runs_root() / name
-    run.mkdir(parents=True)
+    folder = RunFolder(runs_root() / name)
+    folder.path.mkdir(parents=True)
     started = started or time.time() - 90
-    (run / "status.json").write_text(json.dumps({"job": job, "state": state, "started": started,
-                                                 "ended": started + 75, "exit_code": 0}))
-    (run / "events.jsonl").write_text(events)
-    (run / "log.txt").write_text(f"{job}: started\n{job}: {state}\n")
-    (run / "config.json").write_text(json.dumps({"job": job}))
+    folder.status_file.write_text(json.dumps({"job": job, "state": state, "started": started,
+                                              "ended": started + 75, "exit_code": 0}))
+    folder.events_file().write_text(events)
+    folder.log_file().write_text(f"{job}: started\n{job}: {state}\n")
+    folder.config_file.write_text(json.dumps({"job": job}))
     if result is not None:
-        (run / "result.json").write_text(json.dumps(result))
-    return run
+        folder.result_file.write_text(json.dumps(result))
+    return folder.path
 
 
 def test_last_metric_is_the_latest_value_of_that_name():
@@ -46,7 +46,7 @@ def test_last_metric_is_the_latest_value_of_that_name():
 def test_last_metric_reads_only_the_end_of_a_large_file():
     events = loss_events([1.0] * 20_000) + loss_events([0.125]) + event_line("checkpoint", path="x", step=20_001)
     run = make_run("train-big", events=events)
-    assert (run / "events.jsonl").stat().st_size > 20 * EVENTS_TAIL_BYTES
+    assert RunFolder(run).events_file().stat().st_size > 20 * EVENTS_TAIL_BYTES
     tail = RunFolder(run).last_events()
     assert 0 < len(tail) < 1000 and tail[-1]["event"] == "checkpoint"
     assert all(set(event) >= {"event", "time"} for event in tail)  # the cut first line is dropped
@@ -58,7 +58,7 @@ def test_partial_last_line_and_missing_events_are_tolerated():
                    state="running")
     assert last_metric(run, "loss") == 0.6
     empty = make_run("scan-a", job="scan")
-    (empty / "events.jsonl").unlink()
+    RunFolder(empty).events_file().unlink()
     assert RunFolder(empty).last_events() == [] and last_metric(empty, "loss") is None
     assert output_files(empty) == []
 

@@ -159,7 +159,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
         log_with="tensorboard", project_config=ProjectConfiguration(
-            project_dir=str(ctx.run_dir), logging_dir=str(ctx.run_dir / "tensorboard")))
+            project_dir=str(ctx.run_dir), logging_dir=str(ctx.run.tensorboard_dir)))
     set_seed(cfg.seed)
     device = accelerator.device
     ctx.log(f"processes: {accelerator.num_processes}, device: {device}, mixed precision: {cfg.mixed_precision}")

@@ -73,7 +73,7 @@ class RunOutputs:
         if accelerator.is_main_process:
             with self.evaluated_weights():
                 generate_samples(self.model, self.model.unet, self.sample_prompts,
-                                 self.ctx.run_dir / "samples", self.position.global_step, seed=cfg.seed,
+                                 self.ctx.run.samples_dir, self.position.global_step, seed=cfg.seed,
                                  clip_skip=cfg.clip_skip, max_token_length=cfg.max_token_length,
                                  device=accelerator.device, autocast=accelerator.autocast, ctx=self.ctx,
                                  clip_dir=cfg.sample_clip_model)
