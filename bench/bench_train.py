@@ -80,7 +80,7 @@ def bare_seconds_per_step(cfg: TrainConfig, steps: int, warmup: int) -> float:
     model.unet.to(device).train()
     model.vae.to(device, dtype=dtype)
     model.text_encoder.to(device, dtype=dtype)
-    prompts = PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device)
+    prompts = PromptEncoder(model, cfg, device)
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=cfg.learning_rate)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for step in range(steps):

@@ -12,11 +12,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "tabs")
 TAG_TEXT = "core.captions.tags"
-# Edges left out of the cycle check, each with why. The schema (core/config/train.py, a validator) checks
-# optimizer_args against the optimizer's signature with core.train.optimizers, which imports the optimizer
-# names from the schema: config -> trainer points the wrong way; the check belongs with the trainer's start
-# checks. Remove the entry when that moves.
-EXCLUDED_EDGES = {("core.config.train", "core.train.optimizers")}
 
 
 def module_name(path: Path) -> str:
@@ -52,7 +47,7 @@ def import_graph() -> dict[str, set[str]]:
         targets = set()
         for candidates in imported_names(path, module):
             found = next((name for name in candidates if name in modules), None)
-            if found and found != module and (module, found) not in EXCLUDED_EDGES:
+            if found and found != module:
                 targets.add(found)
         graph[module] = targets
     return graph
@@ -92,13 +87,6 @@ def test_the_walk_sees_every_kind_of_import(tmp_path):
     assert "core.config" in graph["core.captions.taggers.wd14"]  # `from core.config import TagConfig`
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-
-
-def test_excluded_edges_still_exist():
-    modules = project_modules()
-    for module, target in EXCLUDED_EDGES:
-        assert any(target in candidates for candidates in imported_names(modules[module], module)), \
-            f"{module} no longer imports {target}: remove the edge from EXCLUDED_EDGES"
 
 
 def test_core_and_tabs_have_no_import_cycle():

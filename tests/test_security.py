@@ -341,13 +341,12 @@ def checkpoint_loaders(tmp_path: Path) -> dict:
 
     from core.models.loading import load_vae, model_arch
     from core.models.lora import read_lora
-    from core.models.sd import load_sd_model
-    from core.train.preflight import base_model_of
+    from core.models.sd import inspect_base_model, load_sd_model
 
     base = tmp_path / "base-vae.safetensors"  # a harmless base, so the VAE file is what gets read
     save_file({"encoder.conv_in.weight": torch.zeros(1)}, str(base))
     return {"load_sd_model": load_sd_model, "load_vae(vae_path=)": lambda path: load_vae(base, path),
-            "model_arch": model_arch, "base_model_of (training preflight)": base_model_of,
+            "model_arch": model_arch, "inspect_base_model (start checks)": inspect_base_model,
             "read_lora": lambda path: read_lora(path, sdxl=False)}
 
 

@@ -5,15 +5,24 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainkit import train, train_values
 
 from core.config import ConfigError, TrainConfig, validate
+from core.config.models import PromptSettings
 from core.config.presets import read_values_file
+from core.models.sd import BaseModelKind
 from core.train import step
 from core.train.conditioning import PromptEncoder, static_captions
 from core.train.ema import EMA, ema_decay_at
-from core.train.trainable import (frozen_text_encoders_problem, param_groups, set_trainable, text_encoder_parameters,
-                                  text_encoder_rates, text_encoder_stop_step, unet_parameters)
-from trainkit import train, train_values
+from core.train.start_checks import model_kind_problems
+from core.train.trainable import (
+    param_groups,
+    set_trainable,
+    text_encoder_parameters,
+    text_encoder_rates,
+    text_encoder_stop_step,
+    unet_parameters,
+)
 
 UNET = "model.diffusion_model."
 TEXT = "cond_stage_model."
@@ -45,8 +54,7 @@ def test_exactly_the_trained_parameters_receive_gradients(kit, train_unet, train
     model = fresh_model(kit)
     trained = set_trainable(model, train_unet, ["text_encoder"] if train_te else [], blocks, clip_skip)
     cfg = validate(TrainConfig, train_values(kit, kit / "unused", clip_skip=clip_skip), "test")
-    prompts = PromptEncoder(model, clip_skip, 75, torch.device("cpu"))
-    prompts.trains = train_te
+    prompts = PromptEncoder(model, cfg, torch.device("cpu"), trains=train_te)
     batch = {"latents": torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)),
              "captions": ["a red circle", "a blue square"]}
     torch.manual_seed(0)
@@ -86,7 +94,6 @@ def changed_keys(base: dict, trained: dict, prefix: str) -> set[str]:
 
 @pytest.mark.parametrize("overrides, unet_changes, te_changes", [
     ({"train_text_encoder": True, "learning_rate_te": 1e-3}, "all", True),
-    ({"train_text_encoder": True, "learning_rate_te": 0, "learning_rate_te1": 1e-3}, "all", False),  # te1: SDXL only
     ({"train_unet": False, "train_text_encoder": True}, "none", True),
     ({"unet_blocks": ["mid"]}, "middle_block", False),
 ])
@@ -136,7 +143,8 @@ def test_text_encoder_rates_empty_is_the_rate_above_and_0_freezes(kit, rates, ar
     cfg = validate(TrainConfig, train_values(kit, kit / "unused", train_text_encoder=True, learning_rate=1e-4,
                                              **rates), "test")
     assert cfg.text_encoder_rates(arch) == expected
-    assert (frozen_text_encoders_problem(cfg, arch) is None) == bool(expected)
+    frozen = [p for p in model_kind_problems(cfg, BaseModelKind(arch, False)) if p.field == "learning_rate_te"]
+    assert bool(frozen) != bool(expected)
 
 
 def test_stop_text_encoder_training_freezes_it_from_that_step(kit, tmp_path):
@@ -230,8 +238,8 @@ def test_cached_text_encoder_outputs_train_like_encoding_each_step(kit, tmp_path
 
 def test_cache_serves_caption_dropout_with_the_empty_caption(kit):
     model = fresh_model(kit)
-    prompts = PromptEncoder(model, 1, 75, torch.device("cpu"))
-    prompts.fill_cache(static_captions(["a red circle"], "", "", with_empty=True), torch.float32)
+    prompts = PromptEncoder(model, PromptSettings(), torch.device("cpu")).with_cache(
+        static_captions(["a red circle"], "", "", with_empty=True), torch.float32)
     assert torch.equal(prompts([""])[0], prompts.encode([""])[0])
     with pytest.raises(KeyError, match="not in the text-encoder cache"):
         prompts(["a blue square"])

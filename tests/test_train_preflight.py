@@ -9,9 +9,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from core.config import TrainConfig, validate
-from core.train import preflight
+from core.train import preflight, start_checks
 from core.train.data import prepare_latent_cache
-from core.train.preflight import Preflight, Problem, check_training
+from core.train.preflight import Preflight, check_training
+from core.train.start_checks import Problem
 
 
 @pytest.fixture
@@ -173,8 +174,8 @@ def test_refused_writes_are_reported(values, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(preflight.tempfile, "TemporaryFile", refuse)
-    monkeypatch.setattr(preflight.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(start_checks.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(start_checks.os, "access", lambda path, mode: False)
     (tmp_path / "existing").mkdir()
     for output_dir in (tmp_path / "existing", tmp_path / "new" / "out"):
         [message] = errors_of(check_training({**values, "output_dir": str(output_dir)}), "output_dir")

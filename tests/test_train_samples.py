@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.config.models import PromptSettings
 from core.jobs.protocol import JobContext
 from core.jobs.run_folder import RunFolder
 from core.train import samples as samples_mod
@@ -137,9 +138,11 @@ def test_samples_match_a_plain_pipeline(model, tmp_path):
     expected = pipe("a red cat", negative_prompt="blurry", width=64, height=64, num_inference_steps=2,
                     generator=torch.Generator().manual_seed(5)).images[0]
     assert np.array_equal(pixels(out[0].path), np.asarray(expected))
-    skipped = generate(model, [small("a red cat --n blurry --d 5")], tmp_path / "skip", clip_skip=2)
+    skipped = generate(model, [small("a red cat --n blurry --d 5")], tmp_path / "skip",
+                       prompt_settings=PromptSettings(clip_skip=2))
     assert not np.array_equal(pixels(skipped[0].path), pixels(out[0].path))
-    long = generate(model, [small("a red cat --n blurry --d 5")], tmp_path / "long", max_token_length=150)
+    long = generate(model, [small("a red cat --n blurry --d 5")], tmp_path / "long",
+                    prompt_settings=PromptSettings(max_token_length=150))
     assert pixels(long[0].path).shape == (64, 64, 3)
 
 

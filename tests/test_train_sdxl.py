@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from trainkit import StopDuringTraining, events, train, train_values
 
 from core.config import ConfigError, TrainConfig, validate
+from core.config.models import PromptSettings
 from core.jobs.protocol import JobContext
 from core.models.sd import load_sd_model
 from core.train import step
@@ -63,7 +64,7 @@ def test_batches_carry_each_images_sizes_and_crop_to_the_unet(kit, tmp_path, cac
                                          with_kwargs=True)
     batch = {"latents": torch.zeros(2, 4, 8, 8), "captions": ["a", "b"],
              "time_ids": torch.stack([data[0]["time_ids"], data[1]["time_ids"]])}
-    step.loss_of_batch(batch, model, model.unet, PromptEncoder(model, 1, 75, torch.device("cpu")), cfg,
+    step.loss_of_batch(batch, model, model.unet, PromptEncoder(model, PromptSettings(), torch.device("cpu")), cfg,
                        torch.float32, torch.device("cpu"))
     assert torch.equal(seen[0]["time_ids"], batch["time_ids"])
     assert seen[0]["text_embeds"].shape == (2, model.text_encoder_2.config.projection_dim)
@@ -73,7 +74,7 @@ def test_prompt_states_join_both_encoders_and_pool_the_second(kit):
     from core.models.text import encode_prompts_sdxl, tokenize_prompts
 
     model = load_sd_model(str(kit / "model"))
-    encoder = PromptEncoder(model, 1, 150, torch.device("cpu"))
+    encoder = PromptEncoder(model, PromptSettings(max_token_length=150), torch.device("cpu"))
     states, pooled = encoder.encode(["a red circle", "a blue square, " * 30])
     hidden = model.text_encoder.config.hidden_size + model.text_encoder_2.config.hidden_size
     assert states.shape == (2, 152, hidden) and pooled.shape == (2, model.text_encoder_2.config.projection_dim)
@@ -92,7 +93,7 @@ def test_sdxl_loss_falls_on_a_fixed_batch(kit, tmp_path):
     cfg = config(kit, tmp_path)
     model = load_sd_model(str(kit / "model"))
     model.unet.train()
-    encoder = PromptEncoder(model, 1, 75, torch.device("cpu"))
+    encoder = PromptEncoder(model, PromptSettings(), torch.device("cpu"))
     batch = {"latents": torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(0)),
              "captions": ["a red circle", "a blue square"],
              "time_ids": torch.tensor([[96, 128, 0, 0, 64, 96], [200, 300, 0, 8, 64, 96]], dtype=torch.float32)}
@@ -140,11 +141,11 @@ def test_cached_text_encoder_outputs_train_like_encoding_each_step(kit, tmp_path
     assert "cached text-encoder outputs of" in (tmp_path / "rb" / "log.txt").read_text()
 
     model = load_sd_model(str(kit / "model"))
-    encoder = PromptEncoder(model, 1, 75, torch.device("cpu"))
+    encoder = PromptEncoder(model, PromptSettings(), torch.device("cpu"))
     captions = ["", "a red circle", "a blue square"]
-    encoder.fill_cache(captions, torch.float32, batch_size=1)
+    cached = encoder.with_cache(captions, torch.float32, batch_size=1)
     states, pooled = encoder.encode(captions[1:2])
-    cached_states, cached_pooled = encoder(captions[1:2])
+    cached_states, cached_pooled = cached(captions[1:2])
     assert torch.equal(states, cached_states) and torch.equal(pooled, cached_pooled)
 
 

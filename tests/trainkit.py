@@ -47,7 +47,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def prompt_encoder(model, cfg) -> PromptEncoder:
-    return PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, torch.device("cpu"))
+    return PromptEncoder(model, cfg, torch.device("cpu"))
 
 
 def events(run_dir: Path) -> list[dict]:

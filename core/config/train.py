@@ -5,19 +5,16 @@ from typing import Literal
 
 from pydantic import model_validator
 
+from core.config.choices import HuberSchedule, LrSchedulerName, OptimizerName
 from core.config.dataset import BucketSettings, CaptionSettings
 from core.config.dreambooth import DreamBoothSettings
-from core.config.models import LatentSettings, ModelSettings, PromptSettings, SaveSettings
 from core.config.launch import LaunchSettings
+from core.config.models import LatentSettings, ModelSettings, PromptSettings, SaveSettings
 from core.config.schema import param
 from core.config.train_eval import SampleSettings, ValidationSettings
 
+
 # The names the trainer implements (core/train/ reads them from here, with typing.get_args).
-OptimizerName = Literal["AdamW", "AdamW8bit", "Lion", "Lion8bit", "Adafactor", "SGDNesterov", "Prodigy"]
-LrSchedulerName = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
-HuberSchedule = Literal["constant", "exponential", "snr"]
-
-
 class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSettings, PromptSettings, CaptionSettings,
                   SaveSettings, ModelSettings, DreamBoothSettings, BucketSettings):  # reverse display order
     """Fine-tune a Stable Diffusion model (SD 1.x / 2.x / XL) on a captioned dataset."""
@@ -233,7 +230,7 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         if self.stop_text_encoder_training and not (self.train_text_encoder and self.train_unet):
             raise ValueError("stop_text_encoder_training needs train_text_encoder and train_unet both on "
                              "(it freezes the text encoder while the U-Net goes on)")
-        if self.train_text_encoder and not self.text_encoder_rates("sdxl"):  # SD 1/2: frozen_text_encoders_problem
+        if self.train_text_encoder and not self.text_encoder_rates("sdxl"):  # SD 1/2: core.train.start_checks
             zeros = [name for name in ("learning_rate_te", "learning_rate_te1", "learning_rate_te2")
                      if getattr(self, name) == 0]
             raise ValueError(f"every text encoder stays frozen ({', '.join(zeros)} 0; an empty one is as "

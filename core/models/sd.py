@@ -62,6 +62,29 @@ class SDModel:
     tokenizer_2: object = None
 
 
+@dataclass(frozen=True)
+class BaseModelKind:
+    arch: str           # sd1 / sd2 / sdxl
+    v_prediction: bool
+
+
+def inspect_base_model(path: str, v_parameterization: bool | None = None) -> BaseModelKind:
+    """The kind of the base model at `path` from names, headers and configs only (no weights are
+    loaded): the checks load_sd_model makes before it loads, with the same ValueError messages."""
+    base = existing_path(path)
+    if base.is_dir():
+        arch = _check_folder(base)
+        v = _scheduler_config(base, arch).get("prediction_type") == "v_prediction"
+    else:
+        with Checkpoint(base) as ckpt:
+            arch, metadata = base_model_arch(base, ckpt.keys), ckpt.metadata
+        v = detect_v_prediction(base, metadata)
+        if v is None:
+            v = single_file_configs(base, arch, metadata, v_parameterization)["scheduler"].get(
+                "prediction_type") == "v_prediction"
+    return BaseModelKind(arch, v if v_parameterization is None else bool(v_parameterization))
+
+
 def load_sd_model(path: str, vae_path: str = "", v_parameterization: bool | None = None) -> SDModel:
     """The model at `path` (diffusers pipeline folder or .safetensors/.ckpt), fp32 on the CPU, all
     parts in eval mode. `vae_path` replaces the VAE; `v_parameterization` True/False overrides the
@@ -111,14 +134,31 @@ def _model_class(part: str):
             "text_encoder_2": CLIPTextModelWithProjection}[part]
 
 
-def _load_folder(folder: Path):
+def _check_folder(folder: Path) -> str:
+    """The architecture of a diffusers pipeline folder; ValueError when it is not a whole one."""
     if not (folder / "model_index.json").is_file():
         detail = ""
         if (folder / "config.json").is_file():
             detail = (f": it holds one {read_json(folder / 'config.json').get('_class_name', 'model')}"
                       ", not a whole model")
-        raise ValueError(f"{folder}: not a diffusers pipeline folder (no model_index.json){detail}")
+        raise ValueError(f"{folder}: not a diffusers pipeline folder (no model_index.json){detail}; choose the "
+                         "folder that holds model_index.json, or a single .safetensors/.ckpt file")
     arch = arch_of_folder(folder)
+    missing = [f"{part}/" for part in ("unet", "vae", *TEXT_ENCODERS[arch])
+               if not (folder / part / "config.json").is_file()]
+    if missing:
+        raise ValueError(f"{folder}: incomplete diffusers model, {', '.join(missing)} missing (with its "
+                         "config.json); choose a complete model")
+    return arch
+
+
+def _scheduler_config(folder: Path, arch: str) -> dict:
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    return read_json(scheduler_file) if scheduler_file.is_file() else shipped_configs(arch, False)["scheduler"]
+
+
+def _load_folder(folder: Path):
+    arch = _check_folder(folder)
     models = {}
     for part in ("unet", *TEXT_ENCODERS[arch]):
         try:
@@ -126,9 +166,7 @@ def _load_folder(folder: Path):
                                                               local_files_only=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ValueError(f"{folder}: cannot load the {part} ({exc})") from None
-    scheduler_file = folder / "scheduler" / "scheduler_config.json"
-    scheduler_config = (read_json(scheduler_file) if scheduler_file.is_file()
-                        else shipped_configs(arch, False)["scheduler"])
+    scheduler_config = _scheduler_config(folder, arch)
     return arch, models, scheduler_config, scheduler_config.get("prediction_type") == "v_prediction"
 
 

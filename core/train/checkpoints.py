@@ -28,6 +28,12 @@ def model_path(output_dir: str, output_name: str, save_as: str, suffix: str = ""
     return Path(output_dir) / (name if save_as == "diffusers" else f"{name}.safetensors")
 
 
+def model_file(cfg, suffix: str = "") -> Path:
+    """Where a save of the run `cfg` (a TrainConfig) goes: the model (file or diffusers folder), or
+    the LoRA file (always a .safetensors file)."""
+    return model_path(cfg.output_dir, cfg.output_name, "safetensors" if cfg.train_lora else cfg.save_model_as, suffix)
+
+
 def step_suffix(step: int) -> str:
     return f"-step{step:08d}"
 
@@ -84,7 +90,10 @@ def load_position(folder: Path) -> Position:
     if not path.is_file():
         raise ValueError(f"resume: {folder} is not a saved training state (no {STATE_FILE}); "
                          "choose a folder named like '<output_name>-step00000100-state'")
-    return Position(**json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return Position(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, OSError) as exc:
+        raise ValueError(f"resume: {path} cannot be read ({exc}): choose another saved training state") from None
 
 
 def check_state_files(folder: Path) -> None:

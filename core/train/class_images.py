@@ -95,7 +95,7 @@ def encode_class_prompt(model, cfg: ClassImagesConfig, device, dtype) -> tuple[t
     does, and SDXL's pooled states (None for SD 1/2)."""
     from core.train.conditioning import PromptEncoder
 
-    states, pooled = PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device).encode(
+    states, pooled = PromptEncoder(model, cfg, device).encode(
         [cfg.class_prompt, cfg.negative_prompt])
     return states.to(device, dtype), None if pooled is None else pooled.to(device, dtype)
 

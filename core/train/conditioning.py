@@ -25,20 +25,24 @@ def static_captions(raw_captions: list[str], caption_prefix: str, caption_suffix
 
 
 class PromptEncoder:
-    """Captions -> (encoder states, pooled state or None) on `device`.
+    """Captions -> (encoder states, pooled state or None) on `device`, as `settings` (PromptSettings:
+    clip_skip, max_token_length) say.
 
-    SD 1.x / 2.x: one text encoder at `clip_skip`, no pooled state. SDXL: both encoders as in
-    core.models.text.encode_prompts_sdxl (clip_skip does not apply, as in kohya). `text_encoders` are
-    the modules to run (the accelerate-wrapped ones while they train); `trains` turns gradients
-    on."""
+    SD 1.x / 2.x: one text encoder at clip_skip, no pooled state. SDXL: both encoders as in
+    core.models.text.encode_prompts_sdxl (clip_skip does not apply, as in kohya). `text_encoders`:
+    the modules to run (default: the model's; the accelerate-wrapped ones while they train);
+    `trains`: gradients on; `cache`: the states of every caption, from `with_cache` (then the text
+    encoders are not run)."""
 
-    def __init__(self, model, clip_skip: int, max_token_length: int, device):
+    def __init__(self, model, settings, device, *, text_encoders: list | None = None, trains: bool = False,
+                 cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None):
         self.sdxl = model.arch == "sdxl"
         self.tokenizers = [model.tokenizer, model.tokenizer_2] if self.sdxl else [model.tokenizer]
-        self.text_encoders = [model.text_encoder, model.text_encoder_2] if self.sdxl else [model.text_encoder]
-        self.clip_skip, self.max_token_length, self.device = clip_skip, max_token_length, device
-        self.trains = False
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+        self.text_encoders = text_encoders or ([model.text_encoder, model.text_encoder_2] if self.sdxl
+                                               else [model.text_encoder])
+        self.clip_skip, self.max_token_length, self.device = settings.clip_skip, settings.max_token_length, device
+        self.trains, self.cache = trains, cache
+        self._model, self._settings = model, settings
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """States from the text encoder(s) (no gradients unless they train)."""
@@ -59,8 +63,9 @@ class PromptEncoder:
         return (torch.stack(states).to(self.device),
                 torch.stack(pooled).to(self.device) if self.sdxl else None)
 
-    def fill_cache(self, captions: list[str], dtype: torch.dtype, batch_size: int = 16, ctx=None) -> None:
-        """Encode `captions` once, kept on the CPU in `dtype`."""
+    def with_cache(self, captions: list[str], dtype: torch.dtype, batch_size: int = 16, ctx=None) -> PromptEncoder:
+        """An encoder like this one that serves `captions` from a cache, encoded once now and kept on
+        the CPU in `dtype`."""
         cache = {}
         for start in range(0, len(captions), batch_size):
             chunk = captions[start:start + batch_size]
@@ -70,4 +75,9 @@ class PromptEncoder:
             cache.update(zip(chunk, zip(states, pooled)))
             if ctx is not None:
                 ctx.check_stop()
-        self.cache = cache
+        return self.running(self.text_encoders, self.trains, cache)
+
+    def running(self, text_encoders: list, trains: bool, cache=None) -> PromptEncoder:
+        """An encoder with the same settings that runs `text_encoders` (and shares this one's cache)."""
+        return PromptEncoder(self._model, self._settings, self.device, text_encoders=text_encoders, trains=trains,
+                             cache=self.cache if cache is None else cache)

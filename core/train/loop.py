@@ -1,30 +1,47 @@
 """The training loop (job `train`): SD 1.x / 2.x / XL fine-tuning of the U-Net and/or text encoder(s).
 
-Read top to bottom: load the model, prepare the data, choose what trains, then for each batch the
-loss of core.train.step, backward, step. Saving, samples, validation, stopping and resuming happen
-between optimizer steps. Multi-GPU and multi-node runs go through `accelerate launch`; nothing here
-is distributed code of our own.
+Read top to bottom: `run` sets the run up (`set_up`: checks, model, data, what trains, optimizer),
+then `train_loop` takes each batch through loss, backward, clip and step, and after every update
+and every epoch asks `Milestones.due` what is due (validate, sample, save, stop); `Milestones.finish`
+writes the result. Multi-GPU and multi-node runs go through `accelerate launch`; nothing here is
+distributed code of our own.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
 
 from core.config import TrainConfig
-from core.jobs.protocol import JobContext
+from core.jobs.protocol import JobContext, JobStopped
+from core.models.sd import SDModel, load_sd_model
 from core.train import checkpoints
-from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position
+from core.train.checkpoints import Position
 from core.train.conditioning import PromptEncoder, static_captions
+from core.train.data import (
+    build_examples,
+    class_data_config,
+    class_examples,
+    class_image_count,
+    make_dataloader,
+    prepare_class_images,
+    prepare_latent_cache,
+    readable_examples,
+)
 from core.train.ema import EMA
 from core.train.loss import snr
+from core.train.milestones import Decision, Milestones
 from core.train.noise import apply_zero_terminal_snr
-from core.train.optimizers import is_self_scheduling, make_optimizer, parse_optimizer_args, scaled_lr
-from core.train.outputs import RunOutputs, model_file
+from core.train.optimizers import make_optimizer, parse_optimizer_args, scaled_lr
+from core.train.samples import load_clip, read_prompt_file
 from core.train.schedules import make_scheduler, steps_of
+from core.train.start_checks import data_problems, refuse_or_warn, settings_problems
 from core.train.step import loss_of_batch, weight_dtype
 from core.train.trainable import (
     add_lora_adapters,
@@ -34,6 +51,193 @@ from core.train.trainable import (
     text_encoder_rates,
     text_encoder_stop_step,
 )
+from core.train.validation import Plateau, split_validation
+
+
+@dataclass(kw_only=True)
+class Training:
+    """A run that is set up: what `train_loop` steps through."""
+    cfg: TrainConfig
+    ctx: JobContext
+    accelerator: Accelerator
+    model: SDModel
+    dataloader: object            # accelerate-wrapped; its batch sampler is `sampler`
+    sampler: object
+    modules: dict                 # the trained parts, accelerate-wrapped, by name
+    trained_params: list[torch.nn.Parameter]
+    prompts: PromptEncoder        # what the loss encodes captions with
+    optimizer: object
+    lr_scheduler: object
+    all_snr: torch.Tensor
+    dtype: torch.dtype
+    position: Position
+    milestones: Milestones
+    ema: EMA | None
+    text_encoder_stop: int | None  # the step from which the text encoder(s) are frozen
+
+    @property
+    def unet(self):
+        return self.modules.get("unet", self.model.unet)
+
+
+def run(cfg: TrainConfig, ctx: JobContext) -> dict:
+    started = time.time()
+    training = set_up(cfg, ctx)
+    decision = train_loop(training)
+    result = training.milestones.finish(decision)
+    ctx.log(f"weights checksum on process {training.accelerator.process_index}: "
+            f"{_checksum(training.trained_params):.10e}")
+    training.accelerator.end_training()
+    return {**result, "seconds": round(time.time() - started, 1)}
+
+
+def train_loop(t: Training) -> Decision:
+    cfg, accelerator, position = t.cfg, t.accelerator, t.position
+    max_steps, num_epochs = t.milestones.max_steps, t.milestones.num_epochs
+    t.ctx.progress(position.global_step, max_steps)
+    if cfg.sample_at_first and position.global_step == 0:
+        t.milestones.sample()
+    decision = None
+    while decision is None and position.epoch < num_epochs and position.global_step < max_steps:
+        for batch in epoch_batches(t):
+            with accelerator.accumulate(*t.modules.values()), accelerator.autocast():
+                loss = loss_of_batch(batch, t.model, t.unet, t.prompts, cfg, t.dtype, accelerator.device, t.all_snr)
+                accelerator.backward(loss)
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(t.trained_params, cfg.max_grad_norm)
+                t.optimizer.step()
+                t.lr_scheduler.step()
+                t.optimizer.zero_grad(set_to_none=True)
+            position.batch_in_epoch += 1
+            if accelerator.sync_gradients:
+                position.global_step += 1
+                after_update(t, loss)
+                if decision := t.milestones.due("step", position.global_step):
+                    break
+        else:
+            position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+            decision = t.milestones.due("epoch", position.epoch)
+    return decision or "done"
+
+
+def epoch_batches(t: Training):
+    """The batches of the epoch in progress (those a resumed run had done are skipped), each
+    image it leaves out reported once."""
+    epoch, done = t.position.epoch, t.position.batch_in_epoch
+    t.sampler.set_epoch(epoch)
+    t.dataloader.set_epoch(epoch)
+    for batch in t.accelerator.skip_first_batches(t.dataloader, done) if done else t.dataloader:
+        for path, reason in batch["skipped"]:
+            t.ctx.skipped(path, reason)
+        yield batch
+
+
+def after_update(t: Training, loss: torch.Tensor) -> None:
+    """EMA, progress, logged metrics and the text encoder's freeze after an optimizer update."""
+    step, max_steps = t.position.global_step, t.milestones.max_steps
+    if t.ema is not None:
+        t.ema.step(step)
+    t.ctx.progress(step, max_steps)
+    if step % t.cfg.log_every_n_steps == 0 or step == max_steps:
+        t.milestones.last_loss = _log_metrics(t.ctx, t.accelerator, step, loss, t.lr_scheduler)
+    freeze_text_encoder_if_due(t)
+
+
+def freeze_text_encoder_if_due(t: Training) -> None:
+    """stop_text_encoder_training: from its step on, the loss encodes with the frozen, unwrapped
+    text encoder(s)."""
+    if t.prompts.trains and t.text_encoder_stop is not None and t.position.global_step >= t.text_encoder_stop:
+        for part in text_encoder_parts(t.model):
+            getattr(t.model, part).requires_grad_(False).eval()
+        t.prompts = t.milestones.eval_prompts
+        t.ctx.log(f"text encoder frozen from step {t.text_encoder_stop} (stop_text_encoder_training)")
+
+
+# --- set-up --------------------------------------------------------------------------------------
+
+def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard", project_config=ProjectConfiguration(
+            project_dir=str(ctx.run_dir), logging_dir=str(ctx.run.tensorboard_dir)))
+    refuse_or_warn(settings_problems(cfg, accelerator.num_processes)[0], ctx.warning)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    sample_prompts = read_prompt_file(cfg.sample_prompts) if cfg.sample_prompts.strip() else []
+    if cfg.sample_clip_model.strip():
+        load_clip(cfg.sample_clip_model)  # a model that does not load fails now, not at every sample set
+    set_seed(cfg.seed)
+    device, dtype = accelerator.device, weight_dtype(cfg.mixed_precision)
+    ctx.log(f"processes: {accelerator.num_processes}, device: {device}, mixed precision: {cfg.mixed_precision}")
+
+    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v_parameterization or None)
+    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+    all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
+    if cfg.zero_terminal_snr:
+        apply_zero_terminal_snr(model.noise_scheduler)
+    examples, validation = prepare_data(cfg, ctx, accelerator)
+    dataloader = make_dataloader(examples, cfg)
+    sampler = dataloader.batch_sampler  # ours; accelerate wraps it when sharding
+
+    te_rates = text_encoder_rates(model, cfg)
+    trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
+    if cfg.train_lora:
+        trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
+                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
+    place_modules(model, cfg, trained, device, dtype)
+    ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
+                                     for part, params in trained.items()))
+    eval_prompts = PromptEncoder(model, cfg, device)
+    if cfg.cache_text_encoder_outputs:
+        captions = static_captions([e.caption for e in examples + validation], cfg.caption_prefix,
+                                   cfg.caption_suffix, with_empty=cfg.caption_dropout_rate > 0)
+        eval_prompts = eval_prompts.with_cache(captions, dtype, ctx=ctx)
+        for part in text_encoder_parts(model):
+            getattr(model, part).to("cpu", torch.float32)  # needed again only for sample prompts
+        ctx.log(f"cached text-encoder outputs of {len(captions)} captions")
+
+    optimizer = make_optimizer(cfg.optimizer_type, param_groups(trained, _lr(cfg, cfg.learning_rate), {
+        part: _lr(cfg, rate) for part, rate in te_rates.items()}), _lr(cfg, cfg.learning_rate),
+        parse_optimizer_args(cfg.optimizer_args))
+    dataloader = accelerator.prepare(dataloader)
+    max_steps, num_epochs = total_steps(cfg, len(dataloader))  # batches of this process, once sharded
+    n = accelerator.num_processes  # accelerate steps the scheduler once per process for each update
+    lr_scheduler = make_scheduler(
+        optimizer, cfg.lr_scheduler, max_steps * n, steps_of(cfg.lr_warmup_steps, max_steps) * n,
+        cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power, cfg.lr_decay_steps * n, cfg.lr_drops)
+    *prepared, optimizer, lr_scheduler = accelerator.prepare(*(getattr(model, p) for p in trained), optimizer,
+                                                             lr_scheduler)
+    modules = dict(zip(trained, prepared))
+    prompts = eval_prompts.running([modules.get(part, getattr(model, part)) for part in text_encoder_parts(model)],
+                                   trains=True) if te_rates else eval_prompts
+    if cfg.full_fp16:
+        allow_fp16_gradients(accelerator)
+    trained_params = [p for params in trained.values() for p in params]
+    ema = EMA(trained_params, cfg.ema_decay, cfg.ema_update_every, cfg.ema_on_cpu) if cfg.use_ema else None
+    plateau = Plateau(cfg.auto_stop_patience, cfg.auto_stop_min_delta, cfg.auto_stop_lr_reductions,
+                      cfg.auto_stop_lr_factor) if cfg.auto_stop else None
+    for extra_state in (ema, plateau):
+        if extra_state is not None:
+            accelerator.register_for_checkpointing(extra_state)
+    position = resume(cfg, ctx, accelerator)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train")
+    ctx.log(f"training {max_steps} steps over {num_epochs} epoch(s), {len(examples)} images, "
+            f"{len(dataloader)} batches per epoch")
+    milestones = Milestones(cfg=cfg, ctx=ctx, accelerator=accelerator, model=model, position=position,
+                            max_steps=max_steps, num_epochs=num_epochs, optimizer=optimizer,
+                            lr_scheduler=lr_scheduler, eval_prompts=eval_prompts, dtype=dtype,
+                            sample_prompts=sample_prompts, validation=validation, ema=ema, plateau=plateau)
+    training = Training(cfg=cfg, ctx=ctx, accelerator=accelerator, model=model, dataloader=dataloader,
+                        sampler=sampler, modules=modules, trained_params=trained_params, prompts=prompts,
+                        optimizer=optimizer, lr_scheduler=lr_scheduler, all_snr=all_snr, dtype=dtype,
+                        position=position, milestones=milestones, ema=ema,
+                        text_encoder_stop=text_encoder_stop_step(cfg.stop_text_encoder_training, max_steps))
+    freeze_text_encoder_if_due(training)  # a resumed run past the freeze
+    return training
+
+
+def _lr(cfg: TrainConfig, rate: float) -> float:
+    return scaled_lr(rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr else rate
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
@@ -44,43 +248,10 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     return cfg.max_train_steps, math.ceil(cfg.max_train_steps / updates_per_epoch)
 
 
-def check_outputs(cfg: TrainConfig) -> None:
-    """Refuse to overwrite a finished model of an earlier run (unless resuming it)."""
-    for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
-        final = model_file(cfg, suffix)
-        if final.exists() and not cfg.resume:
-            raise ValueError(f"{final} exists already: choose another output_name or output_dir "
-                             "(nothing is overwritten), or resume the run that made it")
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-
-
-def load_model(cfg: TrainConfig, ctx: JobContext):
-    from core.models.sd import load_sd_model
-
-    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v_parameterization or None)
-    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
-    if model.arch == "sdxl" and cfg.clip_skip > 1:
-        ctx.warning(f"clip_skip {cfg.clip_skip} is ignored for SDXL: it always uses the penultimate layer of "
-                    "its text encoders (as kohya)")
-    return model
-
-
 def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
     """(training examples, validation examples): the missing DreamBooth class images generated and the
     latent caches built (by the main process), the validation images split off or read from
     validation_data_dir, the class images added to the training examples."""
-    from core.jobs.protocol import JobStopped
-    from core.train.data import (
-        build_examples,
-        class_data_config,
-        class_examples,
-        class_image_count,
-        prepare_class_images,
-        prepare_latent_cache,
-        readable_examples,
-    )
-    from core.train.validation import split_validation
-
     configs = [cfg]
     if cfg.validation_data_dir.strip():
         configs.append(cfg.model_copy(update={"train_data_dir": [cfg.validation_data_dir]}))
@@ -96,14 +267,10 @@ def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
         ctx.log("stopped while generating class images; start the run again to go on")
         raise JobStopped()
     examples = build_examples(cfg, ctx)
-    if cfg.validation_data_dir.strip():
-        validation = build_examples(configs[1], ctx)
-        if not validation:
-            raise ValueError(f"validation_data_dir {cfg.validation_data_dir}: no usable images")
-    else:
+    validation = build_examples(configs[1], ctx) if cfg.validation_data_dir.strip() else None
+    refuse_or_warn(data_problems(cfg, len(examples), None if validation is None else len(validation)), ctx.warning)
+    if validation is None:
         examples, validation = split_validation(examples, cfg.validation_split, cfg.validation_seed)
-    if not examples:
-        raise ValueError("no usable images in train_data_dir (see the warnings above)")
     if validation and not cfg.cache_latents:
         validation = readable_examples(validation, ctx, cfg.max_image_pixels)
     if cfg.prior_preservation:
@@ -144,197 +311,16 @@ def allow_fp16_gradients(accelerator) -> None:
         optimizer, inv_scale, found_inf, True)
 
 
-def run(cfg: TrainConfig, ctx: JobContext) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-
-    from core.train.data import make_dataloader
-    from core.train.samples import load_clip, read_prompt_file
-    from core.train.validation import Plateau
-
-    check_outputs(cfg)
-    sample_prompts = read_prompt_file(cfg.sample_prompts) if cfg.sample_prompts.strip() else []
-    if cfg.sample_clip_model.strip():
-        load_clip(cfg.sample_clip_model)  # a bad folder fails now, not as a warning at every sample set
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
-        log_with="tensorboard", project_config=ProjectConfiguration(
-            project_dir=str(ctx.run_dir), logging_dir=str(ctx.run.tensorboard_dir)))
-    set_seed(cfg.seed)
-    device = accelerator.device
-    ctx.log(f"processes: {accelerator.num_processes}, device: {device}, mixed precision: {cfg.mixed_precision}")
-    if cfg.num_processes != accelerator.num_processes:
-        ctx.warning(f"num_processes is {cfg.num_processes} but this run has {accelerator.num_processes} process(es): "
-                    "several processes start through `accelerate launch` (the GUI does it; copy its command)")
-
-    model = load_model(cfg, ctx)
-    all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
-    if cfg.zero_terminal_snr:
-        apply_zero_terminal_snr(model.noise_scheduler)
-        if not model.v_prediction:
-            ctx.warning("zero_terminal_snr without v-prediction: the last timestep is pure noise, which an "
-                        "eps-prediction model cannot denoise; use it with v_parameterization")
-
-    examples, validation = prepare_data(cfg, ctx, accelerator)
-    dataloader = make_dataloader(examples, cfg)
-    sampler = dataloader.batch_sampler  # ours; accelerate wraps it when sharding
-
-    dtype = weight_dtype(cfg.mixed_precision)
-    te_rates = text_encoder_rates(model, cfg)
-    trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
-    if cfg.train_lora:
-        trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
-                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
-    place_modules(model, cfg, trained, device, dtype)
-    ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
-                                     for part, params in trained.items()))
-    prompts = PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device)
-    if cfg.cache_text_encoder_outputs:
-        captions = static_captions([e.caption for e in examples + validation], cfg.caption_prefix,
-                                   cfg.caption_suffix, with_empty=cfg.caption_dropout_rate > 0)
-        prompts.fill_cache(captions, dtype, ctx=ctx)
-        for part in text_encoder_parts(model):
-            getattr(model, part).to("cpu", torch.float32)  # needed again only for sample prompts
-        ctx.log(f"cached text-encoder outputs of {len(captions)} captions")
-
-    def scaled(rate: float) -> float:
-        return scaled_lr(rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr else rate
-
-    lr = scaled(cfg.learning_rate)
-    optimizer = make_optimizer(cfg.optimizer_type,
-                               param_groups(trained, lr, {part: scaled(rate) for part, rate in te_rates.items()}),
-                               lr, parse_optimizer_args(cfg.optimizer_args))
-    if is_self_scheduling(optimizer):
-        ctx.warning("Adafactor in relative-step mode sets its own step size: learning_rate, lr_scheduler, "
-                    "lr_drops and auto_stop's reductions are ignored (optimizer_args relative_step=False "
-                    "scale_parameter=False to use them)")
-    dataloader = accelerator.prepare(dataloader)
-    max_steps, num_epochs = total_steps(cfg, len(dataloader))  # batches of this process, once sharded
-    n = accelerator.num_processes  # accelerate steps the scheduler once per process for each update
-    lr_scheduler = make_scheduler(
-        optimizer, cfg.lr_scheduler, max_steps * n, steps_of(cfg.lr_warmup_steps, max_steps) * n,
-        cfg.lr_scheduler_num_cycles, cfg.lr_scheduler_power, cfg.lr_decay_steps * n, cfg.lr_drops)
-    modules = {part: getattr(model, part) for part in trained}
-    *prepared, optimizer, lr_scheduler = accelerator.prepare(*modules.values(), optimizer, lr_scheduler)
-    wrapped = dict(zip(modules, prepared))
-    unet = wrapped.get("unet", model.unet)
-    if te_rates:
-        prompts.text_encoders = [wrapped.get(part, getattr(model, part)) for part in text_encoder_parts(model)]
-        prompts.trains = True
-    if cfg.full_fp16:
-        allow_fp16_gradients(accelerator)
-    trained_params = [p for params in trained.values() for p in params]
-    ema = EMA(trained_params, cfg.ema_decay, cfg.ema_update_every, cfg.ema_on_cpu) if cfg.use_ema else None
-    plateau = Plateau(cfg.auto_stop_patience, cfg.auto_stop_min_delta, cfg.auto_stop_lr_reductions,
-                      cfg.auto_stop_lr_factor) if cfg.auto_stop else None
-    for extra_state in (ema, plateau):
-        if extra_state is not None:
-            accelerator.register_for_checkpointing(extra_state)
-
-    position = Position()
-    if cfg.resume:
-        position = checkpoints.load_position(Path(cfg.resume))
-        checkpoints.check_state_files(Path(cfg.resume))
-        accelerator.load_state(cfg.resume)
-        ctx.log(f"resumed from {cfg.resume} at step {position.global_step} (epoch {position.epoch + 1}, "
-                f"batch {position.batch_in_epoch})")
-    te_stop = text_encoder_stop_step(cfg.stop_text_encoder_training, max_steps)
-
-    def freeze_text_encoder_if_due() -> None:
-        if prompts.trains and te_stop is not None and position.global_step >= te_stop:
-            prompts.text_encoders = [getattr(model, part).requires_grad_(False).eval()
-                                     for part in text_encoder_parts(model)]
-            prompts.trains = False
-            ctx.log(f"text encoder frozen from step {te_stop} (stop_text_encoder_training)")
-
-    freeze_text_encoder_if_due()
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train")
-    ctx.log(f"training {max_steps} steps over {num_epochs} epoch(s), {len(examples)} images, "
-            f"{len(dataloader)} batches per epoch")
-    watch = RunOutputs(cfg, ctx, accelerator, model, position, ema, sample_prompts, validation,
-                       PromptEncoder(model, cfg.clip_skip, cfg.max_token_length, device), prompts, dtype)
-
-    started, stopped, auto_stopped = time.time(), False, False
-    ctx.progress(position.global_step, max_steps)
-    if cfg.sample_at_first and position.global_step == 0:
-        watch.sample()
-    while position.epoch < num_epochs and position.global_step < max_steps and not (stopped or auto_stopped):
-        sampler.set_epoch(position.epoch)
-        dataloader.set_epoch(position.epoch)
-        batches = (accelerator.skip_first_batches(dataloader, position.batch_in_epoch)
-                   if position.batch_in_epoch else dataloader)
-        for batch in batches:
-            for path, reason in batch["skipped"]:
-                ctx.skipped(path, reason)
-            with accelerator.accumulate(*wrapped.values()), accelerator.autocast():
-                loss = loss_of_batch(batch, model, unet, prompts, cfg, dtype, device, all_snr)
-                accelerator.backward(loss)
-                if cfg.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trained_params, cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            position.batch_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
-            position.global_step += 1
-            step = position.global_step
-            if ema is not None:
-                ema.step(step)
-            ctx.progress(step, max_steps)
-            if step % cfg.log_every_n_steps == 0 or step == max_steps:
-                watch.last_loss = _log_metrics(ctx, accelerator, step, loss, lr_scheduler)
-            freeze_text_encoder_if_due()
-            # validation first: a state saved at this step includes its auto_stop decision
-            if checkpoints.is_due(step, cfg.validate_every_n_steps) and step < max_steps:
-                auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
-            if step >= max_steps or auto_stopped:
-                break
-            if checkpoints.is_due(step, cfg.sample_every_n_steps):
-                watch.sample()
-            if checkpoints.is_due(step, cfg.save_every_n_steps):
-                watch.save(checkpoints.step_suffix(step), cfg.save_state)
-                checkpoints.prune(cfg.output_dir, cfg.output_name, "step", cfg.save_last_n_steps)
-            if _stop_requested(accelerator, ctx):
-                stopped = True
-                break
-        else:
-            position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-            if position.epoch < num_epochs:
-                if checkpoints.is_due(position.epoch, cfg.validate_every_n_epochs):
-                    auto_stopped = watch.validate(optimizer, lr_scheduler, plateau)
-                if auto_stopped:
-                    break
-                if checkpoints.is_due(position.epoch, cfg.sample_every_n_epochs):
-                    watch.sample()
-                if checkpoints.is_due(position.epoch, cfg.save_every_n_epochs):
-                    watch.save(checkpoints.epoch_suffix(position.epoch), cfg.save_state)
-                    checkpoints.prune(cfg.output_dir, cfg.output_name, "epoch", cfg.save_last_n_epochs)
-
-    if stopped:
-        folder = checkpoints.save_state(
-            accelerator, checkpoints.state_dir(cfg.output_dir, cfg.output_name, position.global_step), position)
-        ctx.log(f"stopped at step {position.global_step}; resume with --set resume={folder}")
-        result = {"stopped_at": position.global_step, "state": str(folder)}
-    else:
-        if validation and not auto_stopped:
-            watch.validate(optimizer, lr_scheduler, plateau)
-        watch.save("", cfg.save_state)
-        watch.sample()
-        result = {"steps": position.global_step, "model": str(model_file(cfg)), "final_loss": watch.last_loss}
-        if auto_stopped:
-            result["auto_stopped"] = True
-    ctx.log(f"weights checksum on process {accelerator.process_index}: {_checksum(trained_params):.10e}")
-    accelerator.end_training()
-    result["seconds"] = round(time.time() - started, 1)
-    return result
-
-
-def _stop_requested(accelerator, ctx) -> bool:
-    """Whether any process saw the STOP file (all processes must stop at the same step)."""
-    flag = torch.tensor([1.0 if ctx.should_stop() else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+def resume(cfg: TrainConfig, ctx: JobContext, accelerator) -> Position:
+    """Where the run starts: the saved state `resume` names (loaded into the prepared objects), or
+    the beginning."""
+    if not cfg.resume:
+        return Position()
+    position = checkpoints.load_position(Path(cfg.resume))
+    accelerator.load_state(cfg.resume)  # the state's pickles were checked by the start checks
+    ctx.log(f"resumed from {cfg.resume} at step {position.global_step} (epoch {position.epoch + 1}, "
+            f"batch {position.batch_in_epoch})")
+    return position
 
 
 def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> float:

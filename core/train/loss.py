@@ -11,7 +11,7 @@ from typing import get_args
 
 import torch
 
-from core.config.train import HuberSchedule
+from core.config.choices import HuberSchedule
 
 LOSS_TYPES = ("l2", "huber", "smooth_l1", "l1")
 HUBER_SCHEDULES = get_args(HuberSchedule)

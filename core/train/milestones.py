@@ -1,31 +1,90 @@
-"""What a training run writes between steps: model saves (raw, EMA, best), samples, validation."""
+"""What a training run does between optimizer steps, when it is due: validation (and auto_stop),
+samples, model saves (raw, EMA, best) with resumable states, and honouring a stop request."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
 
 from core.config import TrainConfig
+from core.jobs.protocol import JobContext
+from core.models.lora import save_lora
+from core.models.sd import save_sd_model
 from core.train import checkpoints
-from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position
+from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position, model_file
 from core.train.conditioning import PromptEncoder
+from core.train.ema import EMA
+from core.train.samples import SamplePrompt, generate_samples
+from core.train.trainable import lora_parts
+from core.train.validation import Plateau, scale_learning_rates, validation_loss
+
+Unit = Literal["step", "epoch"]
+Decision = Literal["done", "stopped", "auto_stopped"]
+SUFFIX_OF = {"step": checkpoints.step_suffix, "epoch": checkpoints.epoch_suffix}
 
 
-def model_file(cfg: TrainConfig, suffix: str = "") -> Path:
-    """Where a save of this run goes: the model (file or diffusers folder), or the LoRA file."""
-    return checkpoints.model_path(cfg.output_dir, cfg.output_name, "safetensors" if cfg.train_lora
-                                  else cfg.save_model_as, suffix)
+@dataclass(kw_only=True)
+class Milestones:
+    """Called by the loop after every optimizer update and at the end of every epoch."""
+    cfg: TrainConfig
+    ctx: JobContext
+    accelerator: object
+    model: object                 # the SDModel (its modules unwrapped)
+    position: Position
+    max_steps: int
+    num_epochs: int
+    optimizer: object             # accelerate-wrapped, as the loop steps them
+    lr_scheduler: object
+    eval_prompts: PromptEncoder   # the unwrapped text encoder(s), with the training cache
+    dtype: torch.dtype
+    sample_prompts: list[SamplePrompt] = field(default_factory=list)
+    validation: list = field(default_factory=list)
+    ema: EMA | None = None
+    plateau: Plateau | None = None
+    last_loss: float | None = None
 
+    def due(self, unit: Unit, count: int) -> Decision | None:
+        """Do what the settings ask after `count` steps or epochs: validate (first: a state saved at
+        this point includes its auto_stop decision), sample, save, see a stop request. Returns how
+        the run ends now, or None to go on. The run's last step or epoch only ends it: `finish`
+        validates, saves and samples the final model."""
+        cfg = self.cfg
+        final = count >= (self.max_steps if unit == "step" else self.num_epochs)
+        if not final and checkpoints.is_due(count, getattr(cfg, f"validate_every_n_{unit}s")) and self.validate():
+            return "auto_stopped"
+        if final:
+            return "done"
+        if checkpoints.is_due(count, getattr(cfg, f"sample_every_n_{unit}s")):
+            self.sample()
+        if checkpoints.is_due(count, getattr(cfg, f"save_every_n_{unit}s")):
+            self.save(SUFFIX_OF[unit](count), cfg.save_state)
+            checkpoints.prune(cfg.output_dir, cfg.output_name, unit, getattr(cfg, f"save_last_n_{unit}s"))
+        if unit == "step" and self.stop_requested():
+            return "stopped"
+        return None
 
-class RunOutputs:
-    """Called by the loop at the steps and epochs the config asks for."""
+    def finish(self, decision: Decision) -> dict:
+        """The run's result: a resumable state when stopped, else the final model (validated, saved,
+        sampled)."""
+        cfg, position = self.cfg, self.position
+        if decision == "stopped":
+            folder = checkpoints.save_state(
+                self.accelerator, checkpoints.state_dir(cfg.output_dir, cfg.output_name, position.global_step), position)
+            self.ctx.log(f"stopped at step {position.global_step}; resume with --set resume={folder}")
+            return {"stopped_at": position.global_step, "state": str(folder)}
+        if decision == "done":
+            self.validate()
+        self.save("", cfg.save_state)
+        self.sample()
+        result = {"steps": position.global_step, "model": str(model_file(cfg)), "final_loss": self.last_loss}
+        return {**result, "auto_stopped": True} if decision == "auto_stopped" else result
 
-    def __init__(self, cfg, ctx, accelerator, model, position, ema, sample_prompts, validation,
-                 eval_prompts: PromptEncoder, prompts: PromptEncoder, dtype):
-        self.cfg, self.ctx, self.accelerator, self.model, self.position = cfg, ctx, accelerator, model, position
-        self.ema, self.sample_prompts, self.validation, self.dtype = ema, sample_prompts, validation, dtype
-        self.eval_prompts = eval_prompts  # the raw (unwrapped) text encoder, sharing the training cache
-        self.eval_prompts.cache = prompts.cache
-        self.last_loss: float | None = None
+    def stop_requested(self) -> bool:
+        """Whether any process saw a stop request (all processes must stop at the same step)."""
+        flag = torch.tensor([1.0 if self.ctx.should_stop() else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def evaluated_weights(self):
         """The weights that samples and validation use: the EMA ones when they are what is saved."""
@@ -35,10 +94,6 @@ class RunOutputs:
 
     def _write_model(self, suffix: str) -> None:
         cfg, position, model = self.cfg, self.position, self.model
-        from core.models.lora import save_lora
-        from core.train.trainable import lora_parts
-        from core.models.sd import save_sd_model
-
         path = model_file(cfg, suffix)
         if cfg.train_lora:
             save_lora(path, lora_parts(model), model.arch == "sdxl",
@@ -65,8 +120,6 @@ class RunOutputs:
 
     def sample(self) -> None:
         """Sample images from the prompt file (main process; the others wait)."""
-        from core.train.samples import generate_samples
-
         if not self.sample_prompts:
             return
         cfg, accelerator = self.cfg, self.accelerator
@@ -74,19 +127,16 @@ class RunOutputs:
             with self.evaluated_weights():
                 generate_samples(self.model, self.model.unet, self.sample_prompts,
                                  self.ctx.run.samples_dir, self.position.global_step, seed=cfg.seed,
-                                 clip_skip=cfg.clip_skip, max_token_length=cfg.max_token_length,
-                                 device=accelerator.device, autocast=accelerator.autocast, ctx=self.ctx,
-                                 clip_dir=cfg.sample_clip_model)
+                                 prompt_settings=cfg, device=accelerator.device, autocast=accelerator.autocast,
+                                 ctx=self.ctx, clip_dir=cfg.sample_clip_model)
         accelerator.wait_for_everyone()
 
-    def validate(self, optimizer, lr_scheduler, plateau) -> bool:
+    def validate(self) -> bool:
         """Validation loss on every process (same value everywhere, so every process takes the same
         auto_stop decision without talking); True when auto_stop ends the run."""
-        from core.train.validation import scale_learning_rates, validation_loss
-
         if not self.validation:
             return False
-        cfg, accelerator, step = self.cfg, self.accelerator, self.position.global_step
+        cfg, accelerator, step, plateau = self.cfg, self.accelerator, self.position.global_step, self.plateau
         with self.evaluated_weights(), accelerator.autocast():
             value = validation_loss(self.validation, self.model.unet, self.eval_prompts, self.model,
                                     seed=cfg.validation_seed, batch_size=cfg.train_batch_size,
@@ -102,7 +152,7 @@ class RunOutputs:
         if decision == "improved":
             self.save(BEST_SUFFIX, with_state=False)
         elif decision == "reduce":
-            scale_learning_rates(optimizer.optimizer, lr_scheduler.scheduler, cfg.auto_stop_lr_factor)
+            scale_learning_rates(self.optimizer.optimizer, self.lr_scheduler.scheduler, cfg.auto_stop_lr_factor)
             self.ctx.log(f"validation loss has not improved for {cfg.auto_stop_patience} validations: learning "
                          f"rate x {cfg.auto_stop_lr_factor} (reduction {plateau.reductions})")
         elif decision == "stop":
@@ -111,8 +161,8 @@ class RunOutputs:
 
 
 def _metadata(cfg: TrainConfig, position: Position) -> dict:
-    keys = ("learning_rate", "learning_rate_te", "learning_rate_te1", "learning_rate_te2", "train_unet", "train_text_encoder", "train_batch_size",
-            "gradient_accumulation_steps", "optimizer_type", "lr_scheduler", "mixed_precision", "clip_skip",
-            "max_token_length", "max_resolution", "seed", "use_ema")
+    keys = ("learning_rate", "learning_rate_te", "learning_rate_te1", "learning_rate_te2", "train_unet",
+            "train_text_encoder", "train_batch_size", "gradient_accumulation_steps", "optimizer_type", "lr_scheduler",
+            "mixed_precision", "clip_skip", "max_token_length", "max_resolution", "seed", "use_ema")
     return {"ss_training_steps": position.global_step, "ss_epoch": position.epoch,
             **{f"ss_{k}": getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}}

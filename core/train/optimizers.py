@@ -14,7 +14,7 @@ from typing import get_args
 
 import torch
 
-from core.config.train import OptimizerName
+from core.config.choices import OptimizerName
 
 OPTIMIZERS = get_args(OptimizerName)
 
@@ -89,9 +89,7 @@ def make_optimizer(name: str, params_or_groups, lr: float, args: dict) -> torch.
         kwargs.setdefault("momentum", 0.9)
         kwargs.setdefault("nesterov", True)
     if name == "Adafactor":
-        kwargs.setdefault("relative_step", True)
-        if kwargs.get("warmup_init"):
-            kwargs["relative_step"] = True
+        kwargs["relative_step"] = sets_own_step_size(name, args)
         if kwargs["relative_step"]:
             lr = None
             params = [{k: v for k, v in g.items() if k != "lr"} if isinstance(g, dict) else g
@@ -99,6 +97,12 @@ def make_optimizer(name: str, params_or_groups, lr: float, args: dict) -> torch.
     return cls(params, lr=lr, **kwargs)
 
 
+def sets_own_step_size(name: str, args: dict) -> bool:
+    """True for Adafactor in relative-step mode (its default, as kohya; warmup_init forces it): it
+    picks its own step size, so learning rates and schedules do not apply."""
+    return name == "Adafactor" and bool(args.get("relative_step", True) or args.get("warmup_init"))
+
+
 def is_self_scheduling(optimizer: torch.optim.Optimizer) -> bool:
-    """True for Adafactor in relative-step mode: it sets its own lr, so schedules do not apply."""
-    return type(optimizer).__name__ == "Adafactor" and bool(optimizer.defaults.get("relative_step"))
+    """Whether a built optimizer sets its own step size (see sets_own_step_size)."""
+    return sets_own_step_size(type(optimizer).__name__, optimizer.defaults)

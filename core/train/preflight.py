@@ -17,10 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -28,23 +26,12 @@ from core.config import ConfigError, TrainConfig, validate
 from core.dataset.buckets import BucketAssignment, plan_buckets
 from core.dataset.discovery import caption_path, check_folders
 from core.dataset.latents import cache_path_for, choose_precision, is_cache_valid, recipe
-from core.models.loading import Checkpoint, arch_of_folder, existing_path
-from core.models.sd import TEXT_ENCODERS, base_model_arch
-from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, STATE_FILE, load_position, model_path
 from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
-from core.train.optimizers import parse_optimizer_args
-from core.train.samples import CLIP_FOLDER_HELP, read_prompt_file
+from core.train.start_checks import Problem, data_problems, settings_problems
 
 SOURCE = "settings"
 BIG_MODEL_BYTES = 500 * 2**20  # real SD models are GBs; the demo kit's tiny ones a few MB
 LISTED = 3  # paths named in a warning about many files
-
-
-@dataclass(frozen=True)
-class Problem:
-    field: str | None  # the setting to change; None when no single one is to blame
-    message: str
-    severity: Literal["error", "warning"] = "error"
 
 
 @dataclass
@@ -96,16 +83,16 @@ def _bullet(problem: Problem) -> str:
 
 
 def check_training(values: dict) -> Preflight:
-    """Every problem of the trainer's settings `values` (a TrainConfig as a dict)."""
+    """Every problem of the trainer's settings `values` (a TrainConfig as a dict): the trainer's own
+    start checks (core.train.start_checks), then what only a look at the data and the machine shows."""
     try:
         cfg = validate(TrainConfig, values, SOURCE)
     except ConfigError as err:
         return Preflight([schema_problem(line) for line in str(err).splitlines()])
-    data_problems, assignments = check_dataset(cfg)
+    problems, _ = settings_problems(cfg, cfg.num_processes)  # the GUI starts num_processes processes
+    data, assignments = check_dataset(cfg)
     class_problems, class_images = check_class_images(cfg, assignments)
-    problems = [*check_model(cfg), *data_problems, *class_problems, *check_validation(cfg, len(assignments)),
-                *check_output(cfg), *check_resume(cfg), *check_samples(cfg), *check_device(cfg),
-                *check_optimizer(cfg)]
+    problems += [*data, *class_problems, *check_device(cfg)]
     missing = count_stale_latents(cfg, assignments) if cfg.cache_latents else 0
     wanted = cfg.num_class_images if cfg.prior_preservation else 0
     return Preflight(problems, len(assignments), missing, cfg.cache_latents, class_images, wanted)
@@ -123,75 +110,36 @@ def schema_problem(line: str) -> Problem:
     return Problem(first if first in TrainConfig.model_fields else None, message)
 
 
-def check_model(cfg: TrainConfig) -> list[Problem]:
-    problems = []
-    try:
-        problems += check_arch(cfg, base_model_of(cfg.pretrained_model_name_or_path))
-    except ValueError as exc:
-        problems.append(Problem("pretrained_model_name_or_path", str(exc)))
-    if cfg.vae.strip():
-        try:
-            existing_path(cfg.vae)
-        except ValueError as exc:
-            problems.append(Problem("vae", f"{exc}; or leave vae empty to use the model's own"))
-    return problems
-
-
-def check_arch(cfg: TrainConfig, arch: str) -> list[Problem]:
-    """Settings that do not apply to the model's architecture."""
-    problems = []
-    if arch == "sdxl" and cfg.clip_skip > 1:
-        problems.append(Problem("clip_skip", "SDXL always uses the penultimate layer of its text encoders: clip_skip "
-                                "is ignored (set it to 1)", "warning"))
-    if arch != "sdxl":
-        for name in ("learning_rate_te1", "learning_rate_te2"):
-            if getattr(cfg, name) is not None:
-                problems.append(Problem(name, f"only SDXL models have two text encoders: {name} is ignored (use "
-                                        "learning_rate_te)", "warning"))
-    return problems
-
-
-def base_model_of(model: str) -> str:
-    """sd1 / sd2 / sdxl of a base model, from names only; ValueError saying what is wrong."""
-    path = existing_path(model)
-    if path.is_file():
-        with Checkpoint(path) as ckpt:
-            return base_model_arch(path, ckpt.keys)
-    if not (path / "model_index.json").is_file():
-        raise ValueError(f"{path}: not a diffusers model folder (no model_index.json); choose the folder "
-                         "that holds model_index.json, or a single .safetensors/.ckpt file")
-    arch = arch_of_folder(path)
-    missing = [f"{part}/" for part in ("unet", "vae", *TEXT_ENCODERS[arch])
-               if not (path / part / "config.json").is_file()]
-    if missing:
-        raise ValueError(f"{path}: incomplete diffusers model, {', '.join(missing)} missing (with its "
-                         "config.json); choose a complete model")
-    return arch
-
-
 def check_dataset(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignment]]:
-    """(problems, the bucket plan's usable images) of train_data_dir."""
-    problems = []
-    for folder in cfg.train_data_dir:
-        try:
-            check_folders([folder])
-        except ValueError as exc:
-            problems.append(Problem("train_data_dir", f"{exc}; correct or remove it"))
+    """(problems, the bucket plan's usable images) of train_data_dir and validation_data_dir."""
+    problems = _folder_problems("train_data_dir", cfg.train_data_dir, "; correct or remove it")
     if problems:
         return problems, []
     assignments, skipped = plan_buckets(cfg)
     if skipped:
         problems.append(Problem("train_data_dir", _skipped_message(skipped), "warning"))
-    if not assignments:
-        hint = "" if cfg.recursive else " (turn on recursive to read subfolders)"
-        problems.append(Problem("train_data_dir", f"no usable images in {', '.join(cfg.train_data_dir)}"
-                                f"{hint}: add images (.png, .jpg, .webp, ...)"))
+    validation = None
+    if folder := cfg.validation_data_dir.strip():
+        missing = _folder_problems("validation_data_dir", [folder], "")
+        problems += missing
+        validation = None if missing else len(plan_buckets(cfg.model_copy(update={"train_data_dir": [folder]}))[0])
+    problems += data_problems(cfg, len(assignments), validation)
     uncaptioned = sum(not caption_path(a.path, cfg.caption_extension).is_file() for a in assignments)
     if uncaptioned and not cfg.instance_prompt:
         problems.append(Problem("caption_extension", f"{uncaptioned} of {len(assignments)} images have no "
                                 f"{cfg.caption_extension} caption file and train with an empty caption: "
                                 "caption them first, or check caption_extension", "warning"))
     return problems, assignments
+
+
+def _folder_problems(field: str, folders: list[str], advice: str) -> list[Problem]:
+    problems = []
+    for folder in folders:
+        try:
+            check_folders([folder])
+        except ValueError as exc:
+            problems.append(Problem(field, f"{exc}{advice}"))
+    return problems
 
 
 def check_class_images(cfg: TrainConfig, instance: list[BucketAssignment]) -> tuple[list[Problem], int]:
@@ -218,81 +166,6 @@ def _skipped_message(skipped: list[dict]) -> str:
     shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:LISTED])
     more = f" (and {len(skipped) - LISTED} more)" if len(skipped) > LISTED else ""
     return f"{len(skipped)} skipped, they will not be trained: {shown}{more}"
-
-
-def check_validation(cfg: TrainConfig, images: int) -> list[Problem]:
-    folder = cfg.validation_data_dir.strip()
-    if folder:
-        try:
-            check_folders([folder])
-        except ValueError as exc:
-            return [Problem("validation_data_dir", str(exc))]
-        if not plan_buckets(cfg.model_copy(update={"train_data_dir": [folder]}))[0]:
-            return [Problem("validation_data_dir", f"no usable images in {folder}: add captioned images, "
-                            "or clear validation_data_dir")]
-    if cfg.validation_split and images == 1:  # split_validation's rule; no images is reported apart
-        return [Problem("validation_split", "a validation split needs at least 2 images (one to train on, "
-                        "one to validate with), found 1: add images, or give a validation_data_dir")]
-    return []
-
-
-def check_output(cfg: TrainConfig) -> list[Problem]:
-    """output_dir can be written; the final model of an earlier run is not there (the trainer
-    refuses to overwrite it unless resuming)."""
-    if problem := _unwritable(Path(os.path.abspath(cfg.output_dir))):
-        return [Problem("output_dir", problem)]
-    if cfg.resume:
-        return []
-    for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
-        final = model_path(cfg.output_dir, cfg.output_name, cfg.save_model_as, suffix)
-        if final.exists():
-            return [Problem("output_name", f"{final} exists already and is never overwritten: choose "
-                            "another output_name (or output_dir), or resume the run that made it")]
-    return []
-
-
-def _unwritable(folder: Path) -> str | None:
-    """Why the trainer could not write into `folder` (creating it), None when it can."""
-    if folder.exists():
-        if not folder.is_dir():
-            return f"{folder} is a file: choose a folder for the trained model"
-        try:
-            with tempfile.TemporaryFile(dir=folder):
-                return None
-        except OSError as exc:
-            return f"cannot write into {folder} ({exc.strerror or exc}): choose a folder you can write to"
-    parent = next((p for p in folder.parents if p.exists()), None)
-    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        return (f"cannot create {folder}: {parent or 'its drive'} is not a writable folder; choose a folder "
-                "you can write to")
-    return None
-
-
-def check_resume(cfg: TrainConfig) -> list[Problem]:
-    if not cfg.resume.strip():
-        return []
-    try:
-        load_position(Path(cfg.resume))
-    except (ValueError, TypeError, OSError) as exc:
-        state = Path(cfg.resume) / STATE_FILE
-        message = str(exc) if not state.is_file() else (
-            f"{state} cannot be read ({exc}): choose another saved training state")
-        return [Problem("resume", message.removeprefix("resume: "))]
-    return []
-
-
-def check_samples(cfg: TrainConfig) -> list[Problem]:
-    problems = []
-    if cfg.sample_prompts.strip():
-        try:
-            read_prompt_file(cfg.sample_prompts)
-        except ValueError as exc:
-            problems.append(Problem("sample_prompts", str(exc)))
-    clip = cfg.sample_clip_model.strip()
-    if clip and not (Path(clip).expanduser() / "config.json").is_file():
-        problems.append(Problem("sample_clip_model", f"{clip}: no CLIP model here (no config.json); it must "
-                                f"be {CLIP_FOLDER_HELP}"))
-    return problems
 
 
 def check_device(cfg: TrainConfig) -> list[Problem]:
@@ -325,21 +198,6 @@ def _size_on_disk(model: str) -> int:
     path = Path(os.path.expanduser(model))
     files = [path] if path.is_file() else [Path(folder, name) for folder, _, names in os.walk(path) for name in names]
     return sum(f.stat().st_size for f in files if f.is_file())
-
-
-def check_optimizer(cfg: TrainConfig) -> list[Problem]:
-    """Adafactor in relative-step mode (its default) sets its own step size: lr schedules are ignored."""
-    args = parse_optimizer_args(cfg.optimizer_args)
-    if cfg.optimizer_type != "Adafactor" or not (args.get("relative_step", True) or args.get("warmup_init")):
-        return []
-    ignored = [f"lr_scheduler {cfg.lr_scheduler}"] if cfg.lr_scheduler != "constant" else []
-    ignored += ["lr_drops"] if cfg.lr_drops else []
-    ignored += ["auto_stop's learning-rate reductions"] if cfg.auto_stop and cfg.auto_stop_lr_reductions else []
-    if not ignored:
-        return []
-    return [Problem("optimizer_type", f"Adafactor in relative-step mode sets its own step size, so "
-                    f"{' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored: add optimizer_args "
-                    "relative_step=False and scale_parameter=False to use them", "warning")]
 
 
 def count_stale_latents(cfg: TrainConfig, assignments: list[BucketAssignment]) -> int:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from core.config.models import PromptSettings
 from core.fsutil import atomic_path
+from core.train.conditioning import PromptEncoder
 
 OPTION_SPLIT = re.compile(r"(?:^|\s+)--(?=\S)")  # " --x" starts an option
 INT_OPTIONS = {"w": "width", "h": "height", "s": "steps", "d": "seed"}
@@ -106,7 +108,7 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
 
 
 def generate_samples(model, unet, prompts: Sequence[SamplePrompt], out_dir: str | Path, step: int, *,
-                     seed: int, clip_skip: int | None = 1, max_token_length: int | None = 75,
+                     seed: int, prompt_settings: PromptSettings = PromptSettings(),
                      device: str | torch.device = "cpu", autocast: Callable = contextlib.nullcontext,
                      ctx=None, clip_dir: str = "") -> list[Sample]:
     """Write one image per prompt to `out_dir/step{step:08d}-{i:02d}.png` and return them.
@@ -116,10 +118,8 @@ def generate_samples(model, unet, prompts: Sequence[SamplePrompt], out_dir: str 
     `seed + i`; the noise is drawn on the CPU, so a seed gives the same image on any device. A
     prompt that fails is a warning (on `ctx`) and the others go on. With `clip_dir`, each sample
     gets a CLIP score and `ctx` gets their mean as the metric "clip_score"."""
-    from core.train.conditioning import PromptEncoder
-
     out_dir, device = Path(out_dir), torch.device(device)
-    encoder = PromptEncoder(model, clip_skip, max_token_length, device)
+    encoder = PromptEncoder(model, prompt_settings, device)
     modules = (unet, *encoder.text_encoders, model.vae)
     was_training = [module.training for module in modules]
     samples, images = [], []
@@ -182,7 +182,7 @@ def prompt_embeds(states: torch.Tensor, pooled: torch.Tensor | None, count: int 
 
 
 def _generate(pipe, encoder, prompt: SamplePrompt, seed: int):
-    """One PIL image, the prompts encoded the way training encodes captions (clip_skip, chunks)."""
+    """One PIL image, the prompts encoded the way training encodes captions (prompt settings, chunks)."""
     states, pooled = encoder.encode([prompt.prompt, prompt.negative_prompt])
     return pipe(**prompt_embeds(states, pooled), width=prompt.width, height=prompt.height,
                 num_inference_steps=prompt.steps, guidance_scale=prompt.scale,
@@ -247,6 +247,16 @@ def clip_scores(images: Sequence, prompts: Sequence[str], clip_dir: str | Path) 
     return (100 * (image_embeds * text_embeds).sum(dim=-1)).clamp(min=0).tolist()
 
 
+def clip_folder_problem(folder: str | Path) -> str | None:
+    """Why `folder` cannot hold a CLIP model (from its files only), None when it may."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        return f"{path}: no such folder; the CLIP model must be {CLIP_FOLDER_HELP}"
+    if not (path / "config.json").is_file():
+        return f"{path}: no CLIP model here (no config.json); it must be {CLIP_FOLDER_HELP}"
+    return None
+
+
 def load_clip(folder: str | Path):
     """(CLIPModel in eval mode, tokenizer, image processor) from a local folder, loaded once."""
     return _load_clip(str(Path(folder).expanduser().resolve()))
@@ -257,10 +267,8 @@ def _load_clip(folder: str):
     from transformers import AutoImageProcessor, CLIPModel, CLIPTokenizer
 
     path = Path(folder)
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such folder; the CLIP model must be {CLIP_FOLDER_HELP}")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path}: no CLIP model here (no config.json); it must be {CLIP_FOLDER_HELP}")
+    if problem := clip_folder_problem(path):
+        raise ValueError(problem)
     try:
         model = CLIPModel.from_pretrained(path, local_files_only=True).float().eval()
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)

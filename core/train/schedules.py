@@ -17,7 +17,7 @@ from typing import get_args
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from core.config.train import LrSchedulerName
+from core.config.choices import LrSchedulerName
 
 SCHEDULES = get_args(LrSchedulerName)
 

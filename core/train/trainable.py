@@ -53,15 +53,6 @@ def text_encoder_rates(model, cfg) -> dict[str, float]:
     return cfg.text_encoder_rates(model.arch)
 
 
-def frozen_text_encoders_problem(cfg, arch: str) -> str | None:
-    """What is wrong when train_text_encoder is on but no text encoder of a model of `arch` is
-    trained (the config refuses it for SDXL; an SD 1/2 model ignores learning_rate_te1/te2)."""
-    if not cfg.train_text_encoder or cfg.text_encoder_rates(arch):
-        return None
-    return ("learning_rate_te 0 keeps the text encoder frozen: turn off train_text_encoder, or leave "
-            "learning_rate_te empty to train it at learning_rate")
-
-
 def text_encoder_parts(model) -> list[str]:
     """The text encoders of the model: one, or SDXL's two."""
     return ["text_encoder", "text_encoder_2"] if model.arch == "sdxl" else ["text_encoder"]

@@ -24,6 +24,14 @@ from core.train.data import Example, size_conditioning
 from core.train.step import predict, training_target
 
 
+def split_problem(images: int, fraction: float) -> str | None:
+    """Why `images` images cannot be split for validation at `fraction`, None when they can."""
+    if fraction and images < 2:
+        return (f"a validation split needs at least 2 images (one to train on, one to validate with), found "
+                f"{images}: add images, or give a validation_data_dir")
+    return None
+
+
 def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, validation): round(fraction * n) images held out (at least 1, at most n - 1).
 
@@ -31,12 +39,11 @@ def split_validation(examples: list[Example], fraction: float, seed: int) -> tup
     order; both lists keep the input order. Repeats play no part (an Example is one image)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"the validation fraction must be at least 0 and below 1, not {fraction}")
+    if problem := split_problem(len(examples), fraction):
+        raise ValueError(problem)
     if fraction == 0:
         return list(examples), []
     n = len(examples)
-    if n < 2:
-        raise ValueError(f"a validation split needs at least 2 images (one to train on, one to validate "
-                         f"with), found {n}: add images, or give a separate validation folder")
     held_out = min(max(round(fraction * n), 1), n - 1)
     order = sorted(range(n), key=lambda i: str(examples[i].image))
     random.Random(seed).shuffle(order)

@@ -1,0 +1,178 @@
+"""What the trainer refuses or warns about before its first step: one set of rules that the trainer
+(core/train/loop.py) and the Training tab's *Check settings* (core/train/preflight.py) both apply.
+
+Each rule gives a `Problem` naming the setting to change; the trainer raises `StartRefused` for the
+errors and logs the warnings, Check settings lists them, with the same text.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from core.config import TrainConfig
+from core.models.loading import existing_path
+from core.models.sd import BaseModelKind, inspect_base_model
+from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, check_state_files, load_position, model_file
+from core.train.optimizers import parse_optimizer_args, sets_own_step_size
+from core.train.samples import clip_folder_problem, read_prompt_file
+from core.train.validation import split_problem
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str | None  # the setting to change; None when no single one is to blame
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class StartRefused(ValueError):
+    """The trainer will not start: the settings' errors, one a line."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+def settings_problems(cfg: TrainConfig, processes: int) -> tuple[list[Problem], BaseModelKind | None]:
+    """(problems, the base model's kind or None when it is unusable) of the settings, from names,
+    file headers and small files only. `processes`: how many processes the run has (the GUI and
+    `accelerate launch` start cfg.num_processes)."""
+    problems, kind = [], None
+    try:
+        kind = inspect_base_model(cfg.pretrained_model_name_or_path, cfg.v_parameterization or None)
+    except ValueError as exc:
+        problems.append(Problem("pretrained_model_name_or_path", str(exc)))
+    if kind is not None:
+        problems += model_kind_problems(cfg, kind)
+    if cfg.vae.strip():
+        try:
+            existing_path(cfg.vae)
+        except ValueError as exc:
+            problems.append(Problem("vae", f"{exc}; or leave vae empty to use the model's own"))
+    problems += [*output_problems(cfg), *resume_problems(cfg), *sample_problems(cfg), *optimizer_problems(cfg)]
+    if processes != cfg.num_processes:
+        problems.append(Problem("num_processes", f"num_processes is {cfg.num_processes} but this run has {processes} "
+                                "process(es): several processes start through `accelerate launch` (the GUI does "
+                                "it; copy its command)", "warning"))
+    return problems, kind
+
+
+def data_problems(cfg: TrainConfig, images: int, validation_images: int | None) -> list[Problem]:
+    """Problems of the dataset: `images` usable training images, `validation_images` usable images in
+    validation_data_dir (None when there is none)."""
+    if not images:
+        hint = "" if cfg.recursive else " (turn on recursive to read subfolders)"
+        return [Problem("train_data_dir", f"no usable images in {', '.join(cfg.train_data_dir)}{hint}: add images "
+                        "(.png, .jpg, .webp, ...)")]
+    if validation_images is not None:
+        if not validation_images:
+            return [Problem("validation_data_dir", f"no usable images in {cfg.validation_data_dir}: add captioned "
+                            "images, or clear validation_data_dir")]
+        return []
+    problem = split_problem(images, cfg.validation_split)
+    return [Problem("validation_split", problem)] if problem else []
+
+
+def refuse_or_warn(problems: list[Problem], warn) -> None:
+    """Raise StartRefused with the errors, after `warn(text)` for each warning."""
+    for problem in problems:
+        if problem.severity == "warning":
+            warn(str(problem))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise StartRefused(errors)
+
+
+def model_kind_problems(cfg: TrainConfig, kind: BaseModelKind) -> list[Problem]:
+    """Settings that do not apply to the model's architecture or prediction type."""
+    problems = []
+    if kind.arch == "sdxl" and cfg.clip_skip > 1:
+        problems.append(Problem("clip_skip", "SDXL always uses the penultimate layer of its text encoders: clip_skip "
+                                "is ignored (set it to 1)", "warning"))
+    if kind.arch != "sdxl":
+        for name in ("learning_rate_te1", "learning_rate_te2"):
+            if getattr(cfg, name) is not None:
+                problems.append(Problem(name, f"only SDXL models have two text encoders: {name} is ignored (use "
+                                        "learning_rate_te)", "warning"))
+    if cfg.train_text_encoder and not cfg.text_encoder_rates(kind.arch):  # SDXL: refused by the config
+        problems.append(Problem("learning_rate_te", "learning_rate_te 0 keeps the text encoder frozen: turn off "
+                                "train_text_encoder, or leave learning_rate_te empty to train it at learning_rate"))
+    if cfg.zero_terminal_snr and not kind.v_prediction:
+        problems.append(Problem("zero_terminal_snr", "without v-prediction the last timestep is pure noise, which an "
+                                "eps-prediction model cannot denoise; use it with v_parameterization", "warning"))
+    return problems
+
+
+def output_problems(cfg: TrainConfig) -> list[Problem]:
+    """output_dir can be written; the final model of an earlier run is not there (never overwritten
+    unless resuming)."""
+    if problem := unwritable(Path(os.path.abspath(cfg.output_dir))):
+        return [Problem("output_dir", problem)]
+    if cfg.resume:
+        return []
+    for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
+        final = model_file(cfg, suffix)
+        if final.exists():
+            return [Problem("output_name", f"{final} exists already and is never overwritten: choose "
+                            "another output_name (or output_dir), or resume the run that made it")]
+    return []
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why the trainer could not write into `folder` (creating it), None when it can."""
+    if folder.exists():
+        if not folder.is_dir():
+            return f"{folder} is a file: choose a folder for the trained model"
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                return None
+        except OSError as exc:
+            return f"cannot write into {folder} ({exc.strerror or exc}): choose a folder you can write to"
+    parent = next((p for p in folder.parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return (f"cannot create {folder}: {parent or 'its drive'} is not a writable folder; choose a folder "
+                "you can write to")
+    return None
+
+
+def resume_problems(cfg: TrainConfig) -> list[Problem]:
+    if not cfg.resume.strip():
+        return []
+    try:
+        load_position(Path(cfg.resume))
+        check_state_files(Path(cfg.resume))
+    except ValueError as exc:
+        return [Problem("resume", str(exc).removeprefix("resume: "))]
+    return []
+
+
+def sample_problems(cfg: TrainConfig) -> list[Problem]:
+    problems = []
+    if cfg.sample_prompts.strip():
+        try:
+            read_prompt_file(cfg.sample_prompts)
+        except ValueError as exc:
+            problems.append(Problem("sample_prompts", str(exc)))
+    if cfg.sample_clip_model.strip() and (problem := clip_folder_problem(cfg.sample_clip_model)):
+        problems.append(Problem("sample_clip_model", problem))
+    return problems
+
+
+def optimizer_problems(cfg: TrainConfig) -> list[Problem]:
+    """Settings the optimizer ignores: Adafactor in relative-step mode sets its own step size."""
+    if not sets_own_step_size(cfg.optimizer_type, parse_optimizer_args(cfg.optimizer_args)):
+        return []
+    ignored = [f"lr_scheduler {cfg.lr_scheduler}"] if cfg.lr_scheduler != "constant" else []
+    ignored += ["lr_drops"] if cfg.lr_drops else []
+    ignored += ["auto_stop's learning-rate reductions"] if cfg.auto_stop and cfg.auto_stop_lr_reductions else []
+    if not ignored:
+        return []
+    return [Problem("optimizer_type", f"Adafactor in relative-step mode sets its own step size, so "
+                    f"{' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored: add optimizer_args "
+                    "relative_step=False and scale_parameter=False to use them", "warning")]
