@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from core.fsutil import atomic_write_json
+from core.models.sd import save_single_file_of
 from core.models.tokenizer import load_clip_tokenizer
 
 DEMO_ENTRIES = ("model", "model.safetensors", "dataset")
@@ -143,8 +144,6 @@ def parameter_counts(pipe) -> dict[str, int]:
 
 def save_demo_single_file(pipe, arch: str, path: Path) -> Path:
     """The demo pipeline as one original-layout .safetensors file, with metadata saying so."""
-    from core.models.sd import save_single_file_of
-
     v_prediction = pipe.scheduler.config.prediction_type == "v_prediction"
     return save_single_file_of(pipe, arch, v_prediction, path, torch.float32,
                                {"studio.arch": arch, "studio.demo": "true"})

@@ -39,6 +39,7 @@ from core.dataset.images import ImageError, open_image
 from core.dataset.prefetch import prefetch
 from core.fsutil import atomic_path
 from core.jobs.protocol import JobContext, JobStopped
+from core.models.loading import load_vae
 
 CACHE_SUFFIX = ".latents.safetensors"
 CACHE_FORMAT = 1
@@ -189,8 +190,6 @@ class Counts:
 
 def run(cfg: CacheConfig, ctx: JobContext) -> dict:
     """The `cache` job: encode every image whose cache is missing or stale."""
-    from core.models.loading import load_vae
-
     started = time.perf_counter()
     try:
         assignments, broken = plan_buckets(cfg, ctx)

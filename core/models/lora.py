@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from core.fsutil import atomic_path
+from core.models.ldm_convert import original_key, unet_prefix_map
 
 ADAPTER = "default"
 _UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -219,8 +220,6 @@ def _kohya_modules(parts: dict[str, nn.Module]) -> dict[str, nn.Module]:
     """kohya LoRA name -> the Linear/Conv2d it adapts (the base layer where peft wrapped one). U-Net
     modules are also found under their original-layout names (`lora_unet_input_blocks_4_1_...`),
     which sd-scripts uses for SDXL LoRAs."""
-    from core.models.ldm_convert import original_key, unet_prefix_map
-
     modules = {}
     prefixes = kohya_prefixes("text_encoder_2" in parts)
     for part, model in parts.items():

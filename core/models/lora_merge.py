@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 
 from core.config.merge import MergeLoraConfig
+from core.models.lora import merge_lora_into, read_lora
+from core.models.sd import load_sd_model, save_sd_model
+from core.train.trainable import text_encoder_parts
 
 
 def output_path(cfg: MergeLoraConfig) -> Path:
@@ -25,10 +28,6 @@ def _refuse_existing(target: Path) -> None:
 
 
 def run(cfg: MergeLoraConfig, ctx) -> dict:
-    from core.models.lora import merge_lora_into, read_lora
-    from core.models.sd import load_sd_model, save_sd_model
-    from core.train.trainable import text_encoder_parts
-
     target = output_path(cfg)
     _refuse_existing(target)
     multipliers = cfg.multipliers()

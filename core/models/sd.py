@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from core.fsutil import default_mode, recover_folder, swap_in_folder
+from core.models.ldm_convert import family_of, to_ldm_state_dict
 from core.models.loading import (
     VAE_PREFIXES,
     Checkpoint,
@@ -30,6 +31,8 @@ from core.models.loading import (
     load_vae,
     read_json,
 )
+from core.models.single_file import modelspec_metadata, save_single_file
+from core.models.tokenizer import load_clip_tokenizer
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
 CONFIGS_KEY = "studio.configs"  # safetensors metadata: the diffusers configs, as JSON
@@ -174,8 +177,6 @@ def _tokenizers(base: Path, arch: str) -> dict:
     """The folder's own tokenizers when it has them, else the shipped CLIP tokenizer with SD's
     pad token for each text encoder."""
     from transformers import CLIPTokenizer
-
-    from core.models.tokenizer import load_clip_tokenizer
 
     out = {}
     for part in TEXT_ENCODERS[arch]:
@@ -369,9 +370,6 @@ def save_single_file_of(parts, arch: str, v_prediction: bool, path: str | os.Pat
     """The U-Net, VAE and text encoder(s) of `parts` (an SDModel or a diffusers pipeline) as one
     original-layout .safetensors file, with modelspec, `metadata` and the parts' diffusers configs
     in its header, so that it loads back exactly whatever its size."""
-    from core.models.ldm_convert import family_of, to_ldm_state_dict
-    from core.models.single_file import modelspec_metadata, save_single_file
-
     family, path = family_of(arch), Path(path)
     spec_arch = "sd2v" if family == "sd2" and v_prediction else family
     header = {**modelspec_metadata(spec_arch, path.stem, v_prediction), "studio.arch": family,
@@ -405,8 +403,6 @@ def write_diffusers_folder(model: SDModel, folder: Path, dtype) -> None:
     """unet/vae/text encoder(s) (config + safetensors weights in `dtype`), tokenizer(s), scheduler
     and model_index.json: the layout DiffusionPipeline.save_pretrained writes."""
     import diffusers
-
-    from core.models.single_file import save_single_file
 
     index = {"_class_name": "StableDiffusionXLPipeline" if model.arch == "sdxl"
              else "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__}

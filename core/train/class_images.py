@@ -18,6 +18,8 @@ from core.config.dreambooth import ClassImagesConfig
 from core.dataset.discovery import find_images
 from core.fsutil import atomic_path, atomic_write_text
 from core.jobs.protocol import JobStopped
+from core.models.sd import load_sd_model
+from core.train.conditioning import PromptEncoder
 from core.train.samples import SamplePrompt, parameters_text, pipeline_of, prompt_embeds
 
 CLASS_STEM = re.compile(r"class-(\d+)")
@@ -80,8 +82,6 @@ def _generate_missing(cfg: ClassImagesConfig, ctx, folder: Path, indices: range)
 
 
 def _load_model(cfg: ClassImagesConfig, ctx, device: torch.device, dtype: torch.dtype):
-    from core.models.sd import load_sd_model
-
     model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae)
     for module in (model.unet, model.vae, model.text_encoder, model.text_encoder_2):
         if module is not None:
@@ -93,8 +93,6 @@ def _load_model(cfg: ClassImagesConfig, ctx, device: torch.device, dtype: torch.
 def encode_class_prompt(model, cfg: ClassImagesConfig, device, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """States [2, tokens, hidden] of the class prompt and the negative prompt, encoded as training
     does, and SDXL's pooled states (None for SD 1/2)."""
-    from core.train.conditioning import PromptEncoder
-
     states, pooled = PromptEncoder(model, cfg, device).encode(
         [cfg.class_prompt, cfg.negative_prompt])
     return states.to(device, dtype), None if pooled is None else pooled.to(device, dtype)

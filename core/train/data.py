@@ -39,7 +39,10 @@ from core.dataset.buckets import BucketAssignment, crop_to_bucket, plan_buckets
 from core.dataset.discovery import caption_path
 from core.dataset.images import ImageError, open_image
 from core.dataset.latents import cache_path_for, load_cached, pixels_of
+from core.dataset.latents import run as run_cache
 from core.models.text import process_caption
+from core.train.class_images import class_images_in
+from core.train.class_images import run as run_class_images
 
 Size = tuple[int, int]
 
@@ -66,8 +69,6 @@ def prepare_latent_cache(cfg: TrainConfig, ctx) -> dict:
     result (its `complete` is False when stopped), or {} when caching is off."""
     if not cfg.cache_latents:
         return {}
-    from core.dataset.latents import run as run_cache
-
     return run_cache(cache_config(cfg), ctx)
 
 
@@ -84,15 +85,11 @@ def prepare_class_images(cfg: TrainConfig, ctx) -> bool:
     batches); False when it stopped before the folder was full."""
     if not cfg.prior_preservation:
         return True
-    from core.train.class_images import run as run_class_images
-
     return run_class_images(class_images_config(cfg), ctx)["complete"]
 
 
 def class_image_count(cfg: TrainConfig) -> int:
     """Images in the class folder now (0 when it does not exist yet)."""
-    from core.train.class_images import class_images_in
-
     return len(class_images_in(Path(cfg.class_data_dir).expanduser()))
 
 

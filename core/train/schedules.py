@@ -18,6 +18,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from core.config.choices import LrSchedulerName
+from core.train.optimizers import is_self_scheduling
 
 SCHEDULES = get_args(LrSchedulerName)
 
@@ -75,7 +76,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
     For Adafactor in relative-step mode, which sets its own lr, this is transformers'
     AdafactorSchedule instead (a constant proxy reporting the lr Adafactor uses), as kohya does.
     """
-    from core.train.optimizers import is_self_scheduling
     if is_self_scheduling(optimizer):
         from transformers.optimization import AdafactorSchedule
         return AdafactorSchedule(optimizer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from core.models.lora import add_lora
 from core.train.schedules import steps_of
 
 UNET_BLOCK_GROUPS = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
@@ -92,8 +93,6 @@ def add_lora_adapters(model, text_encoders: list[str], rank: int, alpha: float, 
                       clip_skip: int) -> dict[str, list[torch.nn.Parameter]]:
     """LoRA mode: adapters on the U-Net (and the named text encoders), everything else frozen;
     returns the adapter parameters by part (those of layers that never reach the loss stay frozen)."""
-    from core.models.lora import add_lora
-
     add_lora({part: getattr(model, part) for part in ("unet", *text_encoders)}, rank, alpha, dropout, targets)
     trained = {"unet": [p for p in model.unet.parameters() if p.requires_grad]}
     for part in text_encoders:
