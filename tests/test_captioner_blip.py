@@ -174,7 +174,7 @@ class StopAfterFirstBatch(JobContext):
     def progress(self, step, total):
         super().progress(step, total)
         if step:
-            (self.run_dir / "STOP").touch()
+            self.run.request_stop()
 
 
 def test_stop_between_batches_then_continue_with_skip(dataset, blip_dir, tmp_path):

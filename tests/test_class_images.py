@@ -43,7 +43,7 @@ class StopAfterFirstBatch(JobContext):
     def progress(self, step, total):
         super().progress(step, total)
         if step >= 2:
-            (self.run_dir / "STOP").touch()
+            self.run.request_stop()
 
 
 def class_files(folder: Path) -> dict[str, bytes]:

@@ -227,7 +227,7 @@ class StopAfter(JobContext):
     def progress(self, step, total):
         super().progress(step, total)
         if os.path.isdir(self.cache_dir) and len(os.listdir(self.cache_dir)) >= self.count:
-            (self.run_dir / "STOP").touch()
+            self.run.request_stop()
 
 
 def test_stop_leaves_complete_files_and_the_next_run_continues(demo, dataset, tmp_path):

@@ -206,7 +206,7 @@ class StopAfterTheFirstLora(JobContext):
     def progress(self, step, total):
         super().progress(step, total)
         if step >= 2:
-            (self.run_dir / "STOP").touch()
+            self.run.request_stop()
 
 
 def test_stopping_writes_nothing(sd1, tmp_path):

@@ -274,7 +274,7 @@ class StopAfterFirstBatch(JobContext):
     def progress(self, step, total):
         super().progress(step, total)
         if step:
-            (self.run_dir / "STOP").touch()
+            self.run.request_stop()
 
 
 def test_stop_between_batches_then_continue_with_skip(dataset, model_dir, tmp_path):

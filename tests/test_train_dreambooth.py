@@ -106,10 +106,10 @@ def test_instance_prompt_and_class_prompt_caption_images_without_a_caption_file(
     assert instance["demo_003.png"] == (dataset / "5_demo" / "demo_003.txt").read_text(encoding="utf-8").strip()
     classes = {e.image.name: e.caption for e in class_examples(cfg, ctx, INSTANCE_SAMPLES)}
     assert classes == {"photo-0.png": CLASS_PROMPT, "photo-1.png": "its own caption"}
-    assert not [e for e in events(ctx.run_dir) if e["event"] == "warning"]
+    assert not [e for e in events(ctx.run.path) if e["event"] == "warning"]
 
     build_examples(cfg.model_copy(update={"instance_prompt": ""}), ctx)  # without it: an empty caption, reported
-    [warning] = [e for e in events(ctx.run_dir) if e["event"] == "warning"]
+    [warning] = [e for e in events(ctx.run.path) if e["event"] == "warning"]
     assert "no caption file" in warning["message"] and warning["path"].endswith("demo_000.png")
 
 
@@ -175,7 +175,7 @@ class StopAfterFourClassImages(JobContext):
     def image(self, path):
         super().image(path)
         if Path(path).name == "class-00003.png":
-            (self.run_dir / "STOP").touch()
+            self.run.request_stop()
 
 
 class StopAtTheFirstLoss(JobContext):
@@ -183,7 +183,7 @@ class StopAtTheFirstLoss(JobContext):
 
     def metric(self, name, step, value):
         super().metric(name, step, value)
-        (self.run_dir / "STOP").touch()
+        self.run.request_stop()
 
 
 def test_stop_while_generating_and_while_training_then_resume_equals_an_uninterrupted_run(kit, tmp_path):

@@ -50,12 +50,11 @@ class JobContext:
     `with JobContext(run_dir) as ctx:` closes its files on exit.
 
     Under `accelerate launch` only rank 0 writes log.txt and events.jsonl; other ranks write
-    log.rankN.txt and events.rankN.jsonl. `ctx.run` is the run folder, `ctx.run_dir` its path."""
+    log.rankN.txt and events.rankN.jsonl. `ctx.run` is the run folder."""
 
     def __init__(self, run_dir: str | os.PathLike, echo: bool = True, rank: int = 0):
         self.run = RunFolder(run_dir)
-        self.run_dir = self.run.path
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run.path.mkdir(parents=True, exist_ok=True)
         self.echo, self.rank = echo, rank
         self._log = open(self.run.log_file(rank), "a", encoding="utf-8")
         self._events = open(self.run.events_file(rank), "a", encoding="utf-8")

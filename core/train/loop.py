@@ -159,7 +159,7 @@ def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
         log_with="tensorboard", project_config=ProjectConfiguration(
-            project_dir=str(ctx.run_dir), logging_dir=str(ctx.run.tensorboard_dir)))
+            project_dir=str(ctx.run.path), logging_dir=str(ctx.run.tensorboard_dir)))
     refuse_or_warn(settings_problems(cfg, accelerator.num_processes)[0], ctx.warning)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     sample_prompts = read_prompt_file(cfg.sample_prompts) if cfg.sample_prompts.strip() else []
