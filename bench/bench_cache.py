@@ -126,13 +126,5 @@ def measure(args) -> list[Row]:
                 f"batch {args.batch_size}; end to end {total_rate / alone:.2f}")]
 
 
-def rows(quick: bool = False) -> list[Row]:
-    return measure(parse_args(QUICK if quick else []))
-
-
-def main(argv=None) -> None:
-    print_rows(measure(parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(measure(parse_args()))

@@ -192,13 +192,5 @@ def measure(args) -> list[Row]:
     return rows
 
 
-def rows(quick: bool = False) -> list[Row]:
-    return measure(parse_args(QUICK if quick else []))
-
-
-def main(argv=None) -> None:
-    print_rows(measure(parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(measure(parse_args()))

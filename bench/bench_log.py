@@ -129,13 +129,5 @@ def measure(args) -> list[Row]:
                 f"poll {1000 * statistics.mean(poll_seconds):.0f} ms, {len(latency)} lines")]
 
 
-def rows(quick: bool = False) -> list[Row]:
-    return measure(parse_args(QUICK if quick else []))
-
-
-def main(argv=None) -> None:
-    print_rows(measure(parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(measure(parse_args()))

@@ -130,10 +130,6 @@ def measure(args) -> list[Row]:
                 f"{per_image / 1024:.1f} KiB per extra image")]
 
 
-def rows(quick: bool = False) -> list[Row]:
-    return measure(parse_args(QUICK if quick else []))
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:

@@ -160,13 +160,5 @@ def measure(args) -> list[Row]:
                 f"{tagger.session.get_providers()[0]}")]
 
 
-def rows(quick: bool = False) -> list[Row]:
-    return measure(parse_args(QUICK if quick else []))
-
-
-def main(argv=None) -> None:
-    print_rows(measure(parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(measure(parse_args()))

@@ -30,7 +30,7 @@ from bench.common import Row, print_rows  # noqa: E402
 from core.config import TrainConfig, validate  # noqa: E402
 from core.jobs.protocol import JobContext  # noqa: E402
 from core.train import loop  # noqa: E402
-from core.train import step as step_fn
+from core.train import step as step_fn  # noqa: E402
 from core.train.conditioning import PromptEncoder  # noqa: E402
 
 QUICK = ["--steps", "10", "--warmup", "3"]
@@ -126,13 +126,5 @@ def measure(args) -> list[Row]:
                 f"{args.steps - args.warmup} timed steps; peak {peak:.0f} MiB {memory}")]
 
 
-def rows(quick: bool = False) -> list[Row]:
-    return measure(parse_args(QUICK if quick else []))
-
-
-def main(argv=None) -> None:
-    print_rows(measure(parse_args(argv)))
-
-
 if __name__ == "__main__":
-    main()
+    print_rows(measure(parse_args()))

@@ -2,7 +2,8 @@
 
     python bench/run.py [--quick] [--only NAME[,NAME]] [--out bench/latest.md]
 
-Each bench/bench_NAME.py exposes `rows(quick=False)`, returning Row objects (bench/common.py);
+Each bench/bench_NAME.py exposes `parse_args(argv)`, `measure(args)` returning Row objects
+(bench/common.py) and `QUICK`, the arguments of a quick run;
 each runs in a fresh process, so one's memory or threads do not weigh on the next, and a crash
 is listed in the table instead of ending the run. --quick uses small sizes (a smoke run: the
 ratios are not meaningful then).
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_child(name: str, out: Path, quick: bool) -> None:
     """In the benchmark's own process: run it and write its rows as JSON."""
     module = importlib.import_module(f"bench.bench_{name}")
-    rows = module.rows(quick=quick)
+    rows = module.measure(module.parse_args(module.QUICK if quick else []))
     out.write_text(json.dumps([row.to_json() for row in rows]), encoding="utf-8")
 
 

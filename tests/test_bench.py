@@ -35,14 +35,17 @@ def test_row_checks_its_comparison():
         Row("a", 1.0, "<", 1.0, "")
 
 
-def test_every_benchmark_is_discovered_and_exposes_rows():
+def test_every_benchmark_is_discovered_and_exposes_its_measure():
     names = discover()
     assert {"train", "cache", "tagger", "memory", "gui", "log"} <= set(names)
     for name in names:
-        tree = ast.parse((REPO / "bench" / f"bench_{name}.py").read_text(encoding="utf-8"))
+        source = (REPO / "bench" / f"bench_{name}.py").read_text(encoding="utf-8")
+        tree = ast.parse(source)
         functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
-        assert "rows" in functions and "main" in functions, name  # in the table, and runnable alone
-        assert [arg.arg for arg in functions["rows"].args.args] == ["quick"], name
+        assigned = {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets}
+        assert {"parse_args", "measure"} <= set(functions) and "QUICK" in assigned, name  # in the table
+        assert [arg.arg for arg in functions["measure"].args.args] == ["args"], name
+        assert 'if __name__ == "__main__":' in source, name  # and runnable alone
 
 
 def test_quick_run_of_one_benchmark_prints_the_table_and_writes_it(tmp_path):

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import torch
 
-from test_gui_browser import fill, gui_url, page, textarea_value  # noqa: F401  (fixtures)
+from test_gui_browser import fill, gui_url, page, textarea_value, wait_log  # noqa: F401  (fixtures)
 
 STEPS = 24
-
-
-def wait_log(browser_page, prefix: str, text: str, timeout: int = 180_000) -> None:
-    browser_page.wait_for_function(f"document.querySelector('#{prefix}-log textarea').value.includes({text!r})",
-                           timeout=timeout)
+TIMEOUT = 180_000  # ms: each job of the pipeline on a busy 2-core CPU
 
 
 def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noqa: F811  (the fixture)
@@ -33,7 +29,7 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
     fill(page, "DemoConfig-out", str(kit))
     fill(page, "DemoConfig-num_images", "8")
     page.click("#demo-button")
-    wait_log(page, "demo", "demo: done")
+    wait_log(page, "demo", "demo: done", TIMEOUT)
     dataset = kit / "dataset"
     images = sorted(p for p in dataset.rglob("*") if p.suffix in (".png", ".jpg", ".webp"))
     assert len(images) == 8
@@ -42,7 +38,7 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
 
     fill(page, "ScanConfig-train_data_dir", str(dataset))
     page.click("#scan-button")
-    wait_log(page, "scan", "scan: done")
+    wait_log(page, "scan", "scan: done", TIMEOUT)
     page.wait_for_selector("#scan-report:has-text('8 image files, 8 readable')")
     screenshot("1-dataset")
 
@@ -51,7 +47,7 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
     fill(page, "TagConfig-model_dir", str(build_model(tmp_path / "tagger")))
     fill(page, "TagConfig-general_threshold", "0")
     page.click("#tag-button")
-    wait_log(page, "tag", "tag: done")
+    wait_log(page, "tag", "tag: done", TIMEOUT)
     page.wait_for_selector("#tag-summary:has-text('written 8')")
     assert all(image.with_suffix(".txt").read_text(encoding="utf-8") for image in images)
     screenshot("2-captioning")
@@ -60,7 +56,7 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
     fill(page, "CleanConfig-train_data_dir", str(dataset))
     fill(page, "CleanConfig-rules", "underscores\ndedupe\nprefix: shapetoken")
     page.click("#clean-button")
-    wait_log(page, "clean", "clean: done")
+    wait_log(page, "clean", "clean: done", TIMEOUT)
     captions = [image.with_suffix(".txt").read_text(encoding="utf-8") for image in images]
     assert all(c.startswith("shapetoken, ") and not re.search(r"[a-z]_[a-z]", c) for c in captions)
     screenshot("3-cleaning")
@@ -71,11 +67,11 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
     fill(page, "BucketConfig-min_bucket_reso", "64")
     fill(page, "BucketConfig-max_bucket_reso", "256")
     page.click("#bucket-button")
-    wait_log(page, "bucket", "bucket: done")
+    wait_log(page, "bucket", "bucket: done", TIMEOUT)
     page.wait_for_selector("#bucket-summary:has-text('8 images in')")
     fill(page, "CacheConfig-pretrained_model_name_or_path", str(kit / "model"))
     page.click("#cache-button")
-    wait_log(page, "cache", "cache: done")
+    wait_log(page, "cache", "cache: done", TIMEOUT)
     assert len(list(dataset.rglob("*.latents.safetensors"))) == 8
     screenshot("4-buckets")
 

@@ -71,6 +71,12 @@ def page(gui_url):
         browser.close()
 
 
+def wait_log(page, prefix: str, text: str, timeout: int = 30_000) -> None:
+    """Wait until the job panel `prefix`'s log shows `text`."""
+    page.wait_for_function(f"document.querySelector('#{prefix}-log textarea').value.includes({text!r})",
+                           timeout=timeout)
+
+
 def textarea_value(page, selector: str) -> str:
     return page.eval_on_selector(f"{selector} textarea", "e => e.value")
 
@@ -81,7 +87,7 @@ def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
     page.fill("#ScanConfig-train_data_dir textarea", str(dataset))
     page.click("#scan-button")
 
-    page.wait_for_function("document.querySelector('#scan-log textarea').value.includes('scan: done')")
+    wait_log(page, "scan", "scan: done")
     log = textarea_value(page, "#scan-log")
     assert "scan: started" in log and "12 readable" in log
     page.wait_for_selector("#scan-progress:has-text('12/12')")
@@ -113,7 +119,7 @@ def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
     page.click("#runs-refresh")
     page.wait_for_selector("#runs-table:has-text('done')")
     page.click("#runs-table [role=gridcell][aria-rowindex='2'] >> nth=0")
-    page.wait_for_function("document.querySelector('#run-log textarea').value.includes('scan: done')")
+    wait_log(page, "run", "scan: done")
 
 
 def test_plan_buckets_then_cache_latents(page, tmp_path):
@@ -124,7 +130,7 @@ def test_plan_buckets_then_cache_latents(page, tmp_path):
     page.fill("#BucketConfig-train_data_dir textarea", str(tmp_path / "kit" / "dataset"))
     page.fill("#BucketConfig-train_batch_size input", "4")
     page.click("#bucket-button")
-    page.wait_for_function("document.querySelector('#bucket-log textarea').value.includes('bucket: done')")
+    wait_log(page, "bucket", "bucket: done")
     page.wait_for_selector("#bucket-summary:has-text('10 images in')")
     per_bucket = page.eval_on_selector_all("#bucket-chart .bar-count", "els => els.map(e => +e.textContent)")
     assert sum(per_bucket) == 10 and len(per_bucket) >= 2
@@ -133,8 +139,7 @@ def test_plan_buckets_then_cache_latents(page, tmp_path):
 
     page.fill("#CacheConfig-pretrained_model_name_or_path :is(textarea, input)", str(tmp_path / "kit" / "model"))
     page.click("#cache-button")
-    page.wait_for_function("document.querySelector('#cache-log textarea').value.includes('cache: done')",
-                           timeout=120_000)
+    wait_log(page, "cache", "cache: done", 120_000)
     assert len(list((tmp_path / "kit" / "dataset").rglob("*.latents.safetensors"))) == 10
 
 
@@ -167,8 +172,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.click("#train-check")
     page.wait_for_selector("#train-report:has-text('The run will start with')")
     page.click("#train-button")
-    page.wait_for_function("document.querySelector('#train-log textarea').value.includes('training 120 steps')",
-                           timeout=120_000)
+    wait_log(page, "train", "training 120 steps", 120_000)
     page.wait_for_selector("#train-checkpoint:has-text('Latest checkpoint')", timeout=120_000)
     page.wait_for_function("+document.querySelector('#train-loss-chart polyline').dataset.points > 5")
     page.wait_for_selector("#train-samples img")
@@ -180,8 +184,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.click("#train-resume-find")
     page.wait_for_selector("#train-report:has-text('saved state(s)')")
     page.click("#train-resume")
-    page.wait_for_function("document.querySelector('#train-log textarea').value.includes('resumed from')",
-                           timeout=120_000)
+    wait_log(page, "train", "resumed from", 120_000)
     page.wait_for_selector("#train-status:has-text('done')", timeout=300_000)
     assert (tmp_path / "out" / "demo-finetune.safetensors").is_file()
     assert "120/120" in page.inner_text("#train-progress")
@@ -234,7 +237,7 @@ def test_tag_with_a_tiny_wd14_model_preview_then_run(page, tmp_path):
     page.wait_for_selector(f"#tag-preview:has-text('{EXPECTED[RED]}')")
     assert not list(data.glob("*.txt"))
     page.click("#tag-button")
-    page.wait_for_function("document.querySelector('#tag-log textarea').value.includes('tag: done')")
+    wait_log(page, "tag", "tag: done")
     page.wait_for_selector("#tag-summary:has-text('written 5')")
     page.wait_for_selector("#tag-summary:has-text('broken.png')")
     assert {p.read_text() for p in data.glob("*.txt")} == {EXPECTED[RED]}
@@ -263,7 +266,7 @@ def test_clean_captions_preview_apply_undo_and_statistics(page, tmp_path):
     assert {p.name: p.read_bytes() for p in data.glob("*.txt")} == originals
 
     page.click("#clean-button")
-    page.wait_for_function("document.querySelector('#clean-log textarea').value.includes('clean: done')")
+    wait_log(page, "clean", "clean: done")
     assert (data / "img 0.txt").read_text() == "long hair, tag 0"
 
     page.click("text=Tag statistics and search")
@@ -276,7 +279,7 @@ def test_clean_captions_preview_apply_undo_and_statistics(page, tmp_path):
     page.click("#clean-snapshot-refresh")
     page.wait_for_function("document.querySelector('#clean-snapshot input').value.length > 0")
     page.click("#clean-undo")
-    page.wait_for_function("document.querySelector('#clean-undo-log textarea').value.includes('undo_clean: done')")
+    wait_log(page, "clean-undo", "undo_clean: done")
     assert {p.name: p.read_bytes() for p in data.glob("*.txt")} == originals
 
 
@@ -297,15 +300,13 @@ def test_tools_tab_merges_a_lora_and_never_replaces_the_output(page, tmp_path):
     fill(page, "MergeLoraConfig-output_dir", str(tmp_path / "merged"))
     fill(page, "MergeLoraConfig-output_name", "styled")
     page.click("#merge_lora-button")
-    page.wait_for_function("document.querySelector('#merge_lora-log textarea').value.includes('merge_lora: done')",
-                           timeout=120_000)
+    wait_log(page, "merge_lora", "merge_lora: done", 120_000)
     output = tmp_path / "merged" / "styled.safetensors"
     assert load_sd_model(str(output)).arch == "sd1"
     before = output.read_bytes()
 
     page.click("#merge_lora-button")  # again: the output exists now
-    page.wait_for_function("document.querySelector('#merge_lora-log textarea').value.includes('exists already')",
-                           timeout=120_000)
+    wait_log(page, "merge_lora", "exists already", 120_000)
     assert output.read_bytes() == before
 
 
@@ -333,8 +334,7 @@ def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_ho
         fill(page, "TrainConfig-max_train_steps", "5000")
         page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
         page.click("#train-button")
-        page.wait_for_function("document.querySelector('#train-log textarea').value.includes('training 5000 steps')",
-                               timeout=120_000)
+        wait_log(page, "train", "training 5000 steps", 120_000)
 
         gui.kill()  # SIGKILL: no clean-up of any kind
         gui.wait(timeout=20)
@@ -343,7 +343,7 @@ def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_ho
             page.reload()
             page.click("#tab-training-button")
             page.wait_for_selector("#train-status:has-text('running')")
-            page.wait_for_function("document.querySelector('#train-log textarea').value.includes('training 5000')")
+            wait_log(page, "train", "training 5000")
             shown = page.inner_text("#train-progress")
             page.wait_for_function(f"document.querySelector('#train-progress').innerText !== {shown!r}")  # live
             page.click("#train-stop")
