@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 from core.config import ConfigError, FieldKind, JobConfig, field_kind, validate
+from core.config.presets import read_values_file
+from core.jobs.protocol import EXIT_INVALID, JobContext, execute, new_run_dir, process_rank
 from core.jobs.registry import JOBS, JobSpec
 from core.jobs.run_folder import RunFolder
+from core.jobs.runner import grace_period, is_active, request_stop, run_state, stop_job
 
 LIST_KINDS = ("list", "multi_choice")
 
@@ -86,8 +89,6 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
 
 def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
     """Layer the values of one invocation and validate them; raises ConfigError."""
-    from core.config.presets import read_values_file
-
     values: dict = {}
     if args.config:
         values.update(read_values_file(Path(args.config), spec.name))
@@ -100,8 +101,6 @@ def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
 
 def stop_main(argv: list[str]) -> int:
     """`python -m core stop RUN_DIR [--wait]`: the GUI's Stop button on the command line."""
-    from core.jobs.runner import grace_period, is_active, request_stop, run_state, stop_job
-
     parser = argparse.ArgumentParser(prog="python -m core stop",
                                      description="Ask a run to stop, as the GUI's Stop button does.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run's folder (under runs/)")
@@ -142,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = JOBS[job]
     args = build_parser(spec).parse_args(rest)
-    from core.jobs.protocol import EXIT_INVALID, JobContext, execute, new_run_dir, process_rank
-
     run_dir = Path(args.run_dir) if args.run_dir else None
     try:
         cfg = resolve_config(spec, args)
