@@ -1,6 +1,7 @@
 """Every refusal and warning the trainer gives before its first step is what Check settings reports,
 word for word (both come from core/train/start_checks.py)."""
 import pytest
+from PIL import Image
 from trainkit import events, train, train_values
 
 from core.train.preflight import check_training
@@ -33,6 +34,16 @@ def _one_image(tmp_path, kit):
     return {"train_data_dir": [str(folder)], "validation_split": 0.5}
 
 
+def _more_class_images_than_samples(tmp_path, kit):
+    """30 class images for the kit's 24 training samples an epoch (images x repeats)."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for i in range(30):
+        Image.new("RGB", (64, 64), (8 * i, 90, 200)).save(folder / f"photo-{i}.png")
+    return {"class_data_dir": str(folder), "class_prompt": "a photo of a dog", "num_class_images": 30,
+            "cache_latents": False}
+
+
 # (case, settings (from tmp_path and the kit), field, severity)
 CASES = [
     ("LoRA saved as diffusers over an existing LoRA file", _existing_lora, "output_name", "error"),
@@ -53,6 +64,7 @@ CASES = [
     ("empty validation folder", lambda t, k: {"validation_data_dir": _folder(t, "empty")}, "validation_data_dir",
      "error"),
     ("validation split of one image", lambda t, k: _one_image(t, k), "validation_split", "error"),
+    ("more class images than an epoch takes", _more_class_images_than_samples, "num_class_images", "warning"),
     ("two text-encoder rates on SD 1.x", lambda t, k: {"train_text_encoder": True, "learning_rate_te1": 1e-5},
      "learning_rate_te1", "warning"),
     ("text encoder trained at rate 0", lambda t, k: {"train_text_encoder": True, "learning_rate_te": 0,

@@ -43,6 +43,7 @@ from core.dataset.latents import run as run_cache
 from core.models.text import process_caption
 from core.train.class_images import class_images_in
 from core.train.class_images import run as run_class_images
+from core.train.start_checks import class_image_problems, refuse_or_warn
 
 Size = tuple[int, int]
 
@@ -138,9 +139,7 @@ def class_examples(cfg: TrainConfig, ctx, instance_samples: int) -> list[Example
         raise ValueError(f"class_data_dir {cfg.class_data_dir}: no usable images (see the warnings above)")
     repeats = balanced_repeats([e.repeats for e in examples], instance_samples)
     unused = repeats.count(0)
-    if unused:
-        ctx.warning(f"{unused} of {len(examples)} class images are not used: an epoch takes as many class samples "
-                    f"as training samples ({instance_samples})", cfg.class_data_dir)
+    refuse_or_warn(class_image_problems(unused, len(examples)), ctx.warning)
     ctx.log(f"prior preservation: {len(examples) - unused} class images, {sum(repeats)} class samples per epoch "
             f"with {instance_samples} training samples, prior_loss_weight {cfg.prior_loss_weight}")
     return [replace(e, repeats=r) for e, r in zip(examples, repeats) if r]

@@ -27,7 +27,7 @@ from core.dataset.buckets import BucketAssignment, plan_buckets
 from core.dataset.discovery import caption_path, check_folders
 from core.dataset.latents import cache_path_for, choose_precision, is_cache_valid, recipe
 from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
-from core.train.start_checks import Problem, data_problems, settings_problems
+from core.train.start_checks import Problem, class_image_problems, data_problems, settings_problems
 
 SOURCE = "settings"
 BIG_MODEL_BYTES = 500 * 2**20  # real SD models are GBs; the demo kit's tiny ones a few MB
@@ -155,11 +155,7 @@ def check_class_images(cfg: TrainConfig, instance: list[BucketAssignment]) -> tu
     problems = [Problem("class_data_dir", _skipped_message(skipped), "warning")] if skipped else []
     repeats = [a.repeats for a in assignments] + [1] * (cfg.num_class_images - count)
     unused = balanced_repeats(repeats, sum(a.repeats for a in instance)).count(0) if instance else 0
-    if unused:
-        problems.append(Problem("num_class_images", f"{unused} of {len(repeats)} class images will not be used: an "
-                                "epoch takes as many class samples as training samples (images x repeats), as "
-                                "kohya does; lower num_class_images or raise the repeats", "warning"))
-    return problems, count
+    return problems + class_image_problems(unused, len(repeats)), count
 
 
 def _skipped_message(skipped: list[dict]) -> str:

@@ -18,7 +18,6 @@ from core.models.sd import BaseModelKind, inspect_base_model
 from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, check_state_files, load_position, model_file
 from core.train.optimizers import parse_optimizer_args, sets_own_step_size
 from core.train.samples import clip_folder_problem, read_prompt_file
-from core.train.validation import split_problem
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,23 @@ def data_problems(cfg: TrainConfig, images: int, validation_images: int | None) 
         return []
     problem = split_problem(images, cfg.validation_split)
     return [Problem("validation_split", problem)] if problem else []
+
+
+def split_problem(images: int, fraction: float) -> str | None:
+    """Why `images` images cannot be split for validation at `fraction`, None when they can."""
+    if fraction and images < 2:
+        return (f"a validation split needs at least 2 images (one to train on, one to validate with), found "
+                f"{images}: add images, or give a validation_data_dir")
+    return None
+
+
+def class_image_problems(unused: int, total: int) -> list[Problem]:
+    """`unused` of the `total` DreamBooth class images left out of every epoch (balanced_repeats)."""
+    if not unused:
+        return []
+    return [Problem("num_class_images", f"{unused} of {total} class images will not be used: an epoch takes as many "
+                    "class samples as training samples (images x repeats), as kohya does; lower num_class_images or "
+                    "raise the repeats", "warning")]
 
 
 def refuse_or_warn(problems: list[Problem], warn) -> None:

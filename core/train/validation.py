@@ -21,15 +21,8 @@ from core.dataset.images import DEFAULT_MAX_PIXELS, open_image
 from core.dataset.latents import encode_batch, load_cached, noise_seed, pixels_of
 from core.models.text import process_caption
 from core.train.data import Example, size_conditioning
+from core.train.start_checks import split_problem
 from core.train.step import predict, training_target
-
-
-def split_problem(images: int, fraction: float) -> str | None:
-    """Why `images` images cannot be split for validation at `fraction`, None when they can."""
-    if fraction and images < 2:
-        return (f"a validation split needs at least 2 images (one to train on, one to validate with), found "
-                f"{images}: add images, or give a validation_data_dir")
-    return None
 
 
 def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
