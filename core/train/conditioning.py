@@ -75,9 +75,10 @@ class PromptEncoder:
             cache.update(zip(chunk, zip(states, pooled)))
             if ctx is not None:
                 ctx.check_stop()
-        return self.running(self.text_encoders, self.trains, cache)
+        return PromptEncoder(self._model, self._settings, self.device, text_encoders=self.text_encoders,
+                             trains=self.trains, cache=cache)
 
-    def running(self, text_encoders: list, trains: bool, cache=None) -> PromptEncoder:
-        """An encoder with the same settings that runs `text_encoders` (and shares this one's cache)."""
+    def running(self, text_encoders: list, trains: bool) -> PromptEncoder:
+        """An encoder with the same settings and cache that runs `text_encoders` (gradients on with `trains`)."""
         return PromptEncoder(self._model, self._settings, self.device, text_encoders=text_encoders, trains=trains,
-                             cache=self.cache if cache is None else cache)
+                             cache=self.cache)
