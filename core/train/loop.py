@@ -156,44 +156,18 @@ def freeze_text_encoder_if_due(t: Training) -> None:
 # --- set-up --------------------------------------------------------------------------------------
 
 def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
-        log_with="tensorboard", project_config=ProjectConfiguration(
-            project_dir=str(ctx.run.path), logging_dir=str(ctx.run.tensorboard_dir)))
-    refuse_or_warn(settings_problems(cfg, accelerator.num_processes)[0], ctx.warning)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    accelerator = start_accelerator(cfg, ctx)
     sample_prompts = read_prompt_file(cfg.sample_prompts) if cfg.sample_prompts.strip() else []
     if cfg.sample_clip_model.strip():
         load_clip(cfg.sample_clip_model)  # a model that does not load fails now, not at every sample set
     set_seed(cfg.seed)
     device, dtype = accelerator.device, weight_dtype(cfg.mixed_precision)
-    ctx.log(f"processes: {accelerator.num_processes}, device: {device}, mixed precision: {cfg.mixed_precision}")
-
-    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v_parameterization or None)
-    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
-    all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
-    if cfg.zero_terminal_snr:
-        apply_zero_terminal_snr(model.noise_scheduler)
+    model, all_snr = load_model(cfg, ctx)
     examples, validation = prepare_data(cfg, ctx, accelerator)
     dataloader = make_dataloader(examples, cfg)
     sampler = dataloader.batch_sampler  # ours; accelerate wraps it when sharding
-
-    te_rates = text_encoder_rates(model, cfg)
-    trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
-    if cfg.train_lora:
-        trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
-                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
-    place_modules(model, cfg, trained, device, dtype)
-    ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
-                                     for part, params in trained.items()))
-    eval_prompts = PromptEncoder(model, cfg, device)
-    if cfg.cache_text_encoder_outputs:
-        captions = static_captions([e.caption for e in examples + validation], cfg.caption_prefix,
-                                   cfg.caption_suffix, with_empty=cfg.caption_dropout_rate > 0)
-        eval_prompts = eval_prompts.with_cache(captions, dtype, ctx=ctx)
-        for part in text_encoder_parts(model):
-            getattr(model, part).to("cpu", torch.float32)  # needed again only for sample prompts
-        ctx.log(f"cached text-encoder outputs of {len(captions)} captions")
+    te_rates, trained = choose_trained(cfg, ctx, model, device, dtype)
+    eval_prompts = eval_prompt_encoder(cfg, ctx, model, examples + validation, device, dtype)
 
     optimizer = make_optimizer(cfg.optimizer_type, param_groups(trained, _lr(cfg, cfg.learning_rate), {
         part: _lr(cfg, rate) for part, rate in te_rates.items()}), _lr(cfg, cfg.learning_rate),
@@ -234,6 +208,58 @@ def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
                         text_encoder_stop=text_encoder_stop_step(cfg.stop_text_encoder_training, max_steps))
     freeze_text_encoder_if_due(training)  # a resumed run past the freeze
     return training
+
+
+def start_accelerator(cfg: TrainConfig, ctx: JobContext) -> Accelerator:
+    """accelerate's view of the run, once the start checks passed (their warnings logged)."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard", project_config=ProjectConfiguration(
+            project_dir=str(ctx.run.path), logging_dir=str(ctx.run.tensorboard_dir)))
+    refuse_or_warn(settings_problems(cfg, accelerator.num_processes)[0], ctx.warning)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    ctx.log(f"processes: {accelerator.num_processes}, device: {accelerator.device}, "
+            f"mixed precision: {cfg.mixed_precision}")
+    return accelerator
+
+
+def load_model(cfg: TrainConfig, ctx: JobContext) -> tuple[SDModel, torch.Tensor]:
+    """(the base model, the SNR of each timestep of its original noise schedule, for min_snr_gamma)."""
+    model = load_sd_model(cfg.pretrained_model_name_or_path, cfg.vae, cfg.v_parameterization or None)
+    ctx.log(f"model: {model.arch}{' v-prediction' if model.v_prediction else ''} from {model.source}")
+    all_snr = snr(model.noise_scheduler, torch.arange(model.noise_scheduler.config.num_train_timesteps))
+    if cfg.zero_terminal_snr:
+        apply_zero_terminal_snr(model.noise_scheduler)
+    return model, all_snr
+
+
+def choose_trained(cfg: TrainConfig, ctx: JobContext, model, device, dtype) -> tuple[dict, dict]:
+    """(learning rate of each trained text encoder, trained parameters by part), the modules placed."""
+    te_rates = text_encoder_rates(model, cfg)
+    trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
+    if cfg.train_lora:
+        trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
+                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
+    place_modules(model, cfg, trained, device, dtype)
+    ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
+                                     for part, params in trained.items()))
+    return te_rates, trained
+
+
+def eval_prompt_encoder(cfg: TrainConfig, ctx: JobContext, model, examples: list, device, dtype) -> PromptEncoder:
+    """The encoder of the unwrapped text encoder(s) (validation; the loss once they are frozen); with
+    cache_text_encoder_outputs it serves every caption of `examples` from a cache made now, and the
+    text encoders leave the device."""
+    prompts = PromptEncoder(model, cfg, device)
+    if not cfg.cache_text_encoder_outputs:
+        return prompts
+    captions = static_captions([e.caption for e in examples], cfg.caption_prefix, cfg.caption_suffix,
+                               with_empty=cfg.caption_dropout_rate > 0)
+    prompts = prompts.with_cache(captions, dtype, ctx=ctx)
+    for part in text_encoder_parts(model):
+        getattr(model, part).to("cpu", torch.float32)  # needed again only for sample prompts
+    ctx.log(f"cached text-encoder outputs of {len(captions)} captions")
+    return prompts
 
 
 def _lr(cfg: TrainConfig, rate: float) -> float:
