@@ -218,7 +218,8 @@ def test_recipe_checks_dtype_bucket_shape_and_flip(demo, dataset, tmp_path):
 
 
 class StopAfter(JobContext):
-    """A job context whose STOP file appears once `count` cache files exist."""
+    """A job context that asks to stop once `count` cache files are complete (a file being written is still
+    its temp file, which does not count)."""
 
     def __init__(self, run_dir, cache_dir, count):
         super().__init__(run_dir, echo=False)
@@ -226,7 +227,9 @@ class StopAfter(JobContext):
 
     def progress(self, step, total):
         super().progress(step, total)
-        if os.path.isdir(self.cache_dir) and len(os.listdir(self.cache_dir)) >= self.count:
+        done = [n for n in os.listdir(self.cache_dir) if n.endswith(".latents.safetensors")] \
+            if os.path.isdir(self.cache_dir) else []
+        if len(done) >= self.count:
             self.run.request_stop()
 
 
