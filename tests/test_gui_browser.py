@@ -45,6 +45,21 @@ def start_gui(port: int, log_path: Path) -> subprocess.Popen:
             time.sleep(0.3)
 
 
+def reopen(page, url: str) -> None:
+    """Load `url` again after the GUI behind it was restarted. The old page's own reconnect may navigate at the
+    same moment and abort this load (net::ERR_ABORTED), so a load that was aborted is tried again."""
+    from playwright.sync_api import Error
+
+    for attempt in range(3):
+        try:
+            page.goto(url)
+            return
+        except Error as error:
+            if "ERR_ABORTED" not in str(error) or attempt == 2:
+                raise
+            time.sleep(1)
+
+
 @pytest.fixture
 def gui_url(studio_home, free_port):
     port = free_port()
@@ -340,7 +355,7 @@ def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_ho
         gui.wait(timeout=20)
         gui = start_gui(port, log)
         try:
-            page.reload()
+            reopen(page, f"http://127.0.0.1:{port}/")
             page.click("#tab-training-button")
             page.wait_for_selector("#train-status:has-text('running')")
             wait_log(page, "train", "training 5000")
