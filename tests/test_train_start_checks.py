@@ -26,6 +26,15 @@ def _existing_lora(tmp_path, kit):
     return {"train_lora": True, "save_model_as": "diffusers"}
 
 
+def _interrupted_run(tmp_path):
+    """What a stopped run of the same output_name left: a step save and its resumable state."""
+    state = tmp_path / "out" / "model-step00000002-state"
+    state.mkdir(parents=True)
+    (state / "training_state.json").write_text('{"global_step": 2, "epoch": 0, "batch_in_epoch": 2}')
+    (tmp_path / "out" / "model-step00000002.safetensors").write_bytes(b"an earlier run's step save")
+    return {}
+
+
 def _one_image(tmp_path, kit):
     folder = tmp_path / "one"
     folder.mkdir()
@@ -49,6 +58,7 @@ CASES = [
     ("LoRA saved as diffusers over an existing LoRA file", _existing_lora, "output_name", "error"),
     ("finished model there", lambda t, k: (t.joinpath("out").mkdir(), t.joinpath("out", "model.safetensors")
                                            .write_bytes(b"x"), {})[-1], "output_name", "error"),
+    ("step saves of an interrupted run there", lambda t, k: _interrupted_run(t), "output_name", "error"),
     ("output_dir is a file", lambda t, k: (t.joinpath("file").write_text("x"), {"output_dir": str(t / "file")})[-1],
      "output_dir", "error"),
     ("model missing", lambda t, k: {"pretrained_model_name_or_path": str(t / "nowhere")},
@@ -110,3 +120,16 @@ def test_processes_the_gui_starts_itself_are_only_the_trainers_warning(demo_kit,
     train(values, tmp_path / "run")
     assert any(e["event"] == "warning" and e["message"].startswith("num_processes: num_processes is 2 but this run "
                                                                    "has 1 process") for e in events(tmp_path / "run"))
+
+
+def test_a_run_that_resumes_its_own_state_may_replace_its_saves(tmp_path):
+    """The saves of an interrupted run are refused to a new run but belong to the run that resumes it."""
+    from core.config import TrainConfig
+    from core.train.start_checks import output_problems
+
+    _interrupted_run(tmp_path)
+    base = {"pretrained_model_name_or_path": str(tmp_path), "train_data_dir": [str(tmp_path)],
+            "output_dir": str(tmp_path / "out"), "output_name": "model"}
+    assert [p.field for p in output_problems(TrainConfig(**base))] == ["output_name"]
+    assert not output_problems(TrainConfig(**base, resume=str(tmp_path / "out" / "model-step00000002-state")))
+    assert not output_problems(TrainConfig(**{**base, "output_name": "another"}))

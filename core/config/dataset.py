@@ -4,6 +4,7 @@ from __future__ import annotations
 from pydantic import field_validator, model_validator
 
 from core.config.schema import JobConfig, param
+from core.filenames import caption_extension_problem
 
 
 def _non_empty_paths(value: list[str]) -> list[str]:
@@ -40,10 +41,10 @@ class CaptionSettings(JobConfig):
 
     @field_validator("caption_extension")
     @classmethod
-    def _dot_extension(cls, value: str) -> str:
+    def _caption_extension(cls, value: str) -> str:
         value = value.strip()
-        if not value.startswith(".") or len(value) < 2 or "/" in value or "\\" in value:
-            raise ValueError("must start with a dot, like .txt or .caption")
+        if problem := caption_extension_problem(value):
+            raise ValueError(problem)
         return value
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from core.config.dataset import BucketSettings, LoaderSettings
 from core.config.schema import JobConfig, param
+from core.filenames import file_stem_problem
 
 
 class ModelSettings(JobConfig):
@@ -21,12 +24,18 @@ class SaveSettings(JobConfig):
     """Where and how a model is saved (trainer, LoRA merge)."""
     output_dir: str = param("", "Folder for the model files (created if missing).", widget="dir", min_length=1,
                             group="Output")
-    output_name: str = param("model", "File name of the model, without extension.", group="Output",
-                             min_length=1, pattern=r"^[^/\\:*?\"<>|]+$")
+    output_name: str = param("model", "File name of the model, without extension.", group="Output")
     save_model_as: Literal["safetensors", "diffusers"] = param(
         "safetensors", "Single .safetensors file (A1111/ComfyUI) or a diffusers folder.", group="Output")
     save_precision: Literal["fp32", "fp16", "bf16"] = param(
         "fp16", "Precision of the saved weights.", group="Output")
+
+    @field_validator("output_name")
+    @classmethod
+    def _file_stem(cls, value: str) -> str:
+        if problem := file_stem_problem(value):
+            raise ValueError(problem)
+        return value
 
 
 class PromptSettings(JobConfig):

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
 
+from core.filenames import IMAGE_SUFFIXES
+
 DEFAULT_MAX_PIXELS = 178_956_970
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-    | ({".avif"} if features.check("avif") else set()))
+IMAGE_EXTENSIONS = frozenset(s for s in IMAGE_SUFFIXES if s != ".avif" or features.check("avif"))
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+from core.filenames import MODEL_SUFFIXES
+
 SCALING_FACTORS = {"sdxl": 0.13025}  # every other SD family: 0.18215
 DEFAULT_SCALING_FACTOR = 0.18215
 # Prefixes of the VAE inside a full original-layout checkpoint (as diffusers' LDM_VAE_KEYS).
@@ -139,9 +140,9 @@ def existing_path(path: str | os.PathLike) -> Path:
     resolved = Path(os.path.expanduser(str(path))).resolve()
     if not resolved.exists():
         raise ValueError(f"{resolved}: model path not found")
-    if resolved.is_file() and resolved.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+    if resolved.is_file() and resolved.suffix.lower() not in MODEL_SUFFIXES:
         raise ValueError(f"{resolved}: not a model file (expected "
-                         f"{', '.join(SINGLE_FILE_SUFFIXES)} or a diffusers folder)")
+                         f"{', '.join(MODEL_SUFFIXES)} or a diffusers folder)")
     return resolved
 
 

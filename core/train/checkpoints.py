@@ -50,17 +50,25 @@ def is_due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def numbered_saves(output_dir: str, output_name: str, kind: str) -> dict[int, list[Path]]:
+    """The step (`kind` "step") or epoch ("epoch") saves of `output_name` in `output_dir` by number: models,
+    their EMA saves and states, finished or partial."""
+    tag = r"-step(\d{8})" if kind == "step" else r"-e(\d{6})"
+    pattern = re.compile(re.escape(output_name) + tag + rf"({EMA_SUFFIX})?(\.safetensors|-state(\.partial)?)?$")
+    saves: dict[int, list[Path]] = {}
+    folder = Path(output_dir)
+    for path in folder.iterdir() if folder.is_dir() else []:
+        match = pattern.match(path.name)
+        if match:
+            saves.setdefault(int(match.group(1)), []).append(path)
+    return saves
+
+
 def prune(output_dir: str, output_name: str, kind: str, keep: int) -> list[Path]:
     """Delete all but the newest `keep` step or epoch saves (with their EMA saves and states); 0 keeps all."""
     if keep <= 0:
         return []
-    tag = r"-step(\d{8})" if kind == "step" else r"-e(\d{6})"
-    pattern = re.compile(re.escape(output_name) + tag + rf"({EMA_SUFFIX})?(\.safetensors|-state)?$")
-    saves: dict[int, list[Path]] = {}
-    for path in Path(output_dir).iterdir():
-        match = pattern.match(path.name)
-        if match:
-            saves.setdefault(int(match.group(1)), []).append(path)
+    saves = numbered_saves(output_dir, output_name, kind)
     removed = []
     for number in sorted(saves)[:-keep]:
         for path in saves[number]:

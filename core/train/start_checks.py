@@ -15,7 +15,15 @@ from typing import Literal
 from core.config import TrainConfig
 from core.models.loading import existing_path
 from core.models.sd import BaseModelKind, inspect_base_model
-from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, check_state_files, load_position, model_file
+from core.train.checkpoints import (
+    BEST_SUFFIX,
+    EMA_SUFFIX,
+    check_state_files,
+    load_position,
+    model_file,
+    numbered_saves,
+    saved_states,
+)
 from core.train.optimizers import parse_optimizer_args, sets_own_step_size
 from core.train.samples import clip_folder_problem, read_prompt_file
 
@@ -126,18 +134,34 @@ def model_kind_problems(cfg: TrainConfig, kind: BaseModelKind) -> list[Problem]:
 
 
 def output_problems(cfg: TrainConfig) -> list[Problem]:
-    """output_dir can be written; the final model of an earlier run is not there (never overwritten
-    unless resuming)."""
+    """output_dir can be written; no file of another run of the same output_name is there: its final
+    model is never overwritten unless resuming, its step/epoch saves and states only by resuming it."""
     if problem := unwritable(Path(os.path.abspath(cfg.output_dir))):
         return [Problem("output_dir", problem)]
-    if cfg.resume:
+    if not cfg.resume:
+        for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
+            final = model_file(cfg, suffix)
+            if final.exists():
+                return [Problem("output_name", f"{final} exists already and is never overwritten: choose "
+                                "another output_name (or output_dir), or resume the run that made it")]
+    if resumes_this_output(cfg):
         return []
-    for suffix in ("", EMA_SUFFIX, BEST_SUFFIX):
-        final = model_file(cfg, suffix)
-        if final.exists():
-            return [Problem("output_name", f"{final} exists already and is never overwritten: choose "
-                            "another output_name (or output_dir), or resume the run that made it")]
+    saves = sorted(path for kind in ("step", "epoch")
+                   for paths in numbered_saves(cfg.output_dir, cfg.output_name, kind).values() for path in paths)
+    if saves:
+        shown = ", ".join(path.name for path in saves[:3]) + (f" and {len(saves) - 3} more" if len(saves) > 3 else "")
+        return [Problem("output_name", f"{cfg.output_dir} holds step saves or states of an earlier run named "
+                        f"{cfg.output_name!r} ({shown}), which this run would replace: resume that run, choose "
+                        "another output_name (or output_dir), or delete them")]
     return []
+
+
+def resumes_this_output(cfg: TrainConfig) -> bool:
+    """Whether the run resumes a state of its own output_name in its own output_dir (so the saves there are its own)."""
+    if not cfg.resume.strip():
+        return False
+    state = Path(os.path.abspath(cfg.resume))
+    return any(state == Path(os.path.abspath(found)) for found in saved_states(cfg.output_dir, cfg.output_name))
 
 
 def unwritable(folder: Path) -> str | None:
