@@ -125,7 +125,7 @@ def import_kohya(path: str | None, form: SchemaForm) -> list:
         return [gr.skip()] * len(form.inputs) + [""]
     try:
         imported = read_kohya_config(path)
-    except ValueError as err:
+    except ConfigError as err:
         return [gr.skip()] * len(form.inputs) + [f"**Not imported:** {err}"]
     lines = [f"Imported {len(imported.values)} setting(s) from `{Path(path).name}`."]
     lines += [f"- {note}" for note in imported.notes]

@@ -12,7 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.config import ConfigError, TrainConfig, validate, validate_partial
-from core.config.kohya_import import GUI_RULES, RULES, import_kohya_values
+from core.config.kohya_import import (
+    GUI_RULES,
+    IGNORED,
+    MAX_DEPTH,
+    RULES,
+    UNUSED_NOISE,
+    _is_zero,
+    import_kohya_values,
+    read_kohya_config,
+)
 from core.config.presets import PresetError, load_preset, parse_preset
 from core.jobs.cli import build_parser, resolve_config
 from core.jobs.registry import JOBS
@@ -117,11 +126,71 @@ def test_fuzzed_command_lines_give_a_clear_error(keys, raw_values):
         assert message.strip() and "Traceback" not in message
 
 
+KOHYA_KEYS = sorted(set(RULES) | set(GUI_RULES) | set(IGNORED) | set(TrainConfig.model_fields) | {"noise_offset_type"})
+# any JSON value (none, true/false, numbers, text, lists, tables, nested), and some that kohya's keys take
+KOHYA_VALUES = ANY_JSON | st.sampled_from(["10", "0", "512,768", "networks.lora", "weight_decay=0.01 eps=1e-8",
+                                           "/data/prompts.txt", "Original", "Multires", "True", "1e-4", 10**400])
+
+
+def unreported(pairs: list[tuple[str, typing.Any]], imported) -> list[str]:
+    """Keys whose value was neither imported nor named in the report. Unset values (empty, 0), flags that do
+    not matter here and the noise settings that noise_offset_type leaves unused may go without a word."""
+    lines = imported.unknown + imported.notes
+    quiet = set(IGNORED)
+    if any(key == "noise_offset_type" for key, _ in pairs):
+        quiet |= {"noise_offset_type", *(key for keys in UNUSED_NOISE.values() for key in keys)}
+    rules = RULES | GUI_RULES
+    return [key for key, value in pairs
+            if key not in quiet and value is not None and str(value).strip() and not _is_zero(value)
+            and (rules[key].target if key in rules else key) not in imported.values
+            and not any(line == key or line.startswith((f"{key}=", f"{key} ", f"{key}:")) for line in lines)]
+
+
 @FUZZ
-@given(st.dictionaries(st.sampled_from(sorted(set(RULES) | set(GUI_RULES) | set(TrainConfig.model_fields)))
-                       | st.text(max_size=12), ANY_JSON, max_size=8), st.booleans())
-def test_fuzzed_kohya_configs_import_only_valid_values(raw, gui):
-    """Every imported value passes its field's checks (the form can show it); the rest is listed."""
-    imported = import_kohya_values(raw, gui=gui)
+@given(st.fixed_dictionaries({}, optional=dict.fromkeys(KOHYA_KEYS, KOHYA_VALUES))
+       | st.dictionaries(st.sampled_from(KOHYA_KEYS) | st.text(max_size=12), KOHYA_VALUES, max_size=8), st.booleans())
+def test_fuzzed_kohya_values_are_imported_valid_or_reported(raw, gui):
+    """Every key the import knows, with a value of any type: imported as a value the form can show, or
+    listed with why; never another exception (which the GUI would show as a traceback)."""
+    try:
+        imported = import_kohya_values(raw, gui=gui)
+    except ConfigError as err:  # only values nested too deep
+        assert_clear(err, "kohya config")
+        return
     validate_partial(TrainConfig, imported.values, "kohya")
     assert all(isinstance(entry, str) for entry in imported.unknown + imported.notes)
+    assert unreported(list(raw.items()), imported) == []
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(KOHYA_KEYS), min_size=1, max_size=3).flatmap(
+    lambda keys: st.lists(st.tuples(st.sampled_from(keys), KOHYA_VALUES), max_size=6)))
+def test_fuzzed_kohya_files_with_a_key_given_twice_keep_or_report_each_value(tmp_path_factory, pairs):
+    """A hand-edited kohya_ss .json may repeat a key (an sd-scripts .toml: in several tables); each value is
+    imported or reported, none dropped without a word."""
+    path = tmp_path_factory.mktemp("kohya") / "config.json"
+    path.write_text("{" + ", ".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in pairs) + "}")
+    try:
+        imported = read_kohya_config(path)
+    except ConfigError as err:
+        assert_clear(err, str(path))
+        return
+    validate_partial(TrainConfig, imported.values, "kohya")
+    assert unreported(pairs, imported) == []
+
+
+@FUZZ
+@given(st.sampled_from(KOHYA_KEYS), st.integers(0, 2 * MAX_DEPTH) | st.sampled_from([1000, 100_000]),
+       st.sampled_from(["json list", "json table", "toml list"]))
+def test_fuzzed_nesting_depth_gives_a_clear_error_past_the_limit(tmp_path_factory, key, depth, kind):
+    opening, closing = {"json list": ("[", "]"), "json table": ('{"a": ', "}"), "toml list": ("[", "]")}[kind]
+    value = opening * depth + "1" + closing * depth
+    path = tmp_path_factory.mktemp("kohya") / ("config.toml" if kind == "toml list" else "config.json")
+    path.write_text(f"{key} = {value}" if kind == "toml list" else f"{{{json.dumps(key)}: {value}}}")
+    try:
+        read_kohya_config(path)
+    except ConfigError as err:
+        assert_clear(err, str(path))
+        assert depth >= MAX_DEPTH, str(err)  # the config is one level, its value `depth` more
+    else:
+        assert depth < MAX_DEPTH

@@ -1,9 +1,10 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from core.config import ConfigError, TrainConfig, validate, validate_partial
-from core.config.kohya_import import GUI_RULES, RULES, KohyaImport, import_kohya_values, read_kohya_config
+from core.config.kohya_import import GUI_RULES, MAX_DEPTH, RULES, KohyaImport, import_kohya_values, read_kohya_config
 
 # A dreambooth/fine-tune config as the kohya_ss GUI saves it: numbers as strings, "" for unset,
 # LoRA keys of the shared form, a stale multires setting that noise_offset_type "Original" leaves unused.
@@ -219,7 +220,7 @@ def test_kohya_text_encoder_rates_train_as_they_did(raw, sd_rates, sdxl_rates):
 def test_our_own_name_wins_over_an_alias_and_the_other_is_noted():
     result = checked(import_kohya_values({"epoch": 3, "max_train_epochs": "5"}))
     assert result.values == {"max_train_epochs": 5}
-    assert "epoch 3: ignored (max_train_epochs is set)" in result.notes
+    assert "epoch 3: ignored (max_train_epochs 5 is used)" in result.notes
 
 
 def test_unsupported_optimizer_goes_to_unknown_with_its_arguments():
@@ -283,18 +284,97 @@ def test_every_rule_targets_a_trainer_field():
     ("list.json", '["learning_rate", 1e-6]', "expected a JSON object of settings, found a list"),
     ("broken.toml", "learning_rate = = 1", "invalid TOML"),
     ("config.yaml", "learning_rate: 1e-6", "not a kohya config"),
+    ("long number.json", '{"seed": ' + "1" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+    ("long number.toml", "seed = " + "1" * 5000, "invalid TOML: Exceeds the limit"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, f"nested more than {MAX_DEPTH} levels deep"),
+    ("deep value.json", '{"train_data_dir": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than"),
+    ("deep.toml", "train_data_dir = " + "[" * 100_000 + "]" * 100_000, "nested more than"),
+    ("deep table.toml", "train_data_dir = " + "{a = " * 100_000 + "1" + "}" * 100_000, "nested more than"),
+    ("nested.json", '{"train_data_dir": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}", "nested more than"),
 ])
 def test_bad_files_name_the_file_and_the_problem(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content)
-    with pytest.raises(ValueError, match=message) as err:
+    with pytest.raises(ConfigError, match=message) as err:
         read_kohya_config(path)
-    assert str(path) in str(err.value)
+    assert str(err.value).startswith(f"{path}: ")
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="missing.json: cannot read"):
+    with pytest.raises(ConfigError, match="missing.json: cannot read"):
         read_kohya_config(tmp_path / "missing.json")
+
+
+def test_values_nested_just_below_the_limit_are_listed(tmp_path):
+    path = tmp_path / "nested.json"
+    path.write_text('{"train_data_dir": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}")
+    assert read_kohya_config(path).unknown == ["train_data_dir=" + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)]
+    with pytest.raises(ConfigError, match=f"^kohya config: nested more than {MAX_DEPTH} levels deep"):
+        import_kohya_values({"train_data_dir": json.loads("[" * MAX_DEPTH + "]" * MAX_DEPTH)})
+
+
+@pytest.mark.parametrize("raw, note", [
+    ({"lr_warmup": [1, 2]}, "lr_warmup [1, 2]: not imported (expected a percentage from 0 to 99)"),
+    ({"lr_warmup": 10**400}, "lr_warmup 1000000000000000000000000000000000000...: not imported (expected a "
+     "percentage from 0 to 99)"),
+    ({"stop_text_encoder_training": [3]}, "stop_text_encoder_training [3]: not imported (expected a percentage "
+     "from 0 to 99)"),
+    ({"optimizer_args": 5}, "optimizer_args 5: not imported (expected key=value text or a list of them)"),
+    ({"optimizer_args": ["eps=1e-8", {"a": 1}]}, 'optimizer_args ["eps=1e-8", {"a": 1}]: not imported (Input '
+     "should be a valid string)"),
+    ({"train_data_dir": 5}, "train_data_dir 5: not imported (expected a folder or a list of folders)"),
+    ({"train_data_dir": {"a": 1}}, 'train_data_dir {"a": 1}: not imported (expected a folder or a list of folders)'),
+    ({"image_folder": ["/data", 1]}, 'image_folder ["/data", 1]: not imported (Input should be a valid string)'),
+    ({"resolution": [1.5, 2]}, "resolution [1.5, 2]: not imported (expected WIDTH,HEIGHT text or [WIDTH, HEIGHT])"),
+    ({"max_resolution": [[1], [2]]}, "max_resolution [[1], [2]]: not imported (expected WIDTH,HEIGHT text or "
+     "[WIDTH, HEIGHT])"),
+    ({"learning_rate": True}, "learning_rate true: not imported (expected a number, not true/false)"),
+    ({"train_batch_size": True}, "train_batch_size true: not imported (expected a number, not true/false)"),
+    ({"lr_drops": [100, True]}, "lr_drops [100, true]: not imported (expected a number, not true/false)"),
+    ({"learning_rate": 10**400}, "learning_rate 1000000000000000000000000000000000000...: not imported (Input "
+     "should be a valid number)"),
+    ({"sample_prompts": ["/data/prompts.txt"]}, 'sample_prompts ["/data/prompts.txt"]: not imported (expected the '
+     "path of a prompt file)"),
+    ({"network_module": ["networks.lora"]}, 'network_module ["networks.lora"]: not imported (only networks.lora '
+     "(LoRA) is supported here, not LyCORIS or other network modules)"),
+])
+def test_values_of_the_wrong_type_are_listed_with_what_was_expected(raw, note):
+    """The GUI showed these as a traceback (TypeError) or imported them wrong ({"a": 1} as the folder "a")."""
+    [key] = raw
+    result = checked(import_kohya_values(raw))
+    assert result.values == {} and result.notes == [note]
+    assert len(result.unknown) == 1 and result.unknown[0].startswith(f"{key}=")
+
+
+@pytest.mark.parametrize("first, second", [("1e-4", '"fast"'), ('"fast"', "1e-4")])
+def test_a_key_in_two_tables_keeps_the_valid_value_and_reports_the_other(tmp_path, first, second):
+    path = tmp_path / "config.toml"
+    path.write_text(f"[training_arguments]\nlearning_rate = {first}\n[optimizer_arguments]\nlearning_rate = {second}\n")
+    result = checked(read_kohya_config(path))
+    assert result.values == {"learning_rate": 1e-4} and result.unknown == ["learning_rate=fast"]
+    [note] = result.notes
+    assert note.startswith("learning_rate fast: not imported (Input should be a valid number")
+
+
+def test_a_key_given_twice_keeps_the_later_valid_value_as_sd_scripts_does_and_reports_the_other(tmp_path):
+    toml = tmp_path / "config.toml"
+    toml.write_text("[training_arguments]\nlearning_rate = 1e-4\n[optimizer_arguments]\nlearning_rate = 2e-4\n")
+    json_file = tmp_path / "config.json"  # a hand-edited kohya_ss file: JSON keeps only the last without a word
+    json_file.write_text('{"learning_rate": 1e-4, "learning_rate": "2e-4", "learning_rate": "fast"}')
+    for path in (toml, json_file):
+        result = checked(read_kohya_config(path))
+        assert result.values == {"learning_rate": 2e-4}
+        assert "learning_rate 0.0001: ignored (learning_rate " in "\n".join(result.notes)
+
+
+def test_the_gui_shows_an_import_error_as_a_message(tmp_path):
+    from tabs.training import import_kohya
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    *unchanged, message = import_kohya(str(path), SimpleNamespace(inputs=[None, None]))
+    assert len(unchanged) == 2
+    assert message == f"**Not imported:** {path}: nested more than {MAX_DEPTH} levels deep (not a kohya config)"
 
 
 def test_regularization_images_become_prior_preservation_with_a_hint_about_the_class_prompt():

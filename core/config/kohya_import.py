@@ -2,7 +2,8 @@
 
 Most kohya names are ours already and pass with their type converted (kohya_ss stores numbers
 as strings and "" for unset); RULES renames or converts the others. What we do not support is
-listed in `unknown` for the user to see, and every conversion is explained in `notes`.
+listed in `unknown` for the user to see, and every conversion is explained in `notes`; so is every
+value we cannot take (a wrong type, out of bounds) and why. A file we cannot read at all is a ConfigError.
 """
 from __future__ import annotations
 
@@ -35,34 +36,51 @@ class Rule:
     hint: str = ""
 
 
-def _folders(value: Any) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+# Converters take any JSON or TOML value; one they cannot take is a ValueError that says what they expected.
+# A list they return is checked item by item as the field's type.
+def _folders(value: Any) -> list:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ValueError("expected a folder or a list of folders")
 
 
 def _resolution(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 2 and all(type(side) is int for side in value):
+        value = ",".join(map(str, value))  # [width, height]
+    if type(value) not in (str, int):
+        raise ValueError("expected WIDTH,HEIGHT text or [WIDTH, HEIGHT]")
     return "{},{}".format(*parse_resolution(value))
 
 
 def _fraction(percent: Any) -> float:
-    if not 0 <= float(percent) < 100:
+    number = _number(percent)
+    if number is None or not 0 <= number < 100:
         raise ValueError("expected a percentage from 0 to 99")
-    return float(percent) / 100
+    return number / 100
 
 
-def _optimizer_args(value: Any) -> list[str]:
+def _optimizer_args(value: Any) -> list:
     """kohya_ss: "weight_decay=0.01 betas=0.9,0.99"; sd-scripts: a list of key=value."""
-    return value.split() if isinstance(value, str) else [str(item) for item in value]
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return value
+    raise ValueError("expected key=value text or a list of them")
 
 
 def _renamed(names: dict[str, str]) -> Callable[[Any], Any]:
     """A converter for kohya choices that have another name here (the others pass unchanged)."""
-    return lambda value: names.get(str(value).strip().lower(), value)
+    return lambda value: names.get(value.strip().lower(), value) if isinstance(value, str) else value
 
 
 def _prompt_file(value: Any) -> str:
-    if not str(value).strip().lower().endswith((".txt", ".toml", ".json")):
+    if not isinstance(value, str):
+        raise ValueError("expected the path of a prompt file")
+    if not value.strip().lower().endswith((".txt", ".toml", ".json")):
         raise ValueError("kohya_ss keeps the prompts themselves; save them to a .txt file and choose it")
-    return str(value)
+    return value
 
 
 def _text_encoder_rate(value: Any) -> Any:
@@ -72,7 +90,7 @@ def _text_encoder_rate(value: Any) -> Any:
 
 
 def _lora_module(value: Any) -> bool:
-    if str(value).strip() != "networks.lora":
+    if not isinstance(value, str) or value.strip() != "networks.lora":
         raise ValueError("only networks.lora (LoRA) is supported here, not LyCORIS or other network modules")
     return True
 
@@ -133,43 +151,76 @@ UNUSED_NOISE = {"original": ("multires_noise_iterations", "multires_noise_discou
 
 SECRET_ENDINGS = ("_key", "_token", "password")  # listed as unknown without their value
 
+# Lists and tables inside one another, counting the config (with the tables of an sd-scripts file) as the
+# first level: kohya configs need 2 or 3; a deeper file is no config, and would overflow the parsers' stack.
+MAX_DEPTH = 16
+
 
 def read_kohya_config(path: str | Path) -> KohyaImport:
-    """Import a kohya_ss GUI .json or an sd-scripts .toml; ValueError names the file and the problem."""
+    """Import a kohya_ss GUI .json or an sd-scripts .toml; ConfigError names the file and the problem."""
     path = Path(path)
     toml = path.suffix.lower() == ".toml"
     if not toml and path.suffix.lower() != ".json":
-        raise ValueError(f"{path}: not a kohya config (expected a kohya_ss .json or an sd-scripts .toml)")
+        raise ConfigError(f"{path}: not a kohya config (expected a kohya_ss .json or an sd-scripts .toml)")
     try:
         text = path.read_text(encoding="utf-8-sig")
-        data = tomllib.loads(text) if toml else json.loads(text)
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read ({err})") from None
+        raise ConfigError(f"{path}: cannot read ({err})") from None
+    try:
+        data = tomllib.loads(text) if toml else json.loads(text, object_pairs_hook=_JsonObject)
+    except RecursionError:
+        raise _too_deep(path) from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: invalid TOML: {err}") from None
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except ValueError as err:  # invalid TOML, or a number too long to read
+        raise ConfigError(f"{path}: invalid {'TOML' if toml else 'JSON'}: {err}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of settings, found a {type(data).__name__}")
-    return import_kohya_values(_flatten(data) if toml else data, gui=not toml)
+        raise ConfigError(f"{path}: expected a JSON object of settings, found a {type(data).__name__}")
+    return import_kohya_values(_flatten(data) if toml else data.pairs, gui=not toml, source=str(path))
 
 
-def _flatten(table: dict) -> dict:
-    """Merge one level of tables ([model_arguments], ... as sd-scripts' --output_config writes)."""
-    flat = {}
-    for key, value in table.items():
-        flat.update(value if isinstance(value, dict) else {key: value})
-    return flat
+class _JsonObject(dict):
+    """A JSON object that keeps its (key, value) pairs too: a hand-edited file may give a key twice."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        self.pairs = pairs
 
 
-def import_kohya_values(raw: dict, gui: bool = True) -> KohyaImport:
-    """Map kohya settings to TrainConfig values. `gui`: they come from a kohya_ss GUI file
-    (percentages of the run, inline sample prompts) rather than sd-scripts (steps, a prompt file)."""
+def _flatten(table: dict) -> list[tuple[str, Any]]:
+    """The pairs of the top level and of one level of tables ([model_arguments], ... as sd-scripts'
+    --output_config writes); a key may come in several tables."""
+    return [pair for key, value in table.items()
+            for pair in (value.items() if isinstance(value, dict) else [(key, value)])]
+
+
+def _too_deep(source: str | Path) -> ConfigError:
+    return ConfigError(f"{source}: nested more than {MAX_DEPTH} levels deep (not a kohya config)")
+
+
+def _check_depth(values: list, source: str) -> None:
+    """`values` are those of a config (the first level): ConfigError when they nest past MAX_DEPTH."""
+    depth, level = 1, [value for value in values if isinstance(value, (list, dict))]
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _too_deep(source)
+        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, (list, dict))]
+
+
+def import_kohya_values(raw: dict | list[tuple[str, Any]], gui: bool = True,
+                        source: str = "kohya config") -> KohyaImport:
+    """Map kohya settings (a dict, or (key, value) pairs where a key may repeat) to TrainConfig values.
+    `gui`: they come from a kohya_ss GUI file (percentages of the run, inline sample prompts) rather than
+    sd-scripts (steps, a prompt file). ConfigError, naming `source`, only when they nest too deep."""
+    pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    _check_depth([value for _, value in pairs], source)
     rules = RULES | GUI_RULES if gui else RULES
     result = KohyaImport()
     found: dict[str, list[tuple[str, Any, Any, Rule]]] = {}  # target -> [(key, raw, typed, rule)]
     rejected: set[str] = set()
-    for key, value in _active_noise(raw).items():
+    for key, value in _active_noise(pairs):
         if value is None or (isinstance(value, str) and not value.strip()):
             continue  # kohya_ss writes "" for unset
         rule = rules.get(key, Rule(key))
@@ -198,7 +249,7 @@ def _set_aside(key: str, value: Any, result: KohyaImport) -> None:
     """A key that is no field of ours: a note when it is understood, else listed as unknown."""
     if key in IGNORED:
         when, note = IGNORED[key]
-        if when is None or _is_on(value) == when:
+        if (when is None or _is_on(value) == when) and note not in result.notes:
             result.notes.append(note)
         return
     result.unknown.append(_entry(key, value))
@@ -208,17 +259,19 @@ def _set_aside(key: str, value: Any, result: KohyaImport) -> None:
 
 
 def _choose(target: str, candidates: list, result: KohyaImport) -> None:
-    """Several kohya keys may give one field (epoch, max_train_epochs): a set value beats 0,
-    then our own name beats an alias."""
-    key, raw, value, rule = max(candidates, key=lambda c: (bool(c[2]), c[0] == target))
+    """Several kohya keys may give one field (epoch, max_train_epochs), one key several tables of an
+    sd-scripts file: a set value beats 0, then our own name beats an alias, then the later value beats
+    the earlier (as sd-scripts reads its tables)."""
+    chosen = max(range(len(candidates)), key=lambda i: (bool(candidates[i][2]), candidates[i][0] == target, i))
+    key, raw, value, rule = candidates[chosen]
     result.values[target] = value
     if key != target or rule.unit:
         result.notes.append(f"{key} {_short(raw)}{rule.unit} -> {target} {_short(value)}{rule.hint}")
     elif isinstance(raw, str) and isinstance(value, str) and raw.strip() != value:
         result.notes.append(f"{key} {_short(raw)} -> {_short(value)}")
-    for other, other_raw, other_value, _ in candidates:
-        if other != key and other_value and other_value != value:
-            result.notes.append(f"{other} {_short(other_raw)}: ignored ({key} is set)")
+    for other, other_raw, other_value, _ in candidates[:chosen] + candidates[chosen + 1:]:
+        if other_value and other_value != value:
+            result.notes.append(f"{other} {_short(other_raw)}: ignored ({key} {_short(raw)} is used)")
 
 
 @lru_cache(maxsize=None)
@@ -234,31 +287,42 @@ def _typed(name: str, value: Any) -> Any:
         text = str(value).strip().lower()
         value = next((choice for choice in get_args(annotation) if str(choice).lower() == text), value)
     try:
-        value = _adapter(name).validate_python(value)
-        validate_partial(TrainConfig, {name: value}, name)
+        typed = _adapter(name).validate_python(value)
+        validate_partial(TrainConfig, {name: typed}, name)
     except ValidationError as err:
         raise ValueError(err.errors()[0]["msg"]) from None
     except ConfigError as err:  # "name: field 'name': problem (got value)"
         raise ValueError(str(err).split(": ", 2)[-1]) from None
-    return value
+    given, read = (value, typed) if isinstance(value, list) and isinstance(typed, list) else ([value], [typed])
+    if any(isinstance(item, bool) and not isinstance(number, bool) for item, number in zip(given, read)):
+        raise ValueError("expected a number, not true/false")  # pydantic reads true as 1
+    return typed
 
 
-def _active_noise(raw: dict) -> dict:
-    unused = UNUSED_NOISE.get(str(raw.get("noise_offset_type", "")).lower())
+def _active_noise(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    kinds = [str(value).lower() for key, value in pairs if key == "noise_offset_type"]
+    unused = next((UNUSED_NOISE[kind] for kind in reversed(kinds) if kind in UNUSED_NOISE), None)
     if unused is None:
-        return raw
-    return {key: value for key, value in raw.items() if key not in unused and key != "noise_offset_type"}
+        return pairs
+    return [(key, value) for key, value in pairs if key not in unused and key != "noise_offset_type"]
 
 
 def _is_on(value: Any) -> bool:
     return str(value).strip().lower() not in ("", "false", "no", "none", "off", "0", "0.0")
 
 
-def _is_zero(value: Any) -> bool:
+def _number(value: Any) -> float | None:
+    """A kohya number (kohya_ss writes them as text); None for anything else (true/false included)."""
+    if type(value) not in (int, float, str):
+        return None
     try:
-        return not isinstance(value, bool) and float(value) == 0
-    except (TypeError, ValueError):
-        return False
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _is_zero(value: Any) -> bool:
+    return _number(value) == 0
 
 
 def _short(value: Any, limit: int = 40) -> str:
