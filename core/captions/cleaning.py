@@ -6,6 +6,12 @@ written last and atomically: a snapshot without a manifest never had a file chan
 caption is replaced atomically, so a stopped or killed run leaves every file either old or new,
 and the snapshot restores all of them byte for byte. Undoing takes a snapshot of its own first,
 so an undo can be undone too.
+
+What is at a caption path and is not a file (a folder, a FIFO, a broken link, ...) is reported once
+and left alone, and so is a caption file that is a symbolic link: cleaning and undo write only
+regular files, so the snapshot is always exactly what was there. Caption folders that are links out
+of the dataset are not followed. A run first removes the temporary files a killed run left beside
+the captions.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.captions.files import read_caption_detailed
+from core.captions.files import check_caption_path, read_caption_bytes, read_caption_detailed, remove_caption_temps
 from core.captions.rules import clean_caption, parse_rules
 from core.captions.stats import caption_files, find_with_tag
 from core.config import CleanConfig, UndoCleanConfig
@@ -48,10 +54,13 @@ def snapshots_root() -> Path:
     return studio_home() / "backups" / "cleaning"
 
 
-def planned_changes(cfg: CleanConfig, ctx: JobContext | None = None) -> tuple[list[Change], int, list[Change]]:
-    """(captions the rules change, caption files read, files read that are not plain UTF-8)."""
+def planned_changes(cfg: CleanConfig, ctx: JobContext | None = None) -> tuple[list[Change], list[Path], list[Change]]:
+    """(captions the rules change, caption files read, files read that are not plain UTF-8).
+
+    Captions that are not written (see check_caption_path) are left out, reported to `ctx`."""
     rules = parse_rules(cfg.rules)
-    files = caption_files(cfg.train_data_dir, cfg.recursive, cfg.caption_extension)
+    report = _reporter(ctx)
+    files = caption_files(cfg.train_data_dir, cfg.recursive, cfg.caption_extension, report, outside_links=False)
     changes, unusual = [], []
     if cfg.only_with_tag.strip():
         chosen = set(find_with_tag(cfg.train_data_dir, cfg.recursive, cfg.caption_extension, cfg.only_with_tag))
@@ -59,19 +68,22 @@ def planned_changes(cfg: CleanConfig, ctx: JobContext | None = None) -> tuple[li
     for i, (_, path) in enumerate(files):
         text = read_caption_detailed(path)
         change = Change(path, text.text, clean_caption(text.text, rules), text.note)
-        if change.after != change.before:
+        problem = text.problem or check_caption_path(path, writing=True).problem
+        if problem:
+            report(path, problem)
+        elif change.after != change.before:
             changes.append(change)
         if text.encoding not in ("utf-8", ""):
             unusual.append(change)
         if ctx is not None and i % 200 == 0:
             ctx.check_stop()
-    return changes, len(files), unusual
+    return changes, [path for _, path in files], unusual
 
 
 def preview(cfg: CleanConfig, limit: int = 20) -> tuple[list[Change], int, int, list[Change]]:
     """(first `limit` changes, number of files that would change, files read, non-UTF-8 files)."""
-    changes, total, unusual = planned_changes(cfg)
-    return changes[:limit], len(changes), total, unusual
+    changes, files, unusual = planned_changes(cfg)
+    return changes[:limit], len(changes), len(files), unusual
 
 
 def take_snapshot(paths: list[Path], label: str, rules: list[str]) -> Snapshot:
@@ -82,7 +94,9 @@ def take_snapshot(paths: list[Path], label: str, rules: list[str]) -> Snapshot:
     (folder / "files").mkdir(parents=True, exist_ok=False)
     entries = []
     for i, path in enumerate(paths):
-        data = path.read_bytes()
+        data = read_caption_bytes(path)
+        if data is None:
+            raise FileNotFoundError(f"caption file gone before its snapshot: {path}")
         backup = folder / "files" / f"{i}.bak"
         with open(backup, "wb") as f:
             f.write(data)
@@ -116,20 +130,28 @@ def _manifest(snapshot_id: str) -> tuple[Path, dict]:
 
 def run(cfg: CleanConfig, ctx: JobContext) -> dict:
     started = time.time()
-    changes, total, unusual = planned_changes(cfg, ctx)
+    changes, files, unusual = planned_changes(cfg, ctx)
     for change in unusual:
         ctx.warning(f"caption {change.note}", change.path)
-    ctx.log(f"{total} caption files, {len(changes)} would change")
-    result = {"files": total, "changed": 0, "would_change": len(changes), "not_utf8": [str(c.path) for c in unusual]}
-    if cfg.dry_run or not changes:
+    ctx.log(f"{len(files)} caption files, {len(changes)} would change")
+    result = {"files": len(files), "changed": 0, "would_change": len(changes),
+              "not_utf8": [str(c.path) for c in unusual]}
+    if cfg.dry_run:
+        return {**result, "seconds": round(time.time() - started, 2)}
+    remove_caption_temps(files)
+    if not changes:
         return {**result, "seconds": round(time.time() - started, 2)}
     snapshot = take_snapshot([c.path for c in changes], "rules: " + "; ".join(cfg.rules), list(cfg.rules))
     ctx.log(f"snapshot {snapshot.id}: {snapshot.files} captions saved (undo restores them)")
     result["snapshot"] = snapshot.id
     try:
         for i, change in enumerate(changes, start=1):
-            atomic_write_bytes(change.path, change.after.encode("utf-8"))
-            result["changed"] = i
+            problem = check_caption_path(change.path, writing=True).problem  # replaced since the plan?
+            if problem:
+                ctx.skipped(change.path, problem)
+            else:
+                atomic_write_bytes(change.path, change.after.encode("utf-8"))
+                result["changed"] += 1
             ctx.progress(i, len(changes))
             ctx.check_stop()
     except JobStopped:
@@ -141,19 +163,37 @@ def run(cfg: CleanConfig, ctx: JobContext) -> dict:
 
 def undo(snapshot_id: str, ctx: JobContext | None = None) -> dict:
     """Restore every file of the snapshot, after a snapshot of their current bytes (so the undo
-    can be undone). Files deleted since are recreated."""
+    can be undone). Files deleted since are recreated; a path that now holds a link or anything
+    but a file is reported and left alone (`left_alone`)."""
     folder, manifest = _manifest(snapshot_id)
-    paths = [Path(entry["path"]) for entry in manifest["files"]]
-    existing = [p for p in paths if p.exists()]
+    restore, existing, left_alone = [], [], []
+    for entry in manifest["files"]:
+        path = Path(entry["path"])
+        present, problem = check_caption_path(path, writing=True)
+        if problem:
+            left_alone.append(str(path))
+            _reporter(ctx)(path, problem)
+            continue
+        restore.append((path, folder / "files" / entry["backup"]))
+        if present:
+            existing.append(path)
+    remove_caption_temps(path for path, _ in restore)
     before = take_snapshot(existing, f"undo of {snapshot_id}", []) if existing else None
-    for i, entry in enumerate(manifest["files"], start=1):
-        atomic_write_bytes(entry["path"], (folder / "files" / entry["backup"]).read_bytes())
+    for i, (path, backup) in enumerate(restore, start=1):
+        atomic_write_bytes(path, backup.read_bytes())
         if ctx is not None:
-            ctx.progress(i, len(paths))
+            ctx.progress(i, len(restore))
     if ctx is not None:
-        ctx.log(f"restored {len(paths)} caption files from {snapshot_id}"
+        ctx.log(f"restored {len(restore)} of {len(manifest['files'])} caption files from {snapshot_id}"
+                + (f", {len(left_alone)} left alone (see the warnings)" if left_alone else "")
                 + (f"; their previous state is snapshot {before.id}" if before else ""))
-    return {"restored": len(paths), "snapshot": snapshot_id, "undo_snapshot": before.id if before else None}
+    return {"restored": len(restore), "left_alone": left_alone, "snapshot": snapshot_id,
+            "undo_snapshot": before.id if before else None}
+
+
+def _reporter(ctx: JobContext | None):
+    """`report(path, reason)`: once per run to the job's warnings; nothing without a job."""
+    return ctx.skipped if ctx is not None else (lambda path, reason: None)
 
 
 def run_undo(cfg: UndoCleanConfig, ctx: JobContext) -> dict:

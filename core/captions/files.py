@@ -4,22 +4,37 @@ Before a caption file is changed, its previous bytes (or a marker saying there w
 go to `studio_home()/backups/captions/<sha1 of the caption's absolute path>/`, never into the
 user's dataset. Every backup can be restored byte-exactly, and a restore is itself backed up,
 so it can be undone. Captions are always written as UTF-8 without a BOM.
+
+Only a regular file is a caption file. Whatever else is at a caption path (a folder, a FIFO, a
+socket, a device, a symbolic link loop or a link to nothing) is told apart by its status, never
+opened, and reads as no caption with the reason from `check_caption_path`; nothing is written
+over it. A caption file that is a symbolic link is read through the link but never written: a
+write (and so an undo) would replace the link with a regular file.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
-from core.fsutil import atomic_write_bytes, atomic_write_json, studio_home
+from core.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temps, studio_home
 
 CONTENT_SUFFIX = ".bak"
 ABSENT_SUFFIX = ".absent"
 INDEX_NAME = "index.json"
 PREVIEW_CHARS = 120
+NO_CAPTION_FILE = "no caption file yet"
+NOT_A_CAPTION_FILE = "caption path is {what}, not a caption file: read as no caption, never written"
+LINKED_CAPTION = ("caption file is a symbolic link: read through it but never written (writing would replace "
+                  "the link with a file); edit the file it points to, or replace the link with a copy")
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO that slips past the status check does not block the open
+_KINDS = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")]
 
 _BOMS = [  # (bom, codec, name) longest first: the UTF-32 LE BOM starts with the UTF-16 LE one
     (b"\xff\xfe\x00\x00", "utf-32", "UTF-32"), (b"\x00\x00\xfe\xff", "utf-32", "UTF-32"),
@@ -30,8 +45,23 @@ _BOMS = [  # (bom, codec, name) longest first: the UTF-32 LE BOM starts with the
 
 class CaptionText(NamedTuple):
     text: str
-    encoding: str  # "utf-8", "utf-8-sig", "utf-16", "utf-32", "cp1252", "latin-1"; "" if no file
-    note: str      # a line for the user when the file is absent or not plain UTF-8, else ""
+    encoding: str  # "utf-8", "utf-8-sig", "utf-16", "utf-32", "cp1252", "latin-1"; "" if no file was read
+    note: str      # a line for the user when the file is absent, unusable or not plain UTF-8, else ""
+
+    @property
+    def problem(self) -> str:
+        """Why what is at the caption path was not read (see check_caption_path); "" when it was
+        read or nothing is there."""
+        return self.note if not self.encoding and self.note != NO_CAPTION_FILE else ""
+
+
+class CaptionFileError(OSError):
+    """What is at a caption path is not read or not written; str() is the reason for the user."""
+
+
+class CaptionCheck(NamedTuple):
+    present: bool  # a caption file is there to read (through a symbolic link when not writing)
+    problem: str   # why the path is left alone (the one text a job reports); "" when it is usable
 
 
 @dataclass(frozen=True)
@@ -67,11 +97,58 @@ def decode_caption(data: bytes) -> CaptionText:
     return CaptionText(text, encoding, f"not valid UTF-8; read as {name}; saving writes UTF-8")
 
 
+def check_caption_path(path: str | os.PathLike, writing: bool = False) -> CaptionCheck:
+    """Whether a caption file is at `path` and, when something unusable is, why: told from the
+    status alone, nothing is opened. `writing`: a symbolic link is unusable too."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return CaptionCheck(False, NOT_A_CAPTION_FILE.format(what="a symbolic link to nothing"))
+        return CaptionCheck(False, "")
+    except OSError as exc:
+        what = "a symbolic link loop" if exc.errno == errno.ELOOP else f"unreadable ({exc.strerror or exc})"
+        return CaptionCheck(False, NOT_A_CAPTION_FILE.format(what=what))
+    if not stat.S_ISREG(info.st_mode):
+        return CaptionCheck(False, NOT_A_CAPTION_FILE.format(what=_kind(info.st_mode)))
+    if writing and os.path.islink(path):
+        return CaptionCheck(False, LINKED_CAPTION)
+    return CaptionCheck(True, "")
+
+
+def read_caption_bytes(path: str | os.PathLike) -> bytes | None:
+    """The bytes of the caption file at `path`, None when there is none; CaptionFileError when
+    something else is there or it cannot be read."""
+    present, problem = check_caption_path(path)
+    if problem:
+        raise CaptionFileError(problem)
+    if not present:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CaptionFileError(NOT_A_CAPTION_FILE.format(what=f"unreadable ({exc.strerror or exc})")) from exc
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):  # replaced since the check
+            raise CaptionFileError(NOT_A_CAPTION_FILE.format(what=_kind(mode)))
+        try:
+            return f.read()
+        except OSError as exc:
+            raise CaptionFileError(NOT_A_CAPTION_FILE.format(what=f"unreadable ({exc.strerror or exc})")) from exc
+
+
 def read_caption_detailed(path: str | os.PathLike) -> CaptionText:
-    """The caption's text, the encoding used and a note; an absent file reads as ""."""
-    data = _read_bytes(Path(path))
+    """The caption's text, the encoding used and a note; an absent file reads as "", and so does
+    anything else at the path, with the reason as the note (CaptionText.problem)."""
+    try:
+        data = read_caption_bytes(path)
+    except CaptionFileError as exc:
+        return CaptionText("", "", str(exc))
     if data is None:
-        return CaptionText("", "", "no caption file yet")
+        return CaptionText("", "", NO_CAPTION_FILE)
     return decode_caption(data)
 
 
@@ -82,10 +159,11 @@ def read_caption(path: str | os.PathLike) -> str:
 def save_caption(path: str | os.PathLike, text: str) -> bool:
     """Write the caption atomically after backing up the current file; False if nothing changed.
 
-    Text equal to what `read_caption` returns now (absent file: "") is not written.
+    Text equal to what `read_caption` returns now (absent file: "") is not written. CaptionFileError
+    when the path holds something that is not written (see check_caption_path).
     """
     path = Path(path)
-    current = _read_bytes(path)
+    current = _writable_bytes(path)
     unchanged = decode_caption(current).text if current is not None else ""
     if text == unchanged:
         return False
@@ -119,8 +197,10 @@ def merge_caption(existing: str | None, parts: list[str], mode: str, separator: 
 
 def write_generated_caption(path: str | os.PathLike, parts: list[str], mode: str, separator: str) -> bool:
     """Write generated parts to the caption file `path` as `merge_caption` says (backed up,
-    atomic); True when the file changed."""
+    atomic); True when the file changed. CaptionFileError when the path is not written."""
     current = read_caption_detailed(path)
+    if current.problem:
+        raise CaptionFileError(current.problem)
     merged = merge_caption(current.text if current.encoding else None, parts, mode, separator)
     return merged is not None and save_caption(path, merged)
 
@@ -134,14 +214,14 @@ def list_caption_backups(path: str | os.PathLike) -> list[Backup]:
 def restore_caption(path: str | os.PathLike, backup_id: str) -> None:
     """Put a backup back byte-exactly (an absent marker deletes the caption); undoable.
 
-    KeyError when the backup does not exist.
+    KeyError when the backup does not exist, CaptionFileError when the path is not written.
     """
     path = Path(path)
     backup = next((b for b in list_caption_backups(path) if b.id == str(backup_id)), None)
     if backup is None:
         raise KeyError(f"no backup {backup_id!r} for {path}")
     wanted = None if backup.absent else backup.path.read_bytes()
-    current = _read_bytes(path)
+    current = _writable_bytes(path)
     if wanted == current:
         return
     _backup(path, current)
@@ -149,6 +229,23 @@ def restore_caption(path: str | os.PathLike, backup_id: str) -> None:
         path.unlink()
     else:
         atomic_write_bytes(path, wanted)
+
+
+def remove_caption_temps(paths: Iterable[str | os.PathLike]) -> None:
+    """Remove the temporary files that writes of these caption files, killed midway, left beside
+    them (see core.fsutil.atomic_path). Each folder is listed once."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in map(Path, paths):
+        by_folder.setdefault(path.parent, []).append(path)
+    for folder, captions in by_folder.items():
+        try:
+            temps = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")
+                     and entry.name.endswith(".tmp")]
+        except OSError:
+            continue
+        for path in captions if temps else []:
+            if any(name.startswith(f".{path.name}.") for name in temps):
+                remove_stale_temps(path)
 
 
 def backups_root() -> Path:
@@ -193,8 +290,14 @@ def _describe(entry: Path) -> Backup:
                   preview=preview, path=entry)
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+def _writable_bytes(path: Path) -> bytes | None:
+    """The current bytes of a caption about to be written (None: no file); CaptionFileError when
+    the path is not written."""
+    problem = check_caption_path(path, writing=True).problem
+    if problem:
+        raise CaptionFileError(problem)
+    return read_caption_bytes(path)
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "a special file")

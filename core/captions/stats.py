@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from core.captions.files import read_caption_detailed
+from core.captions.files import check_caption_path, read_caption_detailed
 from core.captions.tags import split_tags
 from core.dataset.discovery import DatasetImage, OnError, caption_path, find_images
 from core.fsutil import atomic_write_json
@@ -19,12 +19,21 @@ from core.fsutil import atomic_write_json
 Folders = Iterable[str | os.PathLike]
 
 
-def caption_files(folders: Folders, recursive: bool, extension: str,
-                  on_error: OnError | None = None) -> list[tuple[Path, Path]]:
-    """(image, caption file) for every image that has a caption file with `extension`, sorted by path."""
-    pairs = [(image.path, caption_path(image.path, extension))
-             for image in find_images(folders, recursive, on_error)]
-    return sorted((pair for pair in pairs if pair[1].is_file()), key=lambda pair: pair[1].parts)
+def caption_files(folders: Folders, recursive: bool, extension: str, on_error: OnError | None = None,
+                  outside_links: bool = True) -> list[tuple[Path, Path]]:
+    """(image, caption file) for every image that has a caption file with `extension`, sorted by path.
+
+    `on_error(path, reason)` hears about folders that are not listed (see find_images) and caption
+    paths that hold something other than a file (see check_caption_path)."""
+    pairs = []
+    for image in find_images(folders, recursive, on_error, outside_links):
+        path = caption_path(image.path, extension)
+        present, problem = check_caption_path(path)
+        if problem and on_error:
+            on_error(path, problem)
+        if present:
+            pairs.append((image.path, path))
+    return sorted(pairs, key=lambda pair: pair[1].parts)
 
 
 def tag_frequencies(captions: Iterable[str]) -> list[tuple[str, int]]:

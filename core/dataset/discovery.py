@@ -17,6 +17,7 @@ from core.captions.files import backups_root
 from core.dataset.images import is_image_file
 
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
+OUTSIDE_LINK = "a link to a folder outside the dataset folder: not followed by a job that writes captions"
 
 OnError = Callable[[Path, str], None]
 
@@ -70,14 +71,16 @@ def check_folders(folders: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def find_images(folders: Iterable[str | os.PathLike], recursive: bool = True,
-                on_error: OnError | None = None) -> list[DatasetImage]:
+                on_error: OnError | None = None, outside_links: bool = True) -> list[DatasetImage]:
     """Every image under the folders, sorted; an image reachable from two folders counts once.
 
-    `on_error(path, reason)` hears about subfolders that cannot be listed.
+    Links to folders are followed; with `outside_links` False only those that stay inside the
+    dataset folder (jobs that write captions never write outside it).
+    `on_error(path, reason)` hears about subfolders that cannot be listed or are not followed.
     """
     images, seen = [], set()
     for root in check_folders(folders):
-        for path in sorted(_image_files(root, recursive, on_error), key=lambda p: p.parts):
+        for path in sorted(_image_files(root, recursive, on_error, outside_links), key=lambda p: p.parts):
             key = os.path.normcase(os.path.realpath(path))
             if key not in seen:
                 seen.add(key)
@@ -99,8 +102,9 @@ def _dataset_image(path: Path, root: Path) -> DatasetImage:
         folder = folder.parent
 
 
-def _image_files(root: Path, recursive: bool, on_error: OnError | None) -> list[Path]:
+def _image_files(root: Path, recursive: bool, on_error: OnError | None, outside_links: bool) -> list[Path]:
     skip = {_real(backups_root())}
+    inside = _real(root)
     visited: set[str] = set()
     found = []
 
@@ -113,11 +117,23 @@ def _image_files(root: Path, recursive: bool, on_error: OnError | None) -> list[
         if real in visited or real in skip:
             dirnames[:] = []
             continue
+        if not outside_links and not _within(real, inside):
+            dirnames[:] = []
+            if on_error:
+                on_error(Path(dirpath), OUTSIDE_LINK)
+            continue
         visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
         found.extend(Path(dirpath, name) for name in filenames
                      if not name.startswith(".") and is_image_file(name))
     return found
+
+
+def _within(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([folder, path]) == folder
+    except ValueError:  # another drive
+        return False
 
 
 def _real(path: str | os.PathLike) -> str:

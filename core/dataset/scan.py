@@ -9,7 +9,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from core.captions.files import read_caption
+from core.captions.files import CaptionText, read_caption_detailed
 from core.config import ScanConfig
 from core.dataset.discovery import DatasetImage, check_folders, find_images
 from core.dataset.images import ImageError, ImageInfo, probe_image
@@ -40,11 +40,11 @@ def aspect_bin(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=lambda entry: abs(math.log(entry[0]) - ratio))[1]
 
 
-def caption_status(path: Path) -> str:
-    """"missing", "empty" (only whitespace) or "ok"."""
-    if not path.is_file():
+def caption_status(caption: CaptionText) -> str:
+    """"missing" (no caption file, or something else at its path), "empty" (only whitespace) or "ok"."""
+    if not caption.encoding:
         return "missing"
-    return "ok" if read_caption(path).strip() else "empty"
+    return "ok" if caption.text.strip() else "empty"
 
 
 def run(cfg: ScanConfig, ctx: JobContext) -> dict:
@@ -119,11 +119,10 @@ def summarize(report: dict) -> dict:
 
 def _caption_of(ctx: JobContext, image: DatasetImage, extension: str) -> str:
     path = image.caption_path(extension)
-    try:
-        return caption_status(path)
-    except OSError as exc:
-        ctx.warning(f"cannot read caption, counted as missing: {exc.strerror or exc}", path)
-        return "missing"
+    caption = read_caption_detailed(path)
+    if caption.problem:
+        ctx.skipped(path, caption.problem)
+    return caption_status(caption)
 
 
 def _note_invalid(ctx: JobContext, invalid: list[dict], path: Path, reason: str) -> None:

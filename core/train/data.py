@@ -104,7 +104,8 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
     """One Example per usable image of the dataset, in the bucket plan's order.
 
     Broken images are reported and skipped by the planner; an image without a caption file is
-    trained with `default_caption` (instance_prompt when not given; reported when empty). With
+    trained with `default_caption` (instance_prompt when not given; reported when empty), and so is
+    one with something else at its caption path (reported once, see core.captions.files). With
     cache_latents, images without a cache file (the cache job reported them) are skipped too: call
     `prepare_latent_cache` first."""
     default_caption = cfg.instance_prompt if default_caption is None else default_caption
@@ -113,7 +114,9 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
     examples = []
     for a in assignments:
         text = read_caption_detailed(caption_path(a.path, cfg.caption_extension))
-        if not text.encoding and not default_caption:
+        if text.problem:
+            ctx.skipped(caption_path(a.path, cfg.caption_extension), text.problem)
+        elif not text.encoding and not default_caption:
             ctx.warning(f"no caption file ({cfg.caption_extension}): training with an empty caption",
                         a.path)
         cache = cache_path_for(a.path, caches) if caches else None

@@ -1,6 +1,10 @@
 """What the captioning jobs share: which images to do, decoding ahead, batches, writing, counting,
 stopping and the result. A job supplies `decode(path)` (runs on worker threads) and
-`caption(batch)` (the model: decoded inputs -> one caption per image) and `write(path, caption)`."""
+`caption(batch)` (the model: decoded inputs -> one caption per image) and `write(path, caption)`.
+
+Folders linked from outside the dataset are not followed (reported once). A caption path that holds
+something the writer refuses (a folder, a FIFO, a symbolic link, ...; core.captions.files) makes
+that image fail with the reason, reported once."""
 from __future__ import annotations
 
 import time
@@ -10,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable
 
+from core.captions.files import check_caption_path, remove_caption_temps
 from core.config import CaptionWriteSettings
 from core.dataset.discovery import caption_path, find_images
 from core.dataset.images import ImageError
@@ -20,11 +25,12 @@ from core.jobs.protocol import JobContext, JobStopped
 def images_to_do(cfg: CaptionWriteSettings,
                  on_error: Callable[[Path, str], None] | None = None) -> tuple[list[Path], int]:
     """(images the run captions, how many are skipped up front because they have a caption file:
-    with existing_captions=skip they are not even decoded, so a stopped run continues)."""
-    images = [image.path for image in find_images(cfg.train_data_dir, cfg.recursive, on_error)]
+    with existing_captions=skip they are not even decoded, so a stopped run continues). Only the
+    images inside the dataset folders (see find_images' `outside_links`)."""
+    images = [image.path for image in find_images(cfg.train_data_dir, cfg.recursive, on_error, outside_links=False)]
     if cfg.existing_captions != "skip":
         return images, 0
-    todo = [path for path in images if not caption_path(path, cfg.caption_extension).exists()]
+    todo = [path for path in images if not check_caption_path(caption_path(path, cfg.caption_extension)).present]
     return todo, len(images) - len(todo)
 
 
@@ -59,7 +65,8 @@ def caption_images(cfg: CaptionWriteSettings, ctx: JobContext, what: str, batch_
                    write: Callable[[Path, object], bool]) -> dict:
     """The whole job after the model is loaded: the result dict (see Tally.result)."""
     started = time.perf_counter()
-    todo, skipped = images_to_do(cfg, lambda path, why: ctx.warning(why, path))
+    todo, skipped = images_to_do(cfg, ctx.skipped)
+    remove_caption_temps(caption_path(path, cfg.caption_extension) for path in todo)
     tally = Tally(total=len(todo) + skipped, skipped=skipped)
     ctx.log(f"{tally.total} images: {len(todo)} to {what}, {skipped} with a caption file already (skipped)")
     tally.report(ctx)
