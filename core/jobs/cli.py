@@ -158,4 +158,4 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = run_dir or new_run_dir(job, args.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     RunFolder(run_dir).write_config(job, cfg)
-    return execute(job, cfg, run_dir, spec.load)
+    return execute(job, cfg, run_dir, spec.load, spec.writes(cfg))

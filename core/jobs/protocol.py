@@ -14,7 +14,10 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
+import psutil
+
 from core.fsutil import atomic_write_json, runs_root
+from core.jobs.locks import Target, TargetBusy, acquire, release
 from core.jobs.run_folder import RunFolder
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
@@ -113,31 +116,56 @@ class JobContext:
             raise JobStopped()
 
 
-def execute(job: str, cfg, run_dir: Path, load) -> int:
-    """Run the job (`load()` returns its `run(cfg, ctx)`) with the full protocol; returns the exit code."""
+def execute(job: str, cfg, run_dir: Path, load, writes: list[Target] = ()) -> int:
+    """Run the job (`load()` returns its `run(cfg, ctx)`) with the full protocol, holding the locks on the
+    folders it `writes` (core/jobs/locks.py); returns the exit code."""
     rank = process_rank()
     with JobContext(run_dir, rank=rank) as ctx:
-        return _execute(job, cfg, ctx, load)
+        return _execute(job, cfg, ctx, load, writes if rank == 0 else [])  # rank 0 holds the locks of the run
 
 
-def _execute(job: str, cfg, ctx: JobContext, load) -> int:
-    import psutil
-
+def _execute(job: str, cfg, ctx: JobContext, load, writes: list[Target]) -> int:
     run = ctx.run
     status = run.update_status if ctx.rank == 0 else (lambda **fields: None)  # rank 0 speaks for the run
     me = psutil.Process()
     status(job=job, pid=me.pid, pid_created=me.create_time(), state="running", started=time.time(), argv=sys.argv)
     ctx.log(f"{job}: started in {run.path}")
     try:
+        locks = acquire(writes, job, run.path)
+    except TargetBusy as busy:
+        return _fail(ctx, status, f"refused: {busy}")
+    try:
+        return _run(job, cfg, ctx, load, status)
+    finally:
+        release(locks)
+
+
+def failure_message(exc: BaseException) -> str:
+    """The one line a failed job reports: never an empty reason (a MemoryError often has none)."""
+    text = " ".join(str(exc).split())
+    if not text:
+        text = ("the computer ran out of memory: close other programs, or lower the batch size, the resolution or "
+                "the loader workers" if isinstance(exc, MemoryError) else "no message (log.txt has the traceback)")
+    return f"{type(exc).__name__}: {text}"
+
+
+def _fail(ctx: JobContext, status, message: str, logged: str = "") -> int:
+    """End the run as failed: `logged` (default: the message) to the log, the message to events."""
+    ctx.log(logged or message)
+    ctx.event("error", message=message)
+    status(state="error", exit_code=EXIT_FAILURE, ended=time.time())
+    return EXIT_FAILURE
+
+
+def _run(job: str, cfg, ctx: JobContext, load, status) -> int:
+    run = ctx.run
+    try:
         result = load()(cfg, ctx)
     except JobStopped:
         result = None
         stopped = True
     except Exception as exc:  # the job failed: full traceback to the log, message to events
-        ctx.log(traceback.format_exc().rstrip())
-        ctx.event("error", message=f"{type(exc).__name__}: {exc}")
-        status(state="error", exit_code=EXIT_FAILURE, ended=time.time())
-        return EXIT_FAILURE
+        return _fail(ctx, status, failure_message(exc), logged=traceback.format_exc().rstrip())
     else:
         stopped = ctx.should_stop()
     state = "stopped" if stopped else "done"

@@ -20,6 +20,7 @@ import psutil
 
 from core.config import validate
 from core.fsutil import REPO_ROOT, runs_root
+from core.jobs.locks import live_process
 from core.jobs.protocol import new_run_dir
 from core.jobs.registry import JOBS, JobSpec
 from core.jobs.run_folder import RunFolder
@@ -68,16 +69,7 @@ def _process(run_dir: Path, status: dict) -> psutil.Process | None:
     child = _children.get(str(run_dir))
     if child is not None and child.poll() is not None:
         return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        created = status.get("pid_created")
-        if created is not None and abs(proc.create_time() - created) > 1.0:
-            return None
-        return proc
-    except psutil.Error:
-        return None
+    return live_process(pid, status.get("pid_created"))
 
 
 def run_state(run_dir: Path) -> str:

@@ -26,6 +26,8 @@ from core.config import ConfigError, TrainConfig, validate
 from core.dataset.buckets import BucketAssignment, plan_buckets
 from core.dataset.discovery import caption_path, check_folders
 from core.dataset.latents import cache_path_for, choose_precision, is_cache_valid, recipe
+from core.jobs.locks import busy_message, conflicts
+from core.jobs.registry import JOBS
 from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
 from core.train.start_checks import Problem, class_image_problems, data_problems, settings_problems
 
@@ -92,10 +94,16 @@ def check_training(values: dict) -> Preflight:
     problems, _ = settings_problems(cfg, cfg.num_processes)  # the GUI starts num_processes processes
     data, assignments = check_dataset(cfg)
     class_problems, class_images = check_class_images(cfg, assignments)
-    problems += [*data, *class_problems, *check_device(cfg)]
+    problems += [*data, *class_problems, *check_device(cfg), *busy_problems(cfg)]
     missing = count_stale_latents(cfg, assignments) if cfg.cache_latents else 0
     wanted = cfg.num_class_images if cfg.prior_preservation else 0
     return Preflight(problems, len(assignments), missing, cfg.cache_latents, class_images, wanted)
+
+
+def busy_problems(cfg: TrainConfig) -> list[Problem]:
+    """The folders the run would write that another running job writes now (the start would be refused)."""
+    return [Problem(target.field, busy_message(target, holder))
+            for target, holder in conflicts(JOBS["train"].writes(cfg))]
 
 
 def schema_problem(line: str) -> Problem:
