@@ -2,23 +2,30 @@
 
 Every image gets a bucket (a training size whose sides are multiples of the step), the size it is
 resized to so that it covers the bucket, and the centre crop taken from the resized image.
-`plan_buckets` reads image headers only; `crop_to_bucket` applies a plan to the decoded image.
-The `bucket` job writes the plan to `buckets.json` in its run folder (the Buckets tab and the
-latent cache read it); a bad image is reported and skipped; a stopped plan is written partial.
+`plan_buckets` reads image headers only; `crop_to_bucket` applies a plan to the decoded image,
+`training_image` decodes and crops a planned image. The `bucket` job writes the plan to
+`buckets.json` in its run folder (the Buckets tab and the latent cache read it); a bad image is
+reported and skipped; a stopped plan is written partial.
+
+Size limits: an image with more than max_image_pixels is refused from its header (images.py), and
+a plan is refused (`plan_problem`) when its resize would exceed max_image_pixels or the image is
+far more elongated than its bucket: a 322-byte 40000x2 PNG would otherwise be enlarged to
+5,120,000x256 to fill a 1024x256 bucket. Plans within the limits are kohya's.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from core.config import BucketConfig, BucketSettings
+from core.config import BucketConfig, BucketSettings, DatasetSettings
 from core.dataset.discovery import find_images
-from core.dataset.images import ImageError, probe_image
+from core.dataset.images import DEFAULT_MAX_PIXELS, ImageError, open_image, probe_image
 from core.fsutil import atomic_write_json
 from core.jobs.protocol import JobContext, JobStopped
 
@@ -26,6 +33,12 @@ PROGRESS_EVERY = 8
 # An image is "strongly upscaled" when its resized size has more than this many times its
 # original pixels (a linear scale above sqrt(2) ~ 1.41): detail is invented, the result is soft.
 STRONG_UPSCALE_AREA = 2.0
+# An image whose aspect ratio is more than this many times its bucket's (wider or taller) is not
+# planned: its centre crop would keep under a quarter of it, and a strip enlarged to fill a bucket's
+# short side takes memory out of all proportion to its file. With upscaling the bucket of such an
+# image is the widest (or tallest) one, so the limit is 4x the widest bucket: 16:1 with the default
+# buckets (1024x256). kohya's select_bucket has no limit; bucket_no_upscale never comes near it.
+MAX_ASPECT_BEYOND_BUCKET = 4.0
 
 Size = tuple[int, int]
 Crop = tuple[int, int, int, int]
@@ -123,18 +136,100 @@ def _downscaled(size: Size, area: int, step: int) -> Size:
     return int(h_rounded * aspect + 0.5), h_rounded
 
 
-def crop_to_bucket(image: Image.Image, assignment: BucketAssignment) -> Image.Image:
+def plan_problem(original: Size, bucket: Size, resized: Size, max_pixels: int) -> str | None:
+    """Why an image of size `original`, planned into `bucket` by a resize to `resized`, is not used
+    (None when it is): the rule every planner and loader applies before decoding or resizing."""
+    width, height = original
+    elongation = (width / height) / (bucket[0] / bucket[1])
+    if max(elongation, 1 / elongation) > MAX_ASPECT_BEYOND_BUCKET:
+        wide = elongation > 1
+        limit = MAX_ASPECT_BEYOND_BUCKET * (bucket[0] / bucket[1] if wide else bucket[1] / bucket[0])
+        kept = _area(bucket) / _area(resized)
+        return (f"{width}x{height} is too {'wide' if wide else 'tall'} for the buckets: its nearest bucket is "
+                f"{bucket[0]}x{bucket[1]}, it would be resized to {_size_text(resized)} "
+                f"({_area(resized):,} pixels) and the centre crop would keep {kept:.2%} of it; images up to "
+                f"{_ratio(limit) if wide else _ratio(1 / limit)} ({MAX_ASPECT_BEYOND_BUCKET:g}x the bucket's shape) "
+                f"are used. Crop it into parts no {'wider' if wide else 'taller'} than that, or remove it from "
+                "the dataset")
+    if _area(resized) > max_pixels:
+        return (f"{width}x{height} would be resized to {_size_text(resized)} ({_area(resized):,} pixels) to "
+                f"fill its bucket {bucket[0]}x{bucket[1]}, over max_image_pixels ({max_pixels:,}). Crop or remove "
+                "the image, lower max_resolution, or raise max_image_pixels")
+    return None
+
+
+def _size_text(size: Size) -> str:
+    """"2731x1024", "5,120,000x256": sides of five digits and more grouped."""
+    return "x".join(f"{side:,}" if side >= 10_000 else str(side) for side in size)
+
+
+def _ratio(aspect: float) -> str:
+    """"16:1" / "1:16" / "2.5:1" for width / height."""
+    def short(x: float) -> str:
+        return f"{x:,.1f}".removesuffix(".0")
+    return f"{short(aspect)}:1" if aspect >= 1 else f"1:{short(1 / aspect)}"
+
+
+@lru_cache(maxsize=16)
+def _predefined(resolution: Size, min_reso: int, max_reso: int, step: int) -> tuple[Size, ...]:
+    return tuple(make_buckets(resolution, min_reso, max_reso, step))
+
+
+def plan_image(size: Size, cfg: BucketSettings) -> tuple[Size, Size, Crop]:
+    """(bucket, resized, crop) of an image of `size` with cfg's buckets; ValueError (its message the
+    reason) when it gets no bucket or the plan breaks the size limits (`plan_problem`)."""
+    buckets = _predefined(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps)
+    bucket, resized, crop = assign_bucket(size, list(buckets), cfg.resolution, cfg.bucket_reso_steps,
+                                          cfg.bucket_no_upscale)
+    if problem := plan_problem(size, bucket, resized, cfg.max_image_pixels):
+        raise ValueError(problem)
+    return bucket, resized, crop
+
+
+def size_problem(size: Size, cfg: DatasetSettings) -> str | None:
+    """Why the bucket plan skips an image of `size` (None when it plans it), with cfg's bucket settings;
+    a job without them (the scan) gets the answer for the default ones."""
+    if not isinstance(cfg, BucketSettings):
+        cfg = BucketSettings.model_construct(max_image_pixels=cfg.max_image_pixels)
+    try:
+        plan_image(size, cfg)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_plan(assignment: BucketAssignment, max_pixels: int) -> None:
+    if problem := plan_problem(assignment.original, assignment.bucket, assignment.resized, max_pixels):
+        raise ImageError(assignment.path, problem)
+
+
+def crop_to_bucket(image: Image.Image, assignment: BucketAssignment,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """The training image: resized as planned (area averaging to shrink, Lanczos to enlarge, as
-    kohya) and centre-cropped to the bucket. ImageError if the file changed size since the plan."""
+    kohya) and centre-cropped to the bucket. ImageError if the file changed size since the plan, or
+    (before resizing) if the plan breaks the size limits (`plan_problem`)."""
     if image.size != assignment.original:
         raise ImageError(assignment.path, f"size changed since the bucket plan: now "
                          f"{image.size[0]}x{image.size[1]}, planned for "
                          f"{assignment.original[0]}x{assignment.original[1]}; "
                          "plan the buckets again")
+    _check_plan(assignment, max_pixels)
     if image.size != assignment.resized:
         shrinking = all(r <= o for r, o in zip(assignment.resized, image.size))
-        image = image.resize(assignment.resized, Image.BOX if shrinking else Image.LANCZOS)
+        try:
+            image = image.resize(assignment.resized, Image.BOX if shrinking else Image.LANCZOS)
+        except MemoryError:
+            raise ImageError(assignment.path, f"not enough memory to resize it to "
+                             f"{assignment.resized[0]}x{assignment.resized[1]}") from None
     return image.crop(assignment.crop)
+
+
+def training_image(assignment: BucketAssignment, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A planned image as training sees it (the cache, the trainer and validation load it so): the plan
+    is checked before the file is decoded, then decoded (`open_image`) and cropped (`crop_to_bucket`).
+    ImageError for anything wrong."""
+    _check_plan(assignment, max_pixels)
+    return crop_to_bucket(open_image(assignment.path, max_pixels), assignment, max_pixels)
 
 
 def plan_buckets(cfg: BucketSettings, ctx: JobContext | None = None
@@ -160,8 +255,6 @@ def _plan_into(cfg: BucketSettings, ctx: JobContext | None, assignments: list[Bu
     for folder, problem in {i.concept_dir: i.problem for i in images if i.problem}.items():
         skip(folder, problem)
     images = [image for image in images if image.repeats > 0]
-    buckets = make_buckets(cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso,
-                           cfg.bucket_reso_steps)
     for i, image in enumerate(images):
         if ctx:
             ctx.check_stop()
@@ -170,8 +263,7 @@ def _plan_into(cfg: BucketSettings, ctx: JobContext | None, assignments: list[Bu
         try:
             info = probe_image(image.path, cfg.max_image_pixels)
             size = (info.width, info.height)
-            bucket, resized, crop = assign_bucket(size, buckets, cfg.resolution,
-                                                  cfg.bucket_reso_steps, cfg.bucket_no_upscale)
+            bucket, resized, crop = plan_image(size, cfg)
         except ImageError as exc:
             skip(image.path, exc.reason)
             continue

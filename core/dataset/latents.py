@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from core.config import CacheConfig
-from core.dataset.buckets import BucketAssignment, crop_to_bucket, plan_buckets
-from core.dataset.images import ImageError, open_image
+from core.dataset.buckets import BucketAssignment, plan_buckets, training_image
+from core.dataset.images import ImageError
 from core.dataset.prefetch import prefetch
 from core.fsutil import atomic_path
 from core.jobs.protocol import JobContext, JobStopped
@@ -158,7 +158,7 @@ class Item:
 def decode(item: Item, max_pixels: int) -> tuple[torch.Tensor, os.stat_result]:
     """The image's training crop as pixels, and its file stat (taken before reading)."""
     stat = os.stat(item.assignment.path)
-    image = crop_to_bucket(open_image(item.assignment.path, max_pixels), item.assignment)
+    image = training_image(item.assignment, max_pixels)
     return pixels_of(image), stat
 
 
@@ -322,4 +322,4 @@ def _finish_write(item: Item, future: Future, counts: Counts) -> None:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ImageError):
         return exc.reason
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (no message)"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.captions.files import CaptionText, read_caption_detailed
 from core.config import ScanConfig
+from core.dataset.buckets import size_problem
 from core.dataset.discovery import DatasetImage, check_folders, find_images
 from core.dataset.images import ImageError, ImageInfo, probe_image
 from core.fsutil import atomic_write_json
@@ -68,6 +69,8 @@ def run(cfg: ScanConfig, ctx: JobContext) -> dict:
                 broken.append({"path": str(image.path), "reason": exc.reason})
                 ctx.warning(f"skipped unreadable image: {exc.reason}", image.path)
                 continue
+            if _unplannable(ctx, broken, image.path, info, cfg):
+                continue
             readable.append((image, info, _caption_of(ctx, image, cfg.caption_extension)))
         ctx.progress(len(images), len(images))
     except JobStopped:
@@ -123,6 +126,15 @@ def _caption_of(ctx: JobContext, image: DatasetImage, extension: str) -> str:
     if caption.problem:
         ctx.skipped(path, caption.problem)
     return caption_status(caption)
+
+
+def _unplannable(ctx: JobContext, broken: list[dict], path: Path, info: ImageInfo, cfg: ScanConfig) -> bool:
+    """True when the bucket plan would skip the image for its size (reported as the plan reports it)."""
+    problem = size_problem((info.width, info.height), cfg)
+    if problem:
+        broken.append({"path": str(path), "reason": problem})
+        ctx.skipped(path, problem)
+    return problem is not None
 
 
 def _note_invalid(ctx: JobContext, invalid: list[dict], path: Path, reason: str) -> None:

@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.captions.files import read_caption_detailed
 from core.config import CacheConfig, ClassImagesConfig, TrainConfig
-from core.dataset.buckets import BucketAssignment, crop_to_bucket, plan_buckets
+from core.dataset.buckets import BucketAssignment, plan_buckets, training_image
 from core.dataset.discovery import caption_path
-from core.dataset.images import ImageError, open_image
+from core.dataset.images import ImageError
 from core.dataset.latents import cache_path_for, load_cached, pixels_of
 from core.dataset.latents import run as run_cache
 from core.models.text import process_caption
@@ -263,20 +263,19 @@ class TrainDataset(Dataset):
             item["latents"] = cached["latents_flipped" if flipped else "latents"]
         else:
             flipped = self.cfg.flip_aug and flip
-            image = open_image(example.image, self.cfg.max_image_pixels)
-            pixels = pixels_of(crop_to_bucket(image, example.assignment))
+            pixels = pixels_of(training_image(example.assignment, self.cfg.max_image_pixels))
             item["pixels"] = pixels.flip(-1) if flipped else pixels
         item["time_ids"] = size_conditioning(example.assignment, flipped)
         return item
 
 
 def readable_examples(examples: list[Example], ctx, max_image_pixels: int) -> list[Example]:
-    """The examples whose image decodes (each other one reported once); for the few validation images
-    that are encoded without a cache."""
+    """The examples whose image decodes and crops as planned (each other one reported once); for the few
+    validation images that are encoded without a cache."""
     readable = []
     for example in examples:
         try:
-            open_image(example.image, max_image_pixels)
+            training_image(example.assignment, max_image_pixels)
             readable.append(example)
         except ImageError as err:
             ctx.skipped(err.path, err.reason)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from core.dataset.buckets import crop_to_bucket
-from core.dataset.images import DEFAULT_MAX_PIXELS, open_image
+from core.dataset.buckets import training_image
+from core.dataset.images import DEFAULT_MAX_PIXELS
 from core.dataset.latents import encode_batch, load_cached, noise_seed, pixels_of
 from core.models.text import process_caption
 from core.train.data import Example, size_conditioning
@@ -106,8 +106,7 @@ def validation_latents(examples: list[Example], model, device: torch.device, dty
     if examples[0].cache is not None:
         latents = torch.stack([load_cached(e.cache)["latents"] for e in examples])
     else:
-        pixels = torch.stack([pixels_of(crop_to_bucket(open_image(e.image, max_image_pixels), e.assignment))
-                              for e in examples])
+        pixels = torch.stack([pixels_of(training_image(e.assignment, max_image_pixels)) for e in examples])
         latents = encode_batch(model.vae, pixels, [noise_seed(e.image, False) for e in examples], device, dtype)
     return latents.to(device).float() * model.scaling_factor
 
