@@ -177,3 +177,25 @@ def test_validation_images_are_checked_by_the_same_rule(tmp_path, ctx):
     examples = [Example(a.path, a.bucket, "x", None, assignment=a) for a in (plan, fine)]
     assert readable_examples(examples, ctx, 178_956_970) == examples[1:]
     assert "80,000x64" in skipped_warnings(ctx)["strip.png"][0]
+
+
+def test_an_image_that_runs_out_of_memory_is_skipped_with_a_reason(demo, copy_dataset, tmp_path, monkeypatch):
+    from core.dataset import latents
+
+    dataset = copy_dataset(demo)
+    victim = sorted(dataset.rglob("*.png"))[0]
+    real = latents.training_image
+
+    def short_of_memory(assignment, max_pixels):
+        if assignment.path == victim:
+            raise MemoryError()  # no message, as Python's own
+        return real(assignment, max_pixels)
+
+    monkeypatch.setattr(latents, "training_image", short_of_memory)
+    cfg = CacheConfig(train_data_dir=[str(dataset)], pretrained_model_name_or_path=str(demo / "model.safetensors"),
+                      latents_dir=str(tmp_path / "cache"), max_data_loader_n_workers=0, **SMALL)
+    with JobContext(tmp_path / "run", echo=False) as ctx:
+        result = run_cache(cfg, ctx)
+        warned = skipped_warnings(ctx)
+    assert result["complete"] and (result["encoded"], result["failed"]) == (NUM_IMAGES - 1, 1)
+    assert warned[victim.name][0].startswith("skipped: MemoryError: ") and "memory" in warned[victim.name][0][22:]

@@ -38,7 +38,7 @@ from core.dataset.buckets import BucketAssignment, plan_buckets, training_image
 from core.dataset.images import ImageError
 from core.dataset.prefetch import prefetch
 from core.fsutil import atomic_path
-from core.jobs.protocol import JobContext, JobStopped
+from core.jobs.protocol import JobContext, JobStopped, failure_message
 from core.models.loading import load_vae
 
 CACHE_SUFFIX = ".latents.safetensors"
@@ -322,4 +322,4 @@ def _finish_write(item: Item, future: Future, counts: Counts) -> None:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ImageError):
         return exc.reason
-    return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__} (no message)"
+    return failure_message(exc)
