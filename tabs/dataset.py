@@ -7,7 +7,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from core.captions.files import list_caption_backups, read_caption, read_caption_detailed, restore_caption, save_caption
+from core.captions.files import (
+    CaptionFileError,
+    list_caption_backups,
+    read_caption,
+    read_caption_detailed,
+    restore_caption,
+    save_caption,
+)
 from core.dataset.images import ImageError, thumbnail
 from core.jobs.run_folder import RunFolder
 from tabs.charts import bar_chart_html
@@ -109,8 +116,11 @@ def save_selected(entry: dict | None, text: str):
     if not entry:
         return gr.skip(), "Select an image first."
     caption_path = Path(entry["caption_path"])
-    if not save_caption(caption_path, text):
-        return gr.skip(), "Nothing to save: the caption is unchanged."
+    try:
+        if not save_caption(caption_path, text):
+            return gr.skip(), "Nothing to save: the caption is unchanged."
+    except CaptionFileError as exc:
+        return gr.skip(), f"Not saved: {exc}"
     return backup_choices(str(caption_path)), f"Saved `{caption_path.name}`; the previous text is kept as a backup."
 
 
@@ -118,7 +128,10 @@ def restore_selected(entry: dict | None, backup_id: str | None):
     if not entry or not backup_id:
         return gr.skip(), gr.skip(), "Select an image and a backup first."
     caption_path = Path(entry["caption_path"])
-    restore_caption(caption_path, backup_id)
+    try:
+        restore_caption(caption_path, backup_id)
+    except CaptionFileError as exc:
+        return gr.skip(), gr.skip(), f"Not restored: {exc}"
     text = read_caption(caption_path) if caption_path.exists() else ""
     return text, backup_choices(str(caption_path)), f"Restored `{caption_path.name}` (the text it replaced is a backup too)."
 

@@ -238,3 +238,13 @@ def test_a_link_to_a_folder_inside_the_dataset_is_still_followed(tmp_path):
     found = find_images([data], on_error=lambda path, why: reported.append((path.name, why)),
                         outside_links=False)
     assert [image.path.name for image in found] == ["a.png"] and reported == [("up", OUTSIDE_LINK)]
+
+
+def test_the_dataset_tab_says_why_a_linked_caption_is_not_saved(tmp_path):
+    from tabs.dataset import save_selected
+
+    (tmp_path / "real.txt").write_text("kept")
+    (tmp_path / "a.txt").symlink_to(tmp_path / "real.txt")
+    _, message = save_selected({"caption_path": str(tmp_path / "a.txt")}, "new text")
+    assert message.startswith("Not saved: ") and "link" in message
+    assert (tmp_path / "a.txt").is_symlink() and (tmp_path / "real.txt").read_text() == "kept"

@@ -151,3 +151,17 @@ def test_the_busy_message_names_the_job_its_run_folder_and_what_to_do(tmp_path):
     message = busy_message(target, holder)
     assert "tag job" in message and str(tmp_path / "runs" / "tag-1") in message and "pid 123" in message
     assert f"it writes {tmp_path / 'data' / 'sub'}" in message and "wait for it" in message
+
+
+def test_undo_of_a_clean_waits_for_the_job_that_writes_those_captions(tmp_path, holder):
+    from core.captions.cleaning import take_snapshot
+
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    caption = tmp_path / "data" / "sub" / "a.txt"
+    caption.write_text("before")
+    snapshot = take_snapshot([caption], "test", [])
+    caption.write_text("after")
+    _, holder_run = holder("captions", tmp_path / "data", "tag")
+    result = core("undo_clean", "--snapshot", snapshot.id, "--run-dir", str(tmp_path / "undo"))
+    assert result.returncode == 1 and str(holder_run) in error_of(tmp_path / "undo")
+    assert caption.read_text() == "after"

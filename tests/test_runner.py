@@ -83,6 +83,20 @@ def test_failure_exits_1_with_traceback_in_log(tmp_path):
     assert (out / "mine.txt").read_text() == "user data"
 
 
+@pytest.mark.parametrize("error, reason", [(MemoryError(), "ran out of memory"), (KeyError(), "log.txt has the "
+                                                                                       "traceback")])
+def test_a_failure_without_a_message_still_gives_a_reason(tmp_path, error, reason):
+    """A MemoryError (as a cache job hit on an upscale bomb) has no text: the error says what happened."""
+    from core.jobs.protocol import execute
+
+    def fail(cfg, ctx):
+        raise error
+
+    assert execute("scan", None, tmp_path / "run", lambda: fail) == 1
+    message = RunFolder(tmp_path / "run").read_events("error")[-1]["message"]
+    assert message.startswith(type(error).__name__ + ": ") and reason in message
+
+
 def _running_process(run_dir: Path) -> psutil.Process:
     wait_for(lambda: json.loads((run_dir / "status.json").read_text()).get("state") == "running")
     return psutil.Process(json.loads((run_dir / "status.json").read_text())["pid"])

@@ -128,6 +128,15 @@ def _manifest(snapshot_id: str) -> tuple[Path, dict]:
     return folder, json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
 
 
+def snapshot_folders(snapshot_id: str) -> list[str]:
+    """The folders whose captions the snapshot restores ([] for an unknown one: undo reports it)."""
+    try:
+        _, manifest = _manifest(snapshot_id)
+        return sorted({str(Path(entry["path"]).parent) for entry in manifest["files"]})
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def run(cfg: CleanConfig, ctx: JobContext) -> dict:
     started = time.time()
     changes, files, unusual = planned_changes(cfg, ctx)

@@ -142,7 +142,7 @@ def _execute(job: str, cfg, ctx: JobContext, load, writes: list[Target]) -> int:
 
 def failure_message(exc: BaseException) -> str:
     """The one line a failed job reports: never an empty reason (a MemoryError often has none)."""
-    text = " ".join(str(exc).split())
+    text = str(exc).strip()
     if not text:
         text = ("the computer ran out of memory: close other programs, or lower the batch size, the resolution or "
                 "the loader workers" if isinstance(exc, MemoryError) else "no message (log.txt has the traceback)")

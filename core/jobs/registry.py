@@ -44,6 +44,12 @@ def captions(cfg) -> list[Target]:
     return [] if getattr(cfg, "dry_run", False) else [Target("captions", d, "train_data_dir") for d in _folders(cfg.train_data_dir)]
 
 
+def restored_captions(cfg) -> list[Target]:
+    from core.captions.cleaning import snapshot_folders  # reads the snapshot's manifest only when the job runs
+
+    return [Target("captions", folder, "snapshot") for folder in snapshot_folders(cfg.snapshot.strip())]
+
+
 def latent_cache(cfg) -> list[Target]:
     """The latents_dir, or the dataset folders (and a DreamBooth class folder) the cache files go beside."""
     if folders := _folders(cfg.latents_dir):
@@ -80,7 +86,7 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("clean", config.CleanConfig, "core.captions.cleaning:run",
             "Clean caption files with ordered rules (snapshot first: undoable).", writes=captions),
     JobSpec("undo_clean", config.UndoCleanConfig, "core.captions.cleaning:run_undo",
-            "Restore the caption files of a cleaning snapshot byte for byte."),
+            "Restore the caption files of a cleaning snapshot byte for byte.", writes=restored_captions),
     JobSpec("class_images", config.ClassImagesConfig, "core.train.class_images:run",
             "DreamBooth prior preservation: generate the missing class images with the base model.",
             writes=class_images),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.captions.files import check_caption_path, read_caption
 from core.config import parse_resolution
 from core.config.dreambooth import ClassImagesConfig
 from core.dataset.discovery import find_images
@@ -112,9 +113,12 @@ def _save_class_image(ctx, folder: Path, index: int, image, prompt: SamplePrompt
 
     path = folder / f"class-{index:05d}.png"
     caption = path.with_suffix(".txt")
-    if not caption.exists():
+    current = check_caption_path(caption, writing=True)
+    if current.problem:
+        ctx.warning(current.problem, caption)
+    elif not current.present:
         atomic_write_text(caption, prompt.prompt)
-    elif caption.read_text(encoding="utf-8", errors="replace") != prompt.prompt:
+    elif read_caption(caption) != prompt.prompt:
         ctx.warning("a caption file with other text is in the way; kept as it is", caption)
     info = PngInfo()
     info.add_text("parameters", parameters_text(prompt, seed))
