@@ -130,6 +130,20 @@ def test_preprocess_equals_the_reference(shape, tmp_path):
     np.testing.assert_array_equal(model_input(tmp_path / "rgba.png", SIDE, 10**8), expected)
 
 
+def test_a_strip_whose_square_would_be_a_bomb_is_shrunk_before_padding(tmp_path):
+    """A 322-byte 40000x2 PNG padded to its square would take 1.6 Gpx (about 6 GB); it is shrunk first."""
+    import tracemalloc
+
+    Image.new("RGB", (40000, 2), (200, 100, 0)).save(tmp_path / "strip.png")
+    tracemalloc.start()
+    out = model_input(tmp_path / "strip.png", SIDE, 10**7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (SIDE, SIDE, 3) and peak < 50 * 2**20
+    strip_rows = [row for row in range(SIDE) if out[row, SIDE // 2].tolist() == [0.0, 100.0, 200.0]]
+    assert strip_rows and len(strip_rows) <= 2 and (out[0] == 255).all()  # a thin strip, centred, on white
+
+
 def test_preprocess_composites_on_white_pads_with_white_and_swaps_to_bgr():
     image = Image.new("RGBA", (SIDE, SIDE // 2), (200, 100, 0, 255))
     image.paste((0, 0, 0, 0), (0, 0, 4, 16))  # fully transparent black -> white

@@ -21,8 +21,8 @@ class DatasetSettings(JobConfig):
         widget="dirs")
     recursive: bool = param(True, "Also read subfolders.")
     max_image_pixels: int = param(
-        178_956_970, "Images with more pixels than this are reported as possible decompression bombs "
-        "and skipped.", group="Checks", advanced=True, ge=1_000_000)
+        178_956_970, "Images with more pixels than this, or that the bucket plan would resize to more, are "
+        "reported as possible decompression bombs and skipped.", group="Checks", advanced=True, ge=1_000_000)
 
     _check_dirs = field_validator("train_data_dir")(_non_empty_paths)
 

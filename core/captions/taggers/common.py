@@ -19,7 +19,7 @@ from core.config import CaptionWriteSettings
 from core.dataset.discovery import caption_path, find_images
 from core.dataset.images import ImageError
 from core.dataset.prefetch import prefetch
-from core.jobs.protocol import JobContext, JobStopped
+from core.jobs.protocol import JobContext, JobStopped, failure_message
 
 
 def images_to_do(cfg: CaptionWriteSettings,
@@ -57,7 +57,7 @@ class Tally:
 
 
 def reason(exc: Exception) -> str:
-    return exc.reason if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+    return exc.reason if isinstance(exc, ImageError) else failure_message(exc)
 
 
 def caption_images(cfg: CaptionWriteSettings, ctx: JobContext, what: str, batch_size: int,

@@ -102,12 +102,16 @@ def read_selected_tags(path: Path) -> tuple[list[str], np.ndarray]:
                          f"{type(exc).__name__}: {exc}") from None
 
 
-def preprocess(image: Image.Image, size: int) -> np.ndarray:
+def preprocess(image: Image.Image, size: int, max_pixels: int | None = None) -> np.ndarray:
     """[size, size, 3] float32 BGR in 0..255: transparency on white, padded to a centred white
-    square, resized bicubic (see the module docstring)."""
+    square, resized bicubic (see the module docstring). An image whose square would have more than
+    `max_pixels` pixels (a 40000x2 strip: 1.6 Gpx) is shrunk to fit `size` first, then padded."""
     if image.mode != "RGB":
         image = to_rgb(image)
     side = max(image.size)
+    if max_pixels and side * side > max_pixels:
+        image = image.resize(tuple(max(1, round(d * size / side)) for d in image.size), Image.Resampling.BICUBIC)
+        side = max(image.size)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     if side != size:
@@ -117,7 +121,7 @@ def preprocess(image: Image.Image, size: int) -> np.ndarray:
 
 def model_input(path: Path, size: int, max_pixels: int) -> np.ndarray:
     """One image file as the model's input (runs on the decoding threads)."""
-    return preprocess(open_image(path, max_pixels), size)
+    return preprocess(open_image(path, max_pixels), size, max_pixels)
 
 
 def predict(tagger: Tagger, inputs: list[np.ndarray]) -> np.ndarray:
