@@ -1,4 +1,4 @@
-"""Start the studio's GUI: `python gui.py [--host 127.0.0.1] [--port 7860] [--auth user:pass] ...`."""
+"""Start the studio's GUI: `python gui.py [--host 127.0.0.1] [--port 7860] [--auth-file FILE] ...`."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+AUTH_ENV = "SD_STUDIO_AUTH"  # the login as user:password, kept out of the process list
 
 
 def is_loopback(host: str) -> bool:
@@ -28,20 +29,44 @@ def parse_auth(value: str) -> tuple[str, str]:
     return user, password
 
 
+def login_from(auth_file: str | None, env_value: str) -> tuple[str, str] | None:
+    """The login from --auth-file (its first line) or else the AUTH_ENV variable; None when neither is given."""
+    if auth_file:
+        with open(auth_file, encoding="utf-8-sig") as f:
+            line = f.readline().strip()
+        try:
+            return parse_auth(line)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"--auth-file {auth_file}: its first line must be user:password") from None
+    if env_value.strip():
+        try:
+            return parse_auth(env_value.strip())
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{AUTH_ENV} must be user:password") from None
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="SD Studio: prepare datasets and fine-tune Stable Diffusion.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--auth", type=parse_auth, metavar="USER:PASS",
-                        help="require this login; needed to listen on other addresses or to share")
+                        help="require this login; needed to listen on other addresses or to share (other users "
+                             f"of this computer can see it in the process list: prefer --auth-file or {AUTH_ENV})")
+    parser.add_argument("--auth-file", metavar="FILE", help="read the login USER:PASS from the first line of FILE")
     parser.add_argument("--share", action="store_true", help="make a public gradio.live link (needs --auth)")
     parser.add_argument("--inbrowser", action="store_true", help="open the GUI in the browser")
     args = parser.parse_args(argv)
+    try:
+        args.auth = args.auth or login_from(args.auth_file, os.environ.get(AUTH_ENV, ""))
+    except (OSError, argparse.ArgumentTypeError) as exc:
+        parser.exit(2, f"error: {exc}\n")
     if (args.share or not is_loopback(args.host)) and not args.auth:
         where = "a public share link" if args.share else f"address {args.host}"
-        parser.exit(2, f"error: refusing to serve on {where} without a login: anyone who can reach it "
-                       f"could read your files and run jobs. Add --auth USER:PASS, or use --host 127.0.0.1.\n")
+        parser.exit(2, f"error: refusing to serve on {where} without a login: anyone who can reach it could read "
+                       f"your files and run jobs. Add a login (--auth-file FILE, the {AUTH_ENV} variable or --auth "
+                       "USER:PASS), or use --host 127.0.0.1.\n")
     return args
 
 

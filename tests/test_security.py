@@ -246,6 +246,23 @@ def test_exposed_hosts_with_auth_are_allowed(argv):
     assert gui.parse_args([*argv, "--auth", "me:pw"]).auth == ("me", "pw")
 
 
+def test_the_login_can_stay_out_of_the_process_list(tmp_path, monkeypatch, capsys):
+    """--auth user:pass is visible to every user of the computer (ps); a file or a variable is not."""
+    login = tmp_path / "login.txt"
+    login.write_text("me:pw with: colon\n", encoding="utf-8")
+    assert gui.parse_args(["--host", "0.0.0.0", "--auth-file", str(login)]).auth == ("me", "pw with: colon")
+    monkeypatch.setenv(gui.AUTH_ENV, "you:secret")
+    assert gui.parse_args(["--share"]).auth == ("you", "secret")
+    assert gui.parse_args(["--share", "--auth", "me:pw"]).auth == ("me", "pw")  # the flag wins
+    login.write_text("no colon here\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        gui.parse_args(["--share", "--auth-file", str(login)])
+    assert exit_info.value.code == 2 and f"--auth-file {login}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gui.parse_args(["--share", "--auth-file", str(tmp_path / "missing.txt")])
+    assert "missing.txt" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "LOCALHOST", "[::1]"])
 def test_loopback_hosts_need_no_auth(host):
     assert gui.parse_args(["--host", host]).host == host
