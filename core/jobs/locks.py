@@ -71,8 +71,8 @@ def live_process(pid: int | None, created: float | None) -> psutil.Process | Non
 def busy_message(target: Target, holder: Holder) -> str:
     """The one text for a target held by another job (start refusal and Check settings alike)."""
     where = "" if holder.folder == target.folder else f" (it writes {holder.folder})"
-    return (f"{target.folder}: the {holder.kind} there is being written by the {holder.job} job in "
-            f"{holder.run_dir} (pid {holder.pid}){where}; wait for it to end, or stop it, then start again")
+    return (f"{target.folder}: the {holder.job} job in {holder.run_dir} (pid {holder.pid}) is writing its "
+            f"{holder.kind}{where}; wait for it to end, or stop it, then start again")
 
 
 def conflicts(targets: Iterable[Target], run_dir: str | os.PathLike | None = None) -> list[tuple[Target, Holder]]:
