@@ -5,6 +5,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
@@ -100,3 +102,27 @@ def ctx(tmp_path):
 
     with JobContext(tmp_path / "run", echo=False) as context:
         yield context
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """`small_tmpfs(megabytes=8)`: an empty folder on a fresh tmpfs of that size (a real drive that fills
+    up), unmounted after the test. Skips where it cannot mount (not Linux, not root, no mount rights)."""
+    mounted = []
+
+    def mount(megabytes: int = 8):
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs Linux and root")
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # still busy: detach it

@@ -92,27 +92,28 @@ def test_disk_full_while_training_saves_is_a_clear_error_and_the_last_checkpoint
     assert not second.exists() and temp_files(out) == []
 
 
-def test_disk_full_reaches_the_run_log_as_one_clear_line(kit, tmp_path, monkeypatch):
-    """Through the job protocol: the run ends in error and its error event carries the message."""
-    import safetensors.torch
-
+def test_a_full_drive_reaches_the_run_log_as_one_clear_line(kit, tmp_path, small_tmpfs):
+    """Through the job protocol, on a real full drive: the run ends in error, its error event names the
+    file and the space, and the drive keeps no partial file."""
     from core.config import TrainConfig
     from core.jobs.protocol import execute
     from core.jobs.registry import JOBS
 
-    def full(tensors, filename, metadata=None):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = small_tmpfs(8)
+    (out / "filler").write_bytes(b"\0" * (7 * 2**20))  # the 12 MB model does not fit in what is left
     run_dir = tmp_path / "run"
-    cfg = TrainConfig(**train_values(kit, tmp_path / "out", max_train_steps=2))
+    cfg = TrainConfig(**train_values(kit, out, max_train_steps=2))
     assert execute("train", cfg, run_dir, JOBS["train"].load) == 1
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
     errors = RunFolder(run_dir).read_events("error")
-    assert len(errors) == 1 and "No space left on device" in errors[0]["message"]
-    assert "free some space" in errors[0]["message"]
+    assert len(errors) == 1, errors
+    message = errors[0]["message"]
+    assert message.startswith(f"OSError: [Errno 28] cannot write {out / 'model.safetensors'}: No space left on "
+                              "device (it needs about 11.3 MiB, 1.0 MiB free on that drive); nothing was replaced"), message
+    assert "free some space" in message and "\n" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["filler"]
 
 
 def test_an_interrupted_run_still_resumes_after_a_failed_save(kit, tmp_path, monkeypatch):

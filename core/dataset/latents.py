@@ -9,7 +9,8 @@ What is stored follows kohya sd-scripts (`cache_batch_latents`): one sample of t
 `scaling_factor` recorded in the file). Unlike kohya, the sample's noise is seeded per image
 (`noise_seed`), so a cache is reproducible and does not depend on how images were batched.
 
-One file per image, `<image file name>.latents.safetensors` beside the image, or
+One file per image, `<image file name>.latents.safetensors` beside the image (the name shortened
+with a hash where it would be too long for the drive: core.fsutil.fitting_name), or
 `<stem>-<hash of the image's absolute path>.latents.safetensors` in `latents_dir` (so images of
 different folders never collide). Tensors: `latents` [C, H/8, W/8] float32, and `latents_flipped`
 (the horizontally flipped crop) with flip_aug. The metadata records what made the file (VAE
@@ -37,9 +38,10 @@ from core.config import CacheConfig
 from core.dataset.buckets import BucketAssignment, plan_buckets, training_image
 from core.dataset.images import ImageError
 from core.dataset.prefetch import prefetch
-from core.fsutil import atomic_path
+from core.fsutil import DISK_FULL, atomic_path, fitting_name
 from core.jobs.protocol import JobContext, JobStopped, failure_message
 from core.models.loading import load_vae
+from core.models.single_file import saved_bytes
 
 CACHE_SUFFIX = ".latents.safetensors"
 CACHE_FORMAT = 1
@@ -52,7 +54,7 @@ def cache_path_for(image_path: str | os.PathLike, cfg: CacheConfig) -> Path:
     """Where the cache file of an image lives (see the module docstring)."""
     image_path = Path(os.path.abspath(image_path))
     if not cfg.latents_dir.strip():
-        return image_path.with_name(image_path.name + CACHE_SUFFIX)
+        return fitting_name(image_path, after=CACHE_SUFFIX)
     digest = hashlib.sha256(os.path.normcase(str(image_path)).encode("utf-8")).hexdigest()[:16]
     folder = Path(os.path.abspath(os.path.expanduser(cfg.latents_dir)))
     return folder / f"{image_path.stem[:60]}-{digest}{CACHE_SUFFIX}"
@@ -144,7 +146,7 @@ def save_cache(path: Path, latents: torch.Tensor, flipped: torch.Tensor | None,
     tensors = {"latents": latents.contiguous().clone()}
     if flipped is not None:
         tensors["latents_flipped"] = flipped.contiguous().clone()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, saved_bytes(tensors.values())) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
@@ -313,6 +315,8 @@ def _finish_write(item: Item, future: Future, counts: Counts) -> None:
     try:
         future.result()
     except OSError as exc:
+        if exc.errno in DISK_FULL:  # so will every other file be: end the job with the one clear message
+            raise
         counts.fail(f"cannot write the cache file {item.cache}: {exc.strerror or exc}",
                     item.assignment.path)
     else:

@@ -23,6 +23,7 @@ from torch import nn
 
 from core.fsutil import atomic_path
 from core.models.ldm_convert import original_key, unet_prefix_map
+from core.models.single_file import saved_bytes
 
 ADAPTER = "default"
 _UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -133,9 +134,9 @@ def save_lora(path: str | Path, parts: dict[str, nn.Module], sdxl: bool = False,
     from safetensors.torch import save_file
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    state_dict = lora_state_dict_kohya(parts, sdxl, alpha) if fmt == "kohya" else None
+    with atomic_path(path, saved_bytes(state_dict.values()) if state_dict else None) as tmp:
         if fmt == "kohya":
-            state_dict = lora_state_dict_kohya(parts, sdxl, alpha)
             save_file(state_dict, str(tmp), metadata=kohya_metadata(state_dict, metadata))
         elif fmt == "diffusers":
             _save_diffusers(tmp, parts, sdxl)

@@ -14,13 +14,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from core.fsutil import default_mode, recover_folder, swap_in_folder
+from core.fsutil import disk_full_error, is_disk_full, recover_folder, staging_folder, swap_in_folder
 from core.models.ldm_convert import family_of, to_ldm_state_dict
 from core.models.loading import (
     VAE_PREFIXES,
@@ -31,7 +30,7 @@ from core.models.loading import (
     load_vae,
     read_json,
 )
-from core.models.single_file import modelspec_metadata, save_single_file
+from core.models.single_file import modelspec_metadata, save_single_file, saved_bytes
 from core.models.tokenizer import load_clip_tokenizer
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "data" / "configs"
@@ -384,19 +383,31 @@ def _save_diffusers(model: SDModel, target: Path, dtype) -> Path:
     """Write the folder beside `target`, then swap it in (core.fsutil.swap_in_folder)."""
     if target.exists() and not target.is_dir():
         raise ValueError(f"{target}: exists and is not a folder; cannot save a diffusers model there")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_folder(target)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    staging.chmod(default_mode(folder=True))  # mkdtemp makes it owner-only
+    staging = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover_folder(target)
+        staging = staging_folder(target)
         write_diffusers_folder(model, staging, dtype)
         swap_in_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        full = is_disk_full(exc, target)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if full:
+            raise disk_full_error(target, exc, diffusers_folder_bytes(model, dtype)) from exc
         raise
     return target
+
+
+def diffusers_folder_bytes(model: SDModel, dtype) -> int:
+    """About how many bytes write_diffusers_folder writes: the weights in `dtype`, and the tokenizer files
+    (megabytes each, as much as a tiny model's weights)."""
+    weights = (tensor for part in ("unet", "vae", *TEXT_ENCODERS[model.arch])
+               for tensor in getattr(model, part).state_dict().values())
+    tokenizers = (getattr(getattr(model, TOKENIZER_OF[part]), "backend_tokenizer", None)
+                  for part in TEXT_ENCODERS[model.arch])
+    return saved_bytes(weights, dtype) + sum(len(t.to_str(pretty=True)) for t in tokenizers if t is not None)
 
 
 def write_diffusers_folder(model: SDModel, folder: Path, dtype) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
@@ -58,6 +58,12 @@ def save_single_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Ten
 
     path = Path(path)
     remove_stale_temps(path)  # of a save that was killed: a model-sized file each
-    with atomic_path(path) as tmp:  # streamed to disk: no second copy of the model in memory
+    with atomic_path(path, saved_bytes(state_dict.values(), dtype)) as tmp:  # streamed: no second copy in memory
         save_file(_prepare(state_dict, dtype), str(tmp), metadata=_metadata_strings(metadata))
     return path
+
+
+def saved_bytes(tensors: Iterable[torch.Tensor], dtype: torch.dtype | None = None) -> int:
+    """About how many bytes `tensors` take in a file, the floating ones cast to `dtype`."""
+    return sum(t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
+               for t in tensors)

@@ -7,11 +7,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.fsutil import atomic_write_json, swap_in_folder
+from core.fsutil import atomic_write_json, disk_full_error, fitting_name, is_disk_full, swap_in_folder
 
 STATE_FILE = "training_state.json"
 EMA_SUFFIX = "-ema"    # the EMA weights saved alongside the raw ones: model-ema, model-step00000100-ema
 BEST_SUFFIX = "-best"  # the model with the lowest validation loss (auto_stop)
+PARTIAL_SUFFIX = ".partial"  # of a state folder being written (save_state)
 
 
 @dataclass
@@ -54,7 +55,8 @@ def numbered_saves(output_dir: str, output_name: str, kind: str) -> dict[int, li
     """The step (`kind` "step") or epoch ("epoch") saves of `output_name` in `output_dir` by number: models,
     their EMA saves and states, finished or partial."""
     tag = r"-step(\d{8})" if kind == "step" else r"-e(\d{6})"
-    pattern = re.compile(re.escape(output_name) + tag + rf"({EMA_SUFFIX})?(\.safetensors|-state(\.partial)?)?$")
+    pattern = re.compile(re.escape(output_name) + tag
+                         + rf"({EMA_SUFFIX})?(\.safetensors|-state({re.escape(PARTIAL_SUFFIX)})?)?$")
     saves: dict[int, list[Path]] = {}
     folder = Path(output_dir)
     for path in folder.iterdir() if folder.is_dir() else []:
@@ -79,18 +81,50 @@ def prune(output_dir: str, output_name: str, kind: str, keep: int) -> list[Path]
 
 def save_state(accelerator, folder: Path, position: Position) -> Path:
     """accelerate's state (model, optimizer, scheduler, scaler, RNG) plus our position, atomically:
-    written beside `folder` and renamed into place, so a crash never leaves half a state."""
+    written beside `folder` and renamed into place, so a crash never leaves half a state, and a full
+    drive leaves neither half a state nor the space it took (core.fsutil.disk_full_error)."""
     folder = Path(folder)
-    temp = folder.with_name(folder.name + ".partial")
+    temp = fitting_name(folder, after=PARTIAL_SUFFIX)
     if accelerator.is_main_process and temp.exists():
         shutil.rmtree(temp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temp))
-    if accelerator.is_main_process:
-        atomic_write_json(temp / STATE_FILE, asdict(position))
-        swap_in_folder(temp, folder)
+    try:
+        accelerator.save_state(str(temp))
+        if accelerator.is_main_process:
+            atomic_write_json(temp / STATE_FILE, asdict(position))
+            swap_in_folder(temp, folder)
+    except BaseException as exc:
+        full = is_disk_full(exc, temp)
+        if accelerator.is_main_process:
+            shutil.rmtree(temp, ignore_errors=True)
+        if full:
+            raise disk_full_error(folder, exc, state_bytes(accelerator)) from exc
+        raise
     accelerator.wait_for_everyone()
     return folder
+
+
+def state_bytes(accelerator) -> int:
+    """About how many bytes accelerate's state of the prepared models, optimizers and the objects registered
+    for checkpointing (the EMA weights) takes."""
+    import torch
+
+    from core.models.single_file import saved_bytes
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from tensors(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from tensors(item)
+
+    parts = [model.state_dict() for model in accelerator._models]
+    parts += [optimizer.state_dict() for optimizer in accelerator._optimizers]
+    parts += [obj.state_dict() for obj in accelerator._custom_objects]
+    return saved_bytes(tensors(parts))
 
 
 def load_position(folder: Path) -> Position:
