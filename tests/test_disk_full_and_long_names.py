@@ -23,6 +23,7 @@ from core.fsutil import (
     remove_stale_temps,
     staging_folder,
     swap_in_folder,
+    temp_file_prefix,
 )
 
 LONG_STEM = "a-long-caption-name-" + "x" * 230  # 250 bytes: legal on Linux and NTFS
@@ -236,6 +237,8 @@ def test_long_names_are_cached_and_cleaned(kit, tmp_path):
     assert cached.parent == folder and len(os.fsencode(cached.name)) <= NAME_MAX
     assert load_cached(cached)["latents"].shape[0] == 4
 
+    leftover = folder / f"{temp_file_prefix(folder / f'{LONG_STEM}.txt')}killed01.tmp"  # a clean killed mid-write
+    leftover.write_text("half")
     with JobContext(tmp_path / f"clean-{time.time_ns()}", echo=False) as ctx:
         result = clean(validate(CleanConfig, {"train_data_dir": [str(folder)]}, "test"), ctx)
     assert result["changed"] == 1 and (folder / f"{LONG_STEM}.txt").read_text() == "long hair, blue eyes"

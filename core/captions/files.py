@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from core.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temps, studio_home
+from core.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temps, studio_home, temp_file_prefix
 
 CONTENT_SUFFIX = ".bak"
 ABSENT_SUFFIX = ".absent"
@@ -244,7 +244,7 @@ def remove_caption_temps(paths: Iterable[str | os.PathLike]) -> None:
         except OSError:
             continue
         for path in captions if temps else []:
-            if any(name.startswith(f".{path.name}.") for name in temps):
+            if any(name.startswith(temp_file_prefix(path)) for name in temps):
                 remove_stale_temps(path)
 
 
