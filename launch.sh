@@ -9,14 +9,18 @@
 #                                      then bench/run.py: every benchmark, one table of ratios
 #                                      (--quick, --only NAME, --out bench/latest.md)
 #
-# The venv lives next to this script. pip runs only when the requirement files changed:
-# venv/.requirements-stamp holds the sha256 of the files used, the Python version and the
-# variant (cpu, or cuda when nvidia-smi works); venv/.requirements-test-stamp the same for
-# requirements-test.txt. Delete a stamp (or venv/) to force a reinstall.
+# The venv lives next to this script. The PyTorch build is chosen from the GPUs and driver that
+# nvidia-smi reports (core/launcher.py choose-build: cpu, or the newest CUDA build, e.g. cu130 or
+# cu126, that runs every GPU on the installed driver). pip runs only when the requirement files
+# or that choice changed: venv/.requirements-stamp holds the sha256 of the files used, the Python
+# version and the build; venv/.requirements-test-stamp the same for requirements-test.txt.
+# Delete a stamp (or venv/) to force a reinstall.
 #
 # Environment:
-#   PYTHON=/path/to/python    interpreter that creates the venv (3.10-3.12; default: search)
-#   LAUNCH_VARIANT=cpu|cuda   skip GPU detection
+#   PYTHON=/path/to/python    interpreter that creates the venv (a version core/launcher.py
+#                             python-ok accepts; default: search)
+#   LAUNCH_VARIANT=cpu|cuda   skip GPU detection (cuda: the build detected, or TORCH_CUDA)
+#   TORCH_CUDA=cu126          PyTorch CUDA build to install on an NVIDIA machine
 #   LAUNCH_DRY_RUN=1          print what would be installed and run, change nothing
 #   CHROMIUM_PATH=/path       chromium for the browser tests (test and bench modes; exported when found)
 set -euo pipefail
@@ -24,6 +28,7 @@ set -euo pipefail
 ROOT="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/venv"
 VENV_PY="$VENV/bin/python"
+LAUNCHER="$ROOT/core/launcher.py"
 DRY_RUN="${LAUNCH_DRY_RUN:-0}"
 
 # Offline first: nothing is fetched from a hub at run time; no analytics or telemetry.
@@ -41,74 +46,92 @@ if [[ "${1:-}" == "test" || "${1:-}" == "bench" ]]; then
   shift
 fi
 
+# python_ok PYTHON: run it (a pyenv shim exists even when it cannot run) and ask core/launcher.py
+# whether all pinned packages have wheels for it; on refusal the reason is left in WHY.
 python_ok() {
-  "$1" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))' >/dev/null 2>&1
+  WHY="$("$1" "$LAUNCHER" python-ok 2>&1)" && return 0
+  [[ "$WHY" == "[launch] "* ]] || WHY="[launch] $1 is not a usable Python${WHY:+: ${WHY##*$'\n'}}"
+  return 1
 }
 
-# Candidates are run, not just looked up: a pyenv shim exists even when it cannot run.
 find_python() {
-  local candidate
+  local candidate reasons=""
   if [[ -n "${PYTHON:-}" ]]; then
-    python_ok "$PYTHON" || die "PYTHON=$PYTHON does not run as Python 3.10, 3.11 or 3.12."
+    python_ok "$PYTHON" || { printf '%s\n' "$WHY" >&2; die "PYTHON=$PYTHON cannot be used."; }
     printf '%s\n' "$PYTHON"
     return
   fi
-  for candidate in python3.11 python3.10 python3.12 python3 python; do
-    if command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate"; then
+  for candidate in python3.11 python3.12 python3.13 python3 python; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if python_ok "$candidate"; then
       command -v "$candidate"
       return
     fi
+    reasons+="$WHY"$'\n'
   done
-  die "Python 3.10, 3.11 or 3.12 is needed (3.11 recommended); none of python3.11, python3.10,
-  python3.12, python3, python runs as one of those versions. Install one, for example
+  printf '%s' "$reasons" >&2
+  die "no usable Python found (tried python3.11, python3.12, python3.13, python3, python).
+  Install Python 3.11, for example
     Debian/Ubuntu:  sudo apt-get install python3.11 python3.11-venv
     macOS:          brew install python@3.11
   or point PYTHON at it:  PYTHON=/path/to/python3.11 ./launch.sh"
 }
 
-detect_variant() {
-  case "${LAUNCH_VARIANT:-}" in
-    cpu | cuda) printf '%s\n' "$LAUNCH_VARIANT" ;;
-    "")
-      if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        echo cuda
-      else
-        echo cpu
-      fi
-      ;;
-    *) die "LAUNCH_VARIANT must be cpu or cuda, not '$LAUNCH_VARIANT'." ;;
+# choose_build: BUILD (cpu, cu126, cu130, ...) and VARIANT (cpu or cuda) from the GPUs and driver;
+# core/launcher.py prints on stderr what it chose and why, or why no build can use the GPU.
+choose_build() {
+  local rc=0
+  BUILD="$("$STAMP_PY" "$LAUNCHER" choose-build)" || rc=$?
+  case "$rc" in
+    0) ;;
+    3) die "no PyTorch build can use this NVIDIA GPU (see above); nothing was installed." ;;
+    *) die "could not choose the PyTorch build (see above)." ;;
   esac
+  VARIANT="$("$STAMP_PY" "$LAUNCHER" variant-of "$BUILD")" || die "unknown PyTorch build '$BUILD'."
+  # PyPI's torch is the right build unless the choice says otherwise (e.g. cu126 for older GPUs).
+  TORCH_INDEX="$("$STAMP_PY" "$LAUNCHER" torch-index "$BUILD")" || die "unknown PyTorch build '$BUILD'."
+  TORCH_PIN=""
+  if [[ -n "$TORCH_INDEX" ]]; then
+    TORCH_PIN="$("$STAMP_PY" "$LAUNCHER" torch-pin "$ROOT/requirements.txt")" ||
+      die "requirements.txt must pin torch (torch==VERSION)."
+  fi
 }
 
-# compute_stamp PYTHON VARIANT FILE... -> "<sha256> python<version> <variant>"
+# compute_stamp PYTHON BUILD FILE... -> "<sha256> python<version> <build>"
 compute_stamp() {
   local python="$1"
   shift
-  "$python" - "$@" <<'PY'
-import hashlib, platform, sys
-variant, paths = sys.argv[1], sys.argv[2:]
-digest = hashlib.sha256()
-for path in paths:
-    with open(path, "rb") as f:
-        digest.update(hashlib.sha256(f.read().replace(b"\r\n", b"\n")).digest())
-print(digest.hexdigest(), "python" + platform.python_version(), variant)
-PY
+  "$python" "$LAUNCHER" stamp "$@"
 }
 
 stamp_matches() {  # stamp_matches STAMP_FILE STAMP
   [[ -f "$1" && "$(cat "$1")" == "$2" ]]
 }
 
+# run COMMAND...: run it, or in a dry run print it.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    say "would run:$(printf ' %q' "$@")"
+  else
+    "$@"
+  fi
+}
+
 pip_install() {
-  "$VENV_PY" -m pip install --disable-pip-version-check "$@"
+  run "$VENV_PY" -m pip install --disable-pip-version-check "$@"
 }
 
 # The install functions run where `set -e` is off (`install || die`): return on failure.
 install_main() {
+  if [[ -n "$TORCH_INDEX" ]]; then
+    # The chosen build first, from PyTorch's index; requirements.txt's pin then accepts it
+    # (torch==2.13.0 matches 2.13.0+cu126).
+    pip_install "$TORCH_PIN" --index-url "$TORCH_INDEX" || return
+  fi
   pip_install -r "$ROOT/requirements.txt" || return
   if [[ "$VARIANT" == cuda ]]; then
     # onnxruntime and onnxruntime-gpu ship the same module: remove both, add the GPU one.
-    "$VENV_PY" -m pip uninstall -y onnxruntime onnxruntime-gpu || return
+    run "$VENV_PY" -m pip uninstall -y onnxruntime onnxruntime-gpu || return
     pip_install -r "$ROOT/requirements-cuda.txt" || return
   fi
 }
@@ -122,14 +145,15 @@ ensure() {
   local name="$1" stamp_file="$2" install="$3"
   shift 3
   local stamp
-  stamp="$(compute_stamp "$STAMP_PY" "$VARIANT" "$@")"
+  stamp="$(compute_stamp "$STAMP_PY" "$BUILD" "$@")"
   if stamp_matches "$stamp_file" "$stamp"; then
     say "$name unchanged ($(basename "$stamp_file") matches), skipping install"
   elif [[ "$DRY_RUN" == 1 ]]; then
-    say "would install $name ($VARIANT): $*"
+    say "would install $name ($BUILD): $*"
+    "$install"
     say "new stamp: $stamp"
   else
-    say "installing $name ($VARIANT) with pip; the first time takes several minutes"
+    say "installing $name ($BUILD) with pip; the first time takes several minutes"
     rm -f "$stamp_file"
     "$install" || die "installing $name failed (see pip's message above); fix it and run again."
     printf '%s\n' "$stamp" >"$stamp_file"
@@ -183,15 +207,15 @@ ensure_chromium() {
   say "chromium: $CHROMIUM_PATH"
 }
 
-VARIANT="$(detect_variant)"
-
 if [[ -x "$VENV_PY" ]]; then
   "$VENV_PY" -c 'import sys' >/dev/null 2>&1 ||
     die "the venv's Python does not run ($VENV_PY). Delete the folder '$VENV' and run again."
   STAMP_PY="$VENV_PY"
+  choose_build
 else
   [[ ! -e "$VENV" ]] || die "'$VENV' exists but holds no venv. Delete it and run again."
   STAMP_PY="$(find_python)"
+  choose_build  # before the venv exists: a refusal leaves nothing behind
   if [[ "$DRY_RUN" == 1 ]]; then
     say "would create venv with $STAMP_PY: $VENV"
   else

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-COPIED = ["launch.sh", "requirements.txt", "requirements-cuda.txt", "requirements-test.txt"]
+COPIED = ["launch.sh", "requirements.txt", "requirements-cuda.txt", "requirements-test.txt", "core/launcher.py"]
 # Set by launch.sh itself or read by it: the tests must not inherit them from the suite.
 CONTROLLED_ENV = [
-    "LAUNCH_DRY_RUN", "LAUNCH_VARIANT", "PYTHON", "CHROMIUM_PATH",
+    "LAUNCH_DRY_RUN", "LAUNCH_VARIANT", "TORCH_CUDA", "PYTHON", "CHROMIUM_PATH",
     "HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED", "PYTHONUTF8",
 ]
+TORCH_INDEX = "https://download.pytorch.org/whl/"
 
 STAND_IN_GUI = """\
 import json, os, sys
@@ -62,6 +63,7 @@ def new_stamp(dry_run_output):
 def make_copy(folder):
     folder.mkdir(parents=True)
     for name in COPIED:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, folder / name)
     (folder / "gui.py").write_text(STAND_IN_GUI, encoding="utf-8")
     return folder
@@ -112,10 +114,79 @@ def test_changed_requirements_file_triggers_install(launch_copy):
 
 
 def test_gpu_variant_needs_its_own_install(launch_copy):
-    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant="cuda")
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant="cuda")  # no nvidia-smi: the newest build
     assert result.returncode == 0, result.stderr
-    assert "would install requirements (cuda)" in result.stdout
+    assert "would install requirements (cu130)" in result.stdout
     assert "requirements-cuda.txt" in result.stdout
+    assert TORCH_INDEX not in result.stdout  # PyPI's Linux torch is the cu130 build
+
+
+def fake_nvidia_smi(tmp_path, answer, rc=0):
+    """A PATH holding an nvidia-smi that prints ANSWER (name, compute_cap, driver lines)."""
+    fake_bin = tmp_path / "smi-bin"
+    fake_bin.mkdir(exist_ok=True)
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer}\nEOF\nexit {rc}\n")
+    smi.chmod(0o755)
+    return f"{fake_bin}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_new_gpu_installs_pypis_cuda_13_build(launch_copy, tmp_path):
+    path = fake_nvidia_smi(tmp_path, "NVIDIA GeForce RTX 4090, 8.9, 580.95.05")
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant=None, PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert "RTX 4090 (sm_89)" in result.stderr and "cu130" in result.stderr  # what was chosen and why
+    assert "would install requirements (cu130)" in result.stdout
+    assert TORCH_INDEX not in result.stdout
+    assert "pip install --disable-pip-version-check -r" in result.stdout
+    assert new_stamp(result.stdout).endswith(" cu130")
+
+
+def test_old_gpu_installs_the_cuda_12_6_build_from_pytorchs_index(launch_copy, tmp_path):
+    path = fake_nvidia_smi(tmp_path, "NVIDIA GeForce GTX 1080, 6.1, 566.03")
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant=None, PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert "GTX 1080 (sm_61)" in result.stderr and "cu126" in result.stderr
+    assert "would install requirements (cu126)" in result.stdout
+    pip_lines = [line for line in result.stdout.splitlines() if "pip install" in line]
+    assert "torch==2.13.0 --index-url " + TORCH_INDEX + "cu126" in pip_lines[0], result.stdout
+    assert "-r " in pip_lines[1] and "requirements.txt" in pip_lines[1]
+    assert "requirements-cuda.txt" in pip_lines[2]
+    assert new_stamp(result.stdout).endswith(" cu126")
+
+    # LAUNCH_VARIANT is read without regard to case, and keeps the detected build
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant="CUDA", PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert "would install requirements (cu126)" in result.stdout
+
+
+def test_old_driver_is_refused_with_what_to_do(launch_copy, tmp_path):
+    stamp_before = (launch_copy / "venv" / ".requirements-stamp").read_text()
+    path = fake_nvidia_smi(tmp_path, "NVIDIA GeForce RTX 3060, 8.6, 516.94")
+    result = run_launch(launch_copy, variant=None, PATH=path)
+    assert result.returncode == 1
+    assert "driver 516.94 is too old" in result.stderr
+    assert "525.60.13 or newer" in result.stderr and "LAUNCH_VARIANT=cpu" in result.stderr
+    assert "nothing was installed" in result.stderr
+    assert "GUI " not in result.stdout
+    assert (launch_copy / "venv" / ".requirements-stamp").read_text() == stamp_before
+
+    result = run_launch(launch_copy, variant="cpu", PATH=path)  # the way out it names
+    assert result.returncode == 0, result.stderr
+    assert "requirements unchanged" in result.stdout and "GUI " in result.stdout
+
+
+def test_bad_launch_variant_is_refused(launch_copy):
+    result = run_launch(launch_copy, LAUNCH_DRY_RUN="1", variant="gpu")
+    assert result.returncode == 1
+    assert "LAUNCH_VARIANT must be cpu or cuda, not 'gpu'" in result.stderr
+
+
+def test_failing_nvidia_smi_means_cpu(launch_copy, tmp_path):
+    path = fake_nvidia_smi(tmp_path, "NVIDIA-SMI has failed because it couldn't communicate with the driver", rc=9)
+    result = run_launch(launch_copy, variant=None, PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert "requirements unchanged" in result.stdout and "GUI " in result.stdout
 
 
 def test_test_mode_adds_test_requirements_and_forwards_pytest_args(launch_copy):
@@ -130,7 +201,7 @@ def test_python_candidates_are_run_not_just_found(tmp_path):
     folder = make_copy(tmp_path / "no venv ü")
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    for name in ("python3.11", "python3.10", "python3.12"):  # like pyenv shims that fail
+    for name in ("python3.11", "python3.12", "python3.13"):  # like pyenv shims that fail
         shim = fake_bin / name
         shim.write_text("#!/bin/sh\necho 'pyenv: command not found' >&2\nexit 127\n")
         shim.chmod(0o755)
@@ -142,9 +213,30 @@ def test_python_candidates_are_run_not_just_found(tmp_path):
     assert f"would create venv with {fake_bin / 'python3'}" in result.stdout
     assert not (folder / "venv").exists()
 
-    result = run_launch(folder, LAUNCH_DRY_RUN="1", PYTHON=str(fake_bin / "python3.10"))
+    result = run_launch(folder, LAUNCH_DRY_RUN="1", PYTHON=str(fake_bin / "python3.12"))
     assert result.returncode == 1
-    assert "Python 3.10, 3.11 or 3.12" in result.stderr
+    assert "python3.12 is not a usable Python: pyenv: command not found" in result.stderr
+    assert "PYTHON=" in result.stderr and "cannot be used" in result.stderr
+
+
+def test_a_python_without_wheels_for_the_pins_is_refused_with_what_to_install(tmp_path):
+    folder = make_copy(tmp_path / "old python")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    site = tmp_path / "site"  # makes the real interpreter report 3.10
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.version_info = (3, 10, 4, 'final', 0)\n")
+    for name in ("python3.11", "python3.12", "python3.13", "python3", "python"):  # every candidate is it
+        old = fake_bin / name
+        old.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{os.path.realpath(sys.executable)}" "$@"\n')
+        old.chmod(0o755)
+    path = f"{fake_bin}{os.pathsep}{os.environ['PATH']}"
+    result = run_launch(folder, LAUNCH_DRY_RUN="1", PATH=path)
+    assert result.returncode == 1
+    assert "Python 3.10 cannot run the studio" in result.stderr
+    assert "Python 3.11, 3.12 or 3.13 only" in result.stderr
+    assert "no usable Python found" in result.stderr and "apt-get install python3.11" in result.stderr
+    assert not (folder / "venv").exists()
 
 
 @pytest.mark.skipif(
