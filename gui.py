@@ -73,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from core.fsutil import REPO_ROOT
+    from core.torch_check import start_torch_check
     from tabs.app import build_app
 
     os.chdir(REPO_ROOT)  # jobs run from here too, so relative paths mean the same in both
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                prevent_thread_lock=True)
     print(f"SD Studio is running at {app.local_url}" + (f" (public link: {app.share_url})" if app.share_url else "")
           + "\nPress Ctrl+C to quit; running jobs go on and the GUI reattaches to them next time.", flush=True)
+    start_torch_check()  # logs the PyTorch build and warns when it cannot use the NVIDIA GPU; serves meanwhile
     app.block_thread()
 
 
