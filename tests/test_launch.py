@@ -251,3 +251,12 @@ def test_venv_made_by_launch_test_serves_plain_launch(tmp_path):
     result = run_launch(folder, LAUNCH_DRY_RUN="1", variant=os.environ.get("LAUNCH_VARIANT"))
     assert result.returncode == 0, result.stderr
     assert "requirements unchanged" in result.stdout, result.stdout
+
+
+def test_no_usable_build_leaves_no_venv_behind(tmp_path):
+    folder = make_copy(tmp_path / "fresh (old gpu)")
+    path = fake_nvidia_smi(tmp_path, "Tesla K80, 3.7, 470.82.01")
+    result = run_launch(folder, variant=None, PATH=path, PYTHON=sys.executable)
+    assert result.returncode == 1
+    assert "no CUDA build of this PyTorch supports Tesla K80 (sm_37)" in result.stderr
+    assert not (folder / "venv").exists()
