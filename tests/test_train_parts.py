@@ -264,3 +264,26 @@ def test_incompatible_options_are_refused_with_a_clear_message(kit, tmp_path, ov
     with pytest.raises(ConfigError, match=message):
         validate(TrainConfig, train_values(kit, tmp_path / "out", **overrides), "test")
 
+
+
+def test_an_xformers_that_cannot_run_on_the_gpu_falls_back_to_sdpa(monkeypatch):
+    """PyPI's xformers is built for new GPUs: on a GTX 10xx its first attention fails; training goes on."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from core.train import loop
+
+    calls = []
+
+    class Unet:
+        def enable_xformers_memory_efficient_attention(self):
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nsecond line")
+
+        def set_default_attn_processor(self):
+            calls.append("sdpa")
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: name == "xformers" or None)
+    message = loop.use_xformers(Unet(), SimpleNamespace(type="cuda"))
+    assert message.startswith("xformers cannot run on this GPU (RuntimeError: CUDA error: no kernel image")
+    assert "second line" not in message and calls == ["sdpa"]
+    assert loop.use_xformers(Unet(), SimpleNamespace(type="cpu")) is None

@@ -241,6 +241,8 @@ def choose_trained(cfg: TrainConfig, ctx: JobContext, model, device, dtype) -> t
         trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
                                     cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
     place_modules(model, cfg, trained, device, dtype)
+    if problem := use_xformers(model.unet, device):
+        ctx.warning(problem)
     ctx.log("training: " + ", ".join(f"{part} ({sum(p.numel() for p in params):,} parameters)"
                                      for part, params in trained.items()))
     return te_rates, trained
@@ -308,7 +310,7 @@ def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
 
 def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None:
     """Devices, dtypes and modes: trained modules in fp32 (or fully in fp16/bf16), frozen ones in
-    the mixed-precision dtype; gradient checkpointing and xformers where they apply."""
+    the mixed-precision dtype; gradient checkpointing where it applies."""
     full = cfg.full_fp16 or cfg.full_bf16
     original_sdxl_vae = model.arch == "sdxl" and not cfg.vae.strip()  # overflows in fp16
     model.vae.to(device, dtype=torch.float32 if cfg.no_half_vae or original_sdxl_vae else dtype)
@@ -321,10 +323,24 @@ def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None
         module.train(part in trained)
         if cfg.gradient_checkpointing and part in trained and part != "unet":
             module.gradient_checkpointing_enable()
-    if device.type == "cuda" and importlib.util.find_spec("xformers"):
-        model.unet.enable_xformers_memory_efficient_attention()  # else diffusers uses PyTorch SDPA
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()  # also saves memory when only the text encoder trains
+
+
+def use_xformers(unet, device) -> str | None:
+    """xformers' memory-efficient attention on a CUDA device when it is installed (else diffusers uses
+    PyTorch's SDPA); why not, when the installed xformers cannot run on this GPU (a build for newer GPUs
+    on a GTX 10xx, say): then SDPA it is."""
+    if device.type != "cuda" or not importlib.util.find_spec("xformers"):
+        return None
+    try:
+        unet.enable_xformers_memory_efficient_attention()
+    except Exception as exc:  # diffusers runs a small attention first: any failure means it cannot be used here
+        unet.set_default_attn_processor()
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        return (f"xformers cannot run on this GPU ({type(exc).__name__}: {reason}); training uses PyTorch's "
+                "attention (SDPA) instead, which needs a little more memory")
+    return None
 
 
 def allow_fp16_gradients(accelerator) -> None:
