@@ -126,3 +126,21 @@ def small_tmpfs(tmp_path):
     for folder in mounted:
         if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # still busy: detach it
+
+
+# The launch.bat scenarios under wine run in the background of the suite (tests/windows/wine_background.py):
+# started once the tests are collected, read by test_launch_wine.py (run last), ended with the session.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "windows"))
+import wine_background  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    wine_background.last(items)
+
+
+def pytest_collection_finish(session):
+    wine_background.start(session)
+
+
+def pytest_sessionfinish(session):
+    wine_background.stop()

@@ -15,6 +15,7 @@ of the private prefix is stopped at the end: nothing is left running.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -50,7 +51,7 @@ OLD_GPU = "NVIDIA GeForce GTX 1080, 6.1, 580.65"
 OLD_DRIVER = "NVIDIA GeForce RTX 3060, 8.6, 470.82"
 
 
-def setup_dir() -> Path:
+def wine_home() -> Path:
     return Path(os.environ.get("SD_STUDIO_WINE") or f"/tmp/sd-studio-wine-{os.getuid()}")
 
 
@@ -290,7 +291,7 @@ def main(argv) -> int:
     results_path, work = Path(argv[0]), Path(argv[1])
     only = argv[3] if len(argv) > 3 and argv[2] == "--only" else None
     started = time.monotonic()
-    wine_home = setup_dir()
+    home = wine_home()
     result = {}
     if not sys.platform.startswith("linux"):
         result["skipped"] = "the launch.bat test runs under wine on Linux only"
@@ -300,16 +301,20 @@ def main(argv) -> int:
                              "with apt-get when it can)")
     else:
         work.mkdir(parents=True, exist_ok=True)
-        try:
-            why = ensure_setup(wine_home)
-            if why:
-                result["skipped"] = why
-            else:
-                runner = Runner(work, wine_home)
-                runner.run(only)
-                result["scenarios"] = runner.results
-        finally:
-            stop_wineserver(wine_home)
+        home.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the wine server is stopped
+        with open(home.parent / (home.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time uses (or builds) the prefix
+            try:
+                why = ensure_setup(home)
+                if why:
+                    result["skipped"] = why
+                else:
+                    runner = Runner(work, home)
+                    runner.run(only)
+                    result["scenarios"] = runner.results
+            finally:
+                stop_wineserver(home)
     result["seconds"] = round(time.monotonic() - started, 1)
     tmp = results_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
