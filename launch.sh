@@ -207,6 +207,33 @@ ensure_chromium() {
   say "chromium: $CHROMIUM_PATH"
 }
 
+# The launch.bat test (tests/test_launch_wine.py) runs it under Debian's wine; the test itself adds
+# wine 10's cmd and a Windows Python (tests/windows/setup.sh: Debian mirror and PyPI only).
+WINE_PACKAGES=(wine wine64 gcc-mingw-w64-x86-64-win32 unzip)
+ensure_wine() {
+  local tool missing=()
+  [[ "$(uname -s)" == Linux ]] || return 0
+  for tool in wine wineserver x86_64-w64-mingw32-gcc unzip; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  [[ ${#missing[@]} -gt 0 ]] || return 0
+  if ! command -v apt-get >/dev/null 2>&1 ||
+    ! { [[ "$(id -u)" == 0 ]] || sudo -n true 2>/dev/null; }; then
+    say "not installed: ${missing[*]}; apt-get is not usable: the launch.bat test under wine cannot run." \
+      "Install the Debian packages ${WINE_PACKAGES[*]}."
+    return 0
+  fi
+  if [[ "$DRY_RUN" == 1 ]]; then
+    say "would run: apt-get update && apt-get install -y --no-install-recommends ${WINE_PACKAGES[*]}"
+    return 0
+  fi
+  say "installing Debian's wine for the launch.bat test (apt-get)"
+  if ! as_root apt-get update || ! as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${WINE_PACKAGES[@]}"; then
+    say "wine could not be installed: the launch.bat test cannot run."
+  fi
+}
+
 if [[ -x "$VENV_PY" ]]; then
   "$VENV_PY" -c 'import sys' >/dev/null 2>&1 ||
     die "the venv's Python does not run ($VENV_PY). Delete the folder '$VENV' and run again."
@@ -238,6 +265,9 @@ if [[ "$MODE" == test || "$MODE" == bench ]]; then
   ensure "test requirements" "$VENV/.requirements-test-stamp" install_test \
     "$ROOT/requirements-test.txt"
   ensure_chromium
+  if [[ "$MODE" == test ]]; then
+    ensure_wine
+  fi
 fi
 if [[ "$MODE" == test ]]; then
   COMMAND=("$VENV_PY" -m pytest tests)
