@@ -206,7 +206,10 @@ class Runner:
                    want=["test requirements unchanged", "[fake pytest]"], absent=[PAUSE])
         self.check("GUI exits 3: exit code 1, named error, pause", folder, env={"FAKE_GUI_RC": "3"}, rc=1,
                    want=["the GUI stopped with exit code 3", PAUSE])
-        smi = {"WINEPATH": winpath(self.bin)}
+
+    def group_gpus(self):
+        folder = self.project("paths/GPU & (cuda) ^ Ärger")
+        smi = {"WINEPATH": winpath(self.bin), "PYTHON": PY}
         self.check("new GPU (RTX 4090, 8.9, driver 580): cu130, torch pin without marker", folder,
                    env={**smi, "FAKE_SMI_GPUS": NEW_GPU},
                    want=["CUDA 13.0 build (cu130)", "installing requirements (cu130)",
@@ -255,12 +258,11 @@ class Runner:
 
     def run(self, only: str | None):
         make_wheels(str(self.work / "wheels"))
-        groups = [self.group_weird_path, self.group_no_venv, self.group_quoted, self.group_pyenv,
-                  self.group_percent]
+        # two lanes of about the same length (each group in turn; the groups share nothing)
+        lanes = [[self.group_weird_path, self.group_no_venv, self.group_percent],
+                 [self.group_gpus, self.group_quoted, self.group_pyenv]]
         if only:
-            groups = [g for g in groups if only in g.__name__]
-        # two lanes: the long group alone, the rest in turn
-        lanes = [groups[:1], groups[1:]]
+            lanes = [[g for g in lane if only in g.__name__] for lane in lanes]
         threads = [threading.Thread(target=lambda lane=lane: [self.safe(g) for g in lane]) for lane in lanes]
         for thread in threads:
             thread.start()
