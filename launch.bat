@@ -50,7 +50,7 @@ cd /d "%~dp0" 2>nul && goto in_root
 cd /d "%~dps0" 2>nul && goto in_root
 goto cd_failed
 :in_root
-if not exist "%~nx0" goto cd_failed
+if not exist "core\launcher.py" goto incomplete
 set "ROOT=%CD%"
 if "%ROOT:~-1%"=="\" set "ROOT=%ROOT:~0,-1%"
 set "VENV=%ROOT%\venv"
@@ -143,6 +143,9 @@ rem Failures: a named error on stderr, then :fail (exit code 1; the pause on a d
 goto fail
 :cd_failed
 >&2 echo [launch] error: cannot enter the folder of launch.bat ("%ROOT%"). Move the folder to a path without %% signs and start launch.bat there.
+goto fail
+:incomplete
+>&2 echo [launch] error: "%CD%\core\launcher.py" is missing: the studio's files are incomplete. Download or copy them again.
 goto fail
 :not_a_venv
 >&2 echo [launch] error: "%VENV%" exists but holds no venv. Delete it and run again.

@@ -38,6 +38,7 @@ RUN_TIMEOUT_S = 240
 PY = r"C:\Python311\python.exe"
 PY_DIRS = r"C:\Python311;C:\Python311\Scripts"
 PAUSE = "Press any key"
+STOPPING = threading.Event()
 
 REQUIREMENTS = 'torch==2.13.0 ; sys_platform != "darwin"  # the launcher picks the build\nonnxruntime==1.32.0\n'
 REQUIREMENTS_CUDA = "xformers==0.0.35\nonnxruntime-gpu==1.31.1\n"
@@ -105,6 +106,8 @@ class Runner:
 
     def launch(self, folder: Path, *args, script="launch.bat", **env) -> tuple:
         """`wine cmd /c launch.bat ARGS` in FOLDER with only the environment given: (rc, output)."""
+        if STOPPING.is_set():  # the run is being ended: start no more wine processes
+            raise SystemExit(143)
         full_env = dict(self.base_env)
         full_env.update(env)
         process = subprocess.Popen(
@@ -263,7 +266,8 @@ class Runner:
                  [self.group_gpus, self.group_quoted, self.group_pyenv]]
         if only:
             lanes = [[g for g in lane if only in g.__name__] for lane in lanes]
-        threads = [threading.Thread(target=lambda lane=lane: [self.safe(g) for g in lane]) for lane in lanes]
+        threads = [threading.Thread(target=lambda lane=lane: [self.safe(g) for g in lane], daemon=True)
+                   for lane in lanes]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -272,6 +276,8 @@ class Runner:
     def safe(self, group):
         try:
             group()
+        except SystemExit:
+            return
         except Exception as exc:  # a broken group is a failed scenario, not a crash of the run
             with self.lock:
                 self.results.append({"name": group.__name__, "ok": False, "problems": [repr(exc)], "rc": None,
@@ -297,6 +303,11 @@ def ensure_setup(wine_home: Path) -> str | None:
     return None
 
 
+def on_sigterm(*_):
+    STOPPING.set()
+    sys.exit(143)
+
+
 def main(argv) -> int:
     results_path, work = Path(argv[0]), Path(argv[1])
     only = argv[3] if len(argv) > 3 and argv[2] == "--only" else None
@@ -312,7 +323,7 @@ def main(argv) -> int:
     else:
         work.mkdir(parents=True, exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the wine server is stopped
+        signal.signal(signal.SIGTERM, on_sigterm)  # so that the wine server is stopped
         with open(home.parent / (home.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time uses (or builds) the prefix
             try:
