@@ -168,6 +168,9 @@ class Runner:
         (folder / "venv").mkdir()
         self.check("venv folder without a venv: named error", folder, env={"PYTHON": PY}, rc=1,
                    want=["exists but holds no venv"])
+        (folder / "core" / "launcher.py").unlink()
+        self.check("core\\launcher.py missing: files incomplete", folder, env={"PYTHON": PY}, rc=1,
+                   want=['core\\launcher.py" is missing', PAUSE])
 
     def group_weird_path(self):
         folder = self.project("paths/My Files (x86) & Co ^caret/Übung 日本")
