@@ -26,6 +26,7 @@ def cannot_run(reason: str):
     pytest.skip(reason)
 
 
+@pytest.mark.timeout(wine_background.WAIT_S + 60)  # its own limit, with a clearer message, comes first
 def test_launch_bat_scenarios_under_wine():
     if not sys.platform.startswith("linux"):
         cannot_run("the launch.bat scenarios run under wine on Linux only")
