@@ -199,7 +199,7 @@ if not "%OUT_RC%"=="0" goto build_failed
 set "TORCH_INDEX=%OUT%"
 set "TORCH_PIN="
 if not defined TORCH_INDEX exit /b 0
-call :launcher torch-pin requirements.txt
+call :launcher torch-pin requirements.txt %BUILD%
 if not "%OUT_RC%"=="0" goto pin_failed
 set "TORCH_PIN=%OUT%"
 exit /b 0

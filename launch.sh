@@ -92,7 +92,7 @@ choose_build() {
   TORCH_INDEX="$("$STAMP_PY" "$LAUNCHER" torch-index "$BUILD")" || die "unknown PyTorch build '$BUILD'."
   TORCH_PIN=""
   if [[ -n "$TORCH_INDEX" ]]; then
-    TORCH_PIN="$("$STAMP_PY" "$LAUNCHER" torch-pin "$ROOT/requirements.txt")" ||
+    TORCH_PIN="$("$STAMP_PY" "$LAUNCHER" torch-pin "$ROOT/requirements.txt" "$BUILD")" ||
       die "requirements.txt must pin torch (torch==VERSION)."
   fi
 }

@@ -3,7 +3,9 @@
 Standard library only, and run as a script by the system's Python before the venv exists:
 
     python core/launcher.py python-ok                    exit 0 if this Python can run the studio
-    python core/launcher.py torch-pin REQUIREMENTS_FILE  print the torch requirement (torch==2.13.0)
+    python core/launcher.py torch-pin REQUIREMENTS_FILE [BUILD]
+                                                         print the torch requirement (torch==2.13.0; with a
+                                                         build from PyTorch's index: torch==2.13.0+cu126)
     python core/launcher.py choose-build [--smi PATH]    print the torch build: cpu, cu126, cu130, ...
     python core/launcher.py torch-index BUILD            print the wheel index for BUILD ('' = PyPI's)
     python core/launcher.py variant-of BUILD             print cpu or cuda
@@ -133,11 +135,19 @@ def torch_pin(text: str) -> str:
     return pins[0]
 
 
-def torch_pin_command(path: str) -> int:
+def pin_for_build(pin: str, build: str) -> str:
+    """The pin naming the build's local version (torch==2.13.0+cu126): pip then replaces a torch of another
+    build that the bare version (torch==2.13.0) would accept as installed, when the GPU or driver changed."""
+    if build and re.fullmatch(r"torch==[0-9][0-9A-Za-z.]*", pin):
+        return pin + "+" + build
+    return pin
+
+
+def torch_pin_command(path: str, build: str = "") -> int:
     try:
         with open(path, encoding="utf-8-sig") as f:
             text = f.read()
-        print(torch_pin(text))
+        print(pin_for_build(torch_pin(text), build))
     except OSError as exc:
         say("error: cannot read {}: {}".format(path, exc.strerror or exc))
         return 1
@@ -331,8 +341,8 @@ def main(argv: list) -> int:
     try:
         if command == "python-ok" and not args:
             return python_ok()
-        if command == "torch-pin" and len(args) == 1:
-            return torch_pin_command(args[0])
+        if command == "torch-pin" and len(args) in (1, 2):
+            return torch_pin_command(*args)
         if command == "choose-build":
             return choose_build_command(args)
         if command == "torch-index" and len(args) == 1:

@@ -149,7 +149,7 @@ def test_old_gpu_installs_the_cuda_12_6_build_from_pytorchs_index(launch_copy, t
     assert "GTX 1080 (sm_61)" in result.stderr and "cu126" in result.stderr
     assert "would install requirements (cu126)" in result.stdout
     pip_lines = [line for line in result.stdout.splitlines() if "pip install" in line]
-    assert "torch==2.13.0 --index-url " + TORCH_INDEX + "cu126" in pip_lines[0], result.stdout
+    assert "torch==2.13.0+cu126 --index-url " + TORCH_INDEX + "cu126" in pip_lines[0], result.stdout
     assert "-r " in pip_lines[1] and "requirements.txt" in pip_lines[1]
     assert "requirements-cuda.txt" in pip_lines[2]
     assert new_stamp(result.stdout).endswith(" cu126")

@@ -255,3 +255,14 @@ def test_old_python_refusal_names_what_to_install(tmp_path):
     result = run("python-ok", env={"PYTHONPATH": str(site)})
     assert result.returncode == 1
     assert "Python 3.10 cannot run the studio" in result.stderr and "install" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("build, pin", [("cu126", "torch==2.13.0+cu126"), ("cu130", "torch==2.13.0+cu130"),
+                                        ("", "torch==2.13.0")])
+def test_a_pin_for_a_build_names_its_local_version(tmp_path, build, pin):
+    """torch==2.13.0 accepts an installed 2.13.0+cu130: a venv moved to a GTX 1080 would keep the build
+    that cannot run there. The build's own pin makes pip replace it."""
+    path = tmp_path / "requirements.txt"
+    path.write_text("torch==2.13.0  # pinned\n")
+    result = run("torch-pin", str(path), *([build] if build else []))
+    assert (result.returncode, result.stdout) == (0, pin + "\n"), result.stderr

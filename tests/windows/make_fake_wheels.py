@@ -35,8 +35,8 @@ def wheel(out, name, ver, files):
 
 def make_wheels(out):
     os.makedirs(out, exist_ok=True)
-    for name, ver in [("torch", "2.13.0"), ("onnxruntime", "1.32.0"), ("onnxruntime-gpu", "1.31.1"),
-                      ("xformers", "0.0.35")]:
+    for name, ver in [("torch", "2.13.0"), ("torch", "2.13.0+cu126"), ("torch", "2.13.0+cu130"),
+                      ("onnxruntime", "1.32.0"), ("onnxruntime-gpu", "1.31.1"), ("xformers", "0.0.35")]:
         wheel(out, name, ver, {f"fake_{name.replace('-', '_')}.py": "X = 1\n"})
     wheel(out, "pytest", "9.2.0", {"pytest.py": PYTEST})
 

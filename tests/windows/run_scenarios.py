@@ -218,10 +218,12 @@ class Runner:
         smi = {"WINEPATH": winpath(self.bin), "PYTHON": PY}
         self.check("new GPU (RTX 4090, 8.9, driver 580): cu130, torch pin without marker", folder,
                    env={**smi, "FAKE_SMI_GPUS": NEW_GPU},
-                   want=["CUDA 13.0 build (cu130)", "installing requirements (cu130)",
+                   want=["CUDA 13.0 build (cu130)", "installing requirements (cu130)", "torch-2.13.0+cu130",
                          "Skipping onnxruntime-gpu as it is not installed", "[fake gui]"])
-        self.check("old GPU (GTX 1080, 6.1): cu126", folder, env={**smi, "FAKE_SMI_GPUS": OLD_GPU},
-                   want=["CUDA 12.6 build (cu126)", "installing requirements (cu126)", "[fake gui]"])
+        self.check("old GPU (GTX 1080, 6.1) in the same venv: the cu126 build replaces the cu130 one", folder,
+                   env={**smi, "FAKE_SMI_GPUS": OLD_GPU},
+                   want=["CUDA 12.6 build (cu126)", "installing requirements (cu126)", "torch-2.13.0+cu126",
+                         "[fake gui]"])
         self.check("nvidia-smi fails: CPU build", folder, env={**smi, "FAKE_SMI_RC": "9"},
                    want=["nvidia-smi failed", "installing requirements (cpu)", "[fake gui]"])
         self.check("LAUNCH_VARIANT=CUDA (any case) with TORCH_CUDA=cu126", folder,
