@@ -247,6 +247,13 @@ rem (torch==2.13.0 matches 2.13.0+cu126).
 "%VENV_PY%" -m pip install --disable-pip-version-check "%TORCH_PIN%" --index-url "%TORCH_INDEX%"
 if not "%errorlevel%"=="0" exit /b 1
 :install_main_rest
+if "%VARIANT%"=="cuda" goto install_main_requirements
+rem Back to the CPU: the GPU onnxruntime goes, and with it the module both packages ship.
+"%VENV_PY%" -m pip show -q onnxruntime-gpu >nul 2>nul
+if not "%errorlevel%"=="0" goto install_main_requirements
+"%VENV_PY%" -m pip uninstall -y onnxruntime onnxruntime-gpu
+if not "%errorlevel%"=="0" exit /b 1
+:install_main_requirements
 "%VENV_PY%" -m pip install --disable-pip-version-check -r requirements.txt
 if not "%errorlevel%"=="0" exit /b 1
 if not "%VARIANT%"=="cuda" exit /b 0

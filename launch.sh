@@ -128,6 +128,10 @@ install_main() {
     # (torch==2.13.0 matches 2.13.0+cu126).
     pip_install "$TORCH_PIN" --index-url "$TORCH_INDEX" || return
   fi
+  if [[ "$VARIANT" != cuda ]] && "$VENV_PY" -m pip show -q onnxruntime-gpu >/dev/null 2>&1; then
+    # Back to the CPU: the GPU onnxruntime goes, and with it the module both packages ship.
+    run "$VENV_PY" -m pip uninstall -y onnxruntime onnxruntime-gpu || return
+  fi
   pip_install -r "$ROOT/requirements.txt" || return
   if [[ "$VARIANT" == cuda ]]; then
     # onnxruntime and onnxruntime-gpu ship the same module: remove both, add the GPU one.

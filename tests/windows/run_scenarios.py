@@ -224,8 +224,11 @@ class Runner:
                    env={**smi, "FAKE_SMI_GPUS": OLD_GPU},
                    want=["CUDA 12.6 build (cu126)", "installing requirements (cu126)", "torch-2.13.0+cu126",
                          "[fake gui]"])
-        self.check("nvidia-smi fails: CPU build", folder, env={**smi, "FAKE_SMI_RC": "9"},
-                   want=["nvidia-smi failed", "installing requirements (cpu)", "[fake gui]"])
+        self.check("nvidia-smi fails: CPU build; the GPU onnxruntime goes", folder,
+                   env={**smi, "FAKE_SMI_RC": "9"},
+                   want=["nvidia-smi failed", "installing requirements (cpu)",
+                         "Successfully uninstalled onnxruntime-gpu", "Successfully installed onnxruntime-1.32.0",
+                         "[fake gui]"])
         self.check("LAUNCH_VARIANT=CUDA (any case) with TORCH_CUDA=cu126", folder,
                    env={"LAUNCH_VARIANT": "CUDA", "TORCH_CUDA": "cu126"},
                    want=["installing requirements (cu126)", "[fake gui]"])
