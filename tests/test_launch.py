@@ -260,3 +260,28 @@ def test_no_usable_build_leaves_no_venv_behind(tmp_path):
     assert result.returncode == 1
     assert "no CUDA build of this PyTorch supports Tesla K80 (sm_37)" in result.stderr
     assert not (folder / "venv").exists()
+
+
+FAKE_PIP = """\
+import json, os, sys
+args = sys.argv[1:]
+print("PIP " + json.dumps(args))
+sys.exit(1 if args[:2] == ["show", "-q"] and os.environ.get("FAKE_GPU_ONNXRUNTIME") != "1" else 0)
+"""
+
+
+@pytest.mark.parametrize("gpu_onnxruntime", [True, False])
+def test_back_on_the_cpu_build_the_gpu_onnxruntime_goes(launch_copy, gpu_onnxruntime):
+    """onnxruntime-gpu (a CUDA install's) and onnxruntime ship one module: the CPU install removes both
+    before requirements.txt puts onnxruntime back, and leaves a venv without the GPU one alone."""
+    site = next((launch_copy / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "pip").mkdir()
+    (site / "pip" / "__init__.py").write_text("")
+    (site / "pip" / "__main__.py").write_text(FAKE_PIP)
+    (launch_copy / "venv" / ".requirements-stamp").write_text("the stamp of a CUDA install\n")
+    result = run_launch(launch_copy, FAKE_GPU_ONNXRUNTIME="1" if gpu_onnxruntime else "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    pip = [json.loads(line[len("PIP "):]) for line in result.stdout.splitlines() if line.startswith("PIP ")]
+    uninstall = ["uninstall", "-y", "onnxruntime", "onnxruntime-gpu"]
+    assert (pip[0] == uninstall) is gpu_onnxruntime and (uninstall in pip) is gpu_onnxruntime
+    assert pip[-1][:2] == ["install", "--disable-pip-version-check"] and pip[-1][-1].endswith("requirements.txt")
