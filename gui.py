@@ -33,17 +33,15 @@ def login_from(auth_file: str | None, env_value: str) -> tuple[str, str] | None:
     """The login from --auth-file (its first line) or else the AUTH_ENV variable; None when neither is given."""
     if auth_file:
         with open(auth_file, encoding="utf-8-sig") as f:
-            line = f.readline().strip()
-        try:
-            return parse_auth(line)
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"--auth-file {auth_file}: its first line must be user:password") from None
-    if env_value.strip():
-        try:
-            return parse_auth(env_value.strip())
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"{AUTH_ENV} must be user:password") from None
-    return None
+            where, value = f"--auth-file {auth_file}: its first line", f.readline()
+    elif env_value.strip():
+        where, value = AUTH_ENV, env_value
+    else:
+        return None
+    try:
+        return parse_auth(value.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{where} must be user:password") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

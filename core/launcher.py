@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -282,11 +283,7 @@ def choose_build(environ, smi: str, system: str) -> tuple:
 
 
 def find_smi(given: str | None) -> str:
-    if given:
-        return given
-    import shutil
-
-    return shutil.which("nvidia-smi") or "nvidia-smi"
+    return given or shutil.which("nvidia-smi") or "nvidia-smi"
 
 
 def choose_build_command(argv: list) -> int:
@@ -360,7 +357,7 @@ def main(argv: list) -> int:
     except OSError as exc:
         say("error: {}: {}".format(getattr(exc, "filename", None) or command, exc.strerror or exc))
         return 1
-    say("usage: launcher.py python-ok | torch-pin FILE | choose-build [--smi PATH] | torch-index BUILD"
+    say("usage: launcher.py python-ok | torch-pin FILE [BUILD] | choose-build [--smi PATH] | torch-index BUILD"
         " | variant-of BUILD | stamp BUILD FILE...")
     return 2
 

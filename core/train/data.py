@@ -113,9 +113,10 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
     caches = cache_config(cfg) if cfg.cache_latents else None
     examples = []
     for a in assignments:
-        text = read_caption_detailed(caption_path(a.path, cfg.caption_extension))
+        caption = caption_path(a.path, cfg.caption_extension)
+        text = read_caption_detailed(caption)
         if text.problem:
-            ctx.skipped(caption_path(a.path, cfg.caption_extension), text.problem)
+            ctx.skipped(caption, text.problem)
         elif not text.encoding and not default_caption:
             ctx.warning(f"no caption file ({cfg.caption_extension}): training with an empty caption",
                         a.path)
