@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from core.config.conditions import why_not
 from core.config.schema import field_meta
 
 Kind = Literal["bool", "int", "float", "choice", "multi_choice", "list", "path", "text"]
@@ -56,3 +57,17 @@ def field_kind(model: type[BaseModel], name: str) -> FieldKind:
     if annotation is str:
         return FieldKind("path" if widget in PATH_WIDGETS else "text", optional, widget=widget)
     raise TypeError(f"{model.__name__}.{name}: no input kind for the annotation {annotation!r}")
+
+
+def why_hidden(model: type[BaseModel], name: str, values: dict) -> str | None:
+    """None when field `name` applies to `values` (the job's values plus conditions.FACTS); else why not."""
+    return why_not(field_meta(model, name)["applies"], values)
+
+
+def driving_fields(model: type[BaseModel]) -> dict[str, list[str]]:
+    """Field or fact -> the fields whose conditions read it (the form checks those again on a change)."""
+    driving: dict[str, list[str]] = {}
+    for name in model.model_fields:
+        for condition in field_meta(model, name)["applies"]:
+            driving.setdefault(condition.field, []).append(name)
+    return driving

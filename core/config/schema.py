@@ -5,28 +5,51 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.config.conditions import When
+
 SCHEMA_VERSION = 2  # presets and run configs of older versions are migrated (core/config/presets.py)
 
 Widget = Literal["dir", "dirs", "file", "files", "text", "textarea"]
 
 
-def param(default: Any, help: str, *, group: str = "Basic", advanced: bool = False,
-          widget: Widget | None = None, **constraints: Any) -> Any:
-    """Declare a parameter: its default, help text and UI metadata (group, advanced, widget)."""
-    extra = {"group": group, "advanced": advanced}
-    if widget:
-        extra["widget"] = widget
+WorkspaceSlot = Literal["dataset", "model", "output"]
+
+
+def param(default: Any, help: str, *, label: str | None = None, group: str = "Basic", advanced: bool = False,
+          widget: Widget | None = None, applies: When | tuple[When, ...] = (), essential: bool = False,
+          workspace: WorkspaceSlot | None = None, **constraints: Any) -> Any:
+    """Declare a parameter: its default and help text, and what the GUI needs to show it well.
+
+    `label`: a short human name ("Learning rate"; the parameter's own name is shown beside it).
+    `group`: its section; `advanced`: folded away; `widget`: a path or text input hint.
+    `applies`: conditions (core/config/conditions.py) under which it applies; hidden otherwise.
+    `essential`: on the first screen of its page. `workspace`: which workspace choice (dataset
+    folder(s), base model, output folder) fills it by default."""
+    extra = {"group": group, "advanced": advanced, "essential": essential}
+    for key, value in (("label", label), ("widget", widget), ("workspace", workspace)):
+        if value:
+            extra[key] = value
+    if applies:
+        extra["applies"] = applies if isinstance(applies, tuple) else (applies,)
     if isinstance(default, (list, dict)):
         return Field(default_factory=lambda d=default: type(d)(d), description=help,
                      json_schema_extra=extra, **constraints)
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
+def default_label(name: str) -> str:
+    """"max_train_steps" -> "Max train steps": the label of a parameter declared without one."""
+    return name.replace("_", " ").strip().capitalize()
+
+
 def field_meta(model: type[BaseModel], name: str) -> dict:
-    """UI metadata of one field: group, advanced, widget (with defaults filled in)."""
+    """UI metadata of one field (defaults filled in): label, group, advanced, widget, applies,
+    essential, workspace."""
     extra = model.model_fields[name].json_schema_extra or {}
-    return {"group": extra.get("group", "Basic"), "advanced": extra.get("advanced", False),
-            "widget": extra.get("widget")}
+    return {"label": extra.get("label") or default_label(name), "group": extra.get("group", "Basic"),
+            "advanced": extra.get("advanced", False), "widget": extra.get("widget"),
+            "applies": extra.get("applies", ()), "essential": extra.get("essential", False),
+            "workspace": extra.get("workspace")}
 
 
 class JobConfig(BaseModel):
