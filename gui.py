@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     from core.fsutil import REPO_ROOT
     from core.torch_check import start_torch_check
     from tabs.app import build_app
+    from tabs.assets import launch_assets
 
     os.chdir(REPO_ROOT)  # jobs run from here too, so relative paths mean the same in both
     app = build_app()
     app.launch(server_name=args.host, server_port=args.port, auth=args.auth, share=args.share,
                inbrowser=args.inbrowser, ssr_mode=False, footer_links=["settings"], quiet=True,
-               prevent_thread_lock=True)
+               prevent_thread_lock=True, **launch_assets())
     print(f"SD Studio is running at {app.local_url}" + (f" (public link: {app.share_url})" if app.share_url else "")
           + "\nPress Ctrl+C to quit; running jobs go on and the GUI reattaches to them next time.", flush=True)
     start_torch_check()  # logs the PyTorch build and warns when it cannot use the NVIDIA GPU; serves meanwhile

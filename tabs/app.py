@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import buckets, captioning, cleaning, dataset, runs, tools, training
+from tabs import buckets, captioning, cleaning, dataset, form, runs, tools, training
 
 TITLE = "SD Studio"
 
 
 def build_app() -> gr.Blocks:
+    form.FORMS.clear()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         gr.Markdown(f"# {TITLE}\nPrepare datasets and fine-tune Stable Diffusion models.")
         with gr.Tabs():

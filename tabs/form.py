@@ -36,8 +36,13 @@ def _component(model_name: str, name: str, field, kind: FieldKind, value) -> gr.
     return gr.Textbox(value=value, placeholder=placeholder, lines=lines, **common)
 
 
+FORMS: list["SchemaForm"] = []  # every form of the app being built (tabs/app.py clears it first)
+
+
 class SchemaForm:
-    """Renders a job's schema model; reads the components back into a plain values dict."""
+    """Renders a job's schema model; reads the components back into a plain values dict.
+
+    `bound`: workspace slot (dataset / model / output) -> the component of the field declared with it."""
 
     def __init__(self, model: type[BaseModel], values: dict | None = None, fields: list[str] | None = None):
         """`fields`: render only these parameters (another form on the page holds the rest)."""
@@ -56,6 +61,8 @@ class SchemaForm:
                 for name in names:
                     self.components[name] = _component(model.__name__, name, model.model_fields[name],
                                                        self.kinds[name], values[name])
+        self.bound = {metas[n]["workspace"]: self.components[n] for n in self.names if metas[n]["workspace"]}
+        FORMS.append(self)
 
     @property
     def inputs(self) -> list:
