@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from tabs import buckets, captioning, cleaning, dataset, form, runs, tools, training
+from tabs import buckets, captioning, cleaning, dataset, form, live_panel, runs, tools, training
 
 TITLE = "SD Studio"
 
@@ -20,4 +20,5 @@ def build_app() -> gr.Blocks:
             training.build(blocks)
             tools.build(blocks)
             runs.build(blocks)
+        live_panel.build(blocks)
     return blocks
