@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from core.config.conditions import When
 
@@ -89,6 +89,15 @@ def validate(model: type[JobConfig], values: dict, source: str) -> JobConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+PARTIAL = {"fields_only": True}  # the validation context of validate_partial
+
+
+def fields_only(info: ValidationInfo) -> bool:
+    """In a model validator: True under `validate_partial`, which leaves out checks across fields, so a
+    costly one (an import) can be skipped there."""
+    return bool(info.context and info.context.get("fields_only"))
+
+
 def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
     """Check some values (a preset's overrides) field by field: types, bounds, unknown keys.
 
@@ -100,7 +109,7 @@ def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
             problems.append(f"{source}: unknown key {key!r} (not a parameter of this job)")
             continue
         try:
-            model.__pydantic_validator__.validate_assignment(blank, key, value)
+            model.__pydantic_validator__.validate_assignment(blank, key, value, context=PARTIAL)
         except ValidationError as err:
             if message := format_validation_error(err, source, fields_only=True):
                 problems.append(message)

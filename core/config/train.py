@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import ValidationInfo, model_validator
 
 from core.config.choices import HuberSchedule, LrSchedulerName, OptimizerName
 from core.config.dataset import BucketSettings, CaptionSettings
 from core.config.dreambooth import DreamBoothSettings
 from core.config.launch import LaunchSettings
 from core.config.models import LatentSettings, ModelSettings, PromptSettings, SaveSettings
-from core.config.schema import param
+from core.config.schema import fields_only, param
 from core.config.train_eval import SampleSettings, ValidationSettings
 
 
@@ -181,7 +181,7 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
                                    advanced=True, ge=1)
 
     @model_validator(mode="after")
-    def _consistent_training(self):
+    def _consistent_training(self, info: ValidationInfo):
         if self.lr_warmup_steps and self.lr_scheduler == "constant":
             raise ValueError("lr_warmup_steps needs an lr_scheduler other than constant "
                              "(constant_with_warmup, for example)")
@@ -192,7 +192,7 @@ class TrainConfig(LaunchSettings, ValidationSettings, SampleSettings, LatentSett
         if any(not 0 < d < 100 for d in self.lr_drops):
             raise ValueError(f"lr_drops are percentages of the run between 0 and 100, not {self.lr_drops}")
         self._check_trained_parts()
-        if self.optimizer_args:  # reading the optimizer's signature imports it (bitsandbytes: seconds)
+        if self.optimizer_args and not fields_only(info):  # imports the optimizer (torch, bitsandbytes: seconds)
             self._check_optimizer_args()
         return self
 
