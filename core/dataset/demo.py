@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
+from core.dataset.demo_kit import DEMO_ENTRIES, MARKER
 from core.fsutil import atomic_write_json
 from core.models.sd import save_single_file_of
 from core.models.tokenizer import load_clip_tokenizer
 
-DEMO_ENTRIES = ("model", "model.safetensors", "dataset")
-MARKER = "demo.json"
 STAGING_PREFIX = ".demo-"
 MODEL_STEPS = 3  # progress steps before the images: build, save the folder, save the single file
 TEXT_HIDDEN = {"sd1": (32,), "sd2v": (32,), "sdxl": (32, 64)}  # must differ: see build_pipeline
