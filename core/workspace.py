@@ -128,3 +128,12 @@ def start_folder(value: list[str] | str) -> str:
 def parent_folder(folder: str) -> str:
     """The folder above (the same at a drive's or the file system's root)."""
     return str(Path(os.path.expanduser(folder or str(Path.home()))).absolute().parent)
+
+
+def pick_problem(slot: str, path: str | None) -> str | None:
+    """Why a path chosen in the picker cannot fill `slot`, None when it can."""
+    if not path:
+        return "Select a file or folder first (or use the folder shown)."
+    if slot in FOLDER_SLOTS and not Path(path).is_dir():
+        return f"`{Path(path).name}` is a file: choose a folder."
+    return None

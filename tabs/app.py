@@ -1,17 +1,36 @@
-"""The studio's Gradio app: one tab per module in tabs/."""
+"""The studio's Gradio app: the workspace bar, then one tab per module in tabs/."""
 from __future__ import annotations
 
 import gradio as gr
 
+from core.config import field_kind
 from tabs import buckets, captioning, cleaning, dataset, form, live_panel, runs, tools, training
+from tabs.workspace import WorkspaceBar
 
 TITLE = "SD Studio"
+
+
+def follow_workspace(bar: WorkspaceBar) -> None:
+    """Every form field declared with a workspace slot takes the workspace's value (on page load and when
+    it changes); it can still be edited for one job. The forms also hear the base model's architecture."""
+    for slot in bar.values:
+        fields = []
+        for schema_form in form.FORMS:
+            if slot in schema_form.bound:
+                name = next(n for n, c in schema_form.components.items() if c is schema_form.bound[slot])
+                fields.append((schema_form.bound[slot], field_kind(schema_form.model, name).kind == "list"))
+        bar.fill(slot, fields)
+    for schema_form in form.FORMS:
+        if hasattr(schema_form, "wire_facts"):  # tabs/form.py's conditions on the facts (being added)
+            schema_form.wire_facts(bar.facts)
 
 
 def build_app() -> gr.Blocks:
     form.FORMS.clear()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
-        gr.Markdown(f"# {TITLE}\nPrepare datasets and fine-tune Stable Diffusion models.")
+        gr.HTML(f"<b>{TITLE}</b> · prepare datasets and fine-tune Stable Diffusion models", elem_id="app-title",
+                padding=False)
+        bar = WorkspaceBar()
         with gr.Tabs():
             dataset.build(blocks)
             captioning.build(blocks)
@@ -21,4 +40,6 @@ def build_app() -> gr.Blocks:
             tools.build(blocks)
             runs.build(blocks)
         live_panel.build(blocks)
+        bar.wire(blocks)
+        follow_workspace(bar)
     return blocks
