@@ -9,7 +9,7 @@ from core.config import BucketSettings, CacheConfig
 from core.dataset.buckets import BucketAssignment, crop_to_bucket
 from core.dataset.images import ImageError, open_image
 from core.jobs.run_folder import RunFolder
-from tabs.charts import bar_chart_html
+from tabs.charts import bar_frame, bar_plot, bar_summary
 from tabs.job_section import JobSection
 
 SAMPLES = 12
@@ -53,9 +53,10 @@ def plan_warnings(plan: dict | None) -> str:
     return "\n".join(f"- ⚠ {n}" for n in notes) or "No warnings."
 
 
-def bucket_chart(plan: dict | None) -> str:
+def bucket_chart(plan: dict | None) -> tuple:
+    """The images-per-bucket chart's frame and its summary."""
     rows = [{"label": bucket_label(b["bucket"]), "count": b["images"]} for b in (plan or {}).get("buckets", [])]
-    return bar_chart_html(rows, "Images per bucket (width×height)")
+    return bar_frame(rows), bar_summary(rows, "images")
 
 
 def bucket_labels(plan: dict | None) -> list[str]:
@@ -85,7 +86,8 @@ def build(blocks: gr.Blocks) -> None:
         planner = JobSection("bucket", "Plan buckets")
         plan_state = gr.State(None)
         summary = gr.Markdown(plan_summary(None), elem_id="bucket-summary")
-        chart = gr.HTML(bucket_chart(None), elem_id="bucket-chart")
+        chart = bar_plot("Images per bucket (width×height)", "bucket-chart")
+        chart_summary = gr.HTML(bucket_chart(None)[1], elem_id="bucket-chart-summary")
         warnings = gr.Markdown(elem_id="bucket-warnings")
         with gr.Row():
             chosen = gr.Dropdown(label="Bucket", choices=[], elem_id="bucket-choice")
@@ -103,9 +105,9 @@ def build(blocks: gr.Blocks) -> None:
         plan = load_plan(run_dir)
         labels = bucket_labels(plan)
         first = labels[0] if labels else None
-        return plan, plan_summary(plan), bucket_chart(plan), plan_warnings(plan), \
+        return plan, plan_summary(plan), *bucket_chart(plan), plan_warnings(plan), \
             gr.Dropdown(choices=labels, value=first), bucket_samples(plan, first)
 
     planner.panel.finished.change(show_plan, inputs=planner.panel.finished,
-                                  outputs=[plan_state, summary, chart, warnings, chosen, samples])
+                                  outputs=[plan_state, summary, chart, chart_summary, warnings, chosen, samples])
     chosen.input(bucket_samples, inputs=[plan_state, chosen], outputs=samples)

@@ -17,7 +17,7 @@ from core.captions.files import (
 )
 from core.dataset.images import ImageError, thumbnail
 from core.jobs.run_folder import RunFolder
-from tabs.charts import bar_chart_html
+from tabs.charts import bar_frame, bar_plot, bar_summary
 from tabs.job_section import JobSection
 
 PAGE_SIZE = 48
@@ -51,10 +51,10 @@ def report_markdown(report: dict | None) -> str:
 SIZE_TITLE, ASPECT_TITLE = "Shorter side (px)", "Aspect ratio (width:height)"
 
 
-def histograms(report: dict | None) -> tuple[str, str]:
-    report = report or {}
-    return (bar_chart_html(report.get("size_histogram", []), SIZE_TITLE),
-            bar_chart_html(report.get("aspect_histogram", []), ASPECT_TITLE))
+def histograms(report: dict | None) -> tuple:
+    """The size and aspect charts' frames, each followed by its summary."""
+    sizes, aspects = (report or {}).get("size_histogram", []), (report or {}).get("aspect_histogram", [])
+    return bar_frame(sizes), bar_summary(sizes, "images"), bar_frame(aspects), bar_summary(aspects, "images")
 
 
 def problems_table(report: dict | None) -> pd.DataFrame:
@@ -144,8 +144,12 @@ def build(blocks: gr.Blocks) -> None:
         report_state = gr.State(None)
         summary = gr.Markdown(report_markdown(None), elem_id="scan-report")
         with gr.Row():
-            sizes = gr.HTML(histograms(None)[0], elem_id="size-histogram")
-            aspects = gr.HTML(histograms(None)[1], elem_id="aspect-histogram")
+            with gr.Column():
+                sizes = bar_plot(SIZE_TITLE, "size-histogram")
+                sizes_summary = gr.HTML(bar_summary([], "images"), elem_id="size-histogram-summary")
+            with gr.Column():
+                aspects = bar_plot(ASPECT_TITLE, "aspect-histogram")
+                aspects_summary = gr.HTML(bar_summary([], "images"), elem_id="aspect-histogram-summary")
         with gr.Accordion("Problems and repeat folders", open=True):
             problems = gr.Dataframe(problems_table(None), label="Problems", interactive=False,
                                     elem_id="scan-problems")
@@ -180,7 +184,8 @@ def build(blocks: gr.Blocks) -> None:
                 repeats_table(report), 1)
 
     scan.panel.finished.change(show_report, inputs=scan.panel.finished,
-                          outputs=[report_state, summary, sizes, aspects, problems, repeats, page]) \
+                          outputs=[report_state, summary, sizes, sizes_summary, aspects, aspects_summary, problems,
+                                        repeats, page]) \
         .then(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])
     for trigger in (image_filter.change, page.submit):
         trigger(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])

@@ -2,7 +2,8 @@
 
 Its state is the run folder plus byte offsets into its log and events; a timer tails both
 (and ends a job that outlives its stop grace period). On page load it reattaches to the newest
-run of its job, so a refresh or a GUI restart loses nothing.
+run of its job, so a refresh or a GUI restart loses nothing. `new_run` and `advance` are the
+same tailing for the side panel (tabs/live_panel.py), which follows whatever job runs.
 """
 from __future__ import annotations
 
@@ -66,6 +67,54 @@ def status_markdown(run: dict) -> str:
     return text
 
 
+def new_run(run_dir: str | Path) -> dict:
+    """What a panel keeps of a followed run: offsets into its files and what they said so far."""
+    return {"run_dir": str(run_dir), "job": RunFolder(run_dir).read_status().get("job", "?"), "log_offset": 0,
+            "events_offset": 0, "lines": [], "step": 0, "total": 0, "samples": [], "warnings": 0, "error": None,
+            "state": "starting", "metrics": {}, "images": [], "checkpoints": []}
+
+
+def advance(run: dict, max_lines: int) -> tuple[dict, list[str], bool]:
+    """Read what the run wrote since the last call (ending a job that outlived its stop grace period): the
+    updated run, its new log lines and whether it has just finished."""
+    run = dict(run)
+    run_dir = Path(run["run_dir"])
+    folder = RunFolder(run_dir)
+    log, events = folder.log_tail(run["log_offset"]), folder.events_tail(run["events_offset"])
+    new_lines = log.read_lines()
+    for event in events.read_events():
+        apply_event(run, event)
+    run["log_offset"], run["events_offset"] = log.offset, events.offset
+    enforce_stop(run_dir)
+    was_active, run["state"] = run["state"] in ACTIVE_STATES, run_state(run_dir)
+    finished = was_active and run["state"] not in ACTIVE_STATES
+    if finished and run["state"] == "killed":
+        new_lines += _console_tail(folder)
+    if new_lines:
+        run["lines"] = (run["lines"] + new_lines)[-max_lines:]
+    return run, new_lines, finished
+
+
+def apply_event(run: dict, event: dict) -> None:
+    kind = event.get("event")
+    if kind == "progress":
+        run["step"], run["total"] = event.get("step", 0), event.get("total", 0)
+        run["samples"] = (run["samples"] + [(event.get("time", time.time()), run["step"])])[-30:]
+    elif kind == "warning":
+        run["warnings"] += 1
+    elif kind == "error":
+        run["error"] = event.get("message")
+    elif kind == "metric":
+        run["metrics"].setdefault(event.get("name", "?"), []).append((event.get("step", 0), event.get("value")))
+    elif kind == "image":
+        run["images"].append(event.get("path"))
+    elif kind == "checkpoint":
+        run["checkpoints"].append((event.get("path"), event.get("step")))
+
+
+PANELS: list["JobPanel"] = []  # every job panel built (tabs/live_panel.py opens itself when one starts a job)
+
+
 class JobPanel:
     """Build inside a Blocks context; call `wire(blocks)` once the page is laid out."""
 
@@ -75,6 +124,7 @@ class JobPanel:
         self.job, self.max_lines = job, max_lines
         prefix = elem_prefix or job
         self.run = gr.State(None)
+        self.started = gr.State(None)  # run folder of the last run started from this panel
         self.finished = gr.State(None)  # run folder of the last finished run; tabs hook .change
         with gr.Group(elem_id=f"{prefix}-job-panel"):
             with gr.Row():
@@ -87,10 +137,11 @@ class JobPanel:
             self.command = gr.Textbox(label="Command (runs the same job from a terminal)",
                                       interactive=False, buttons=["copy"], elem_id=f"{prefix}-command")
         self.timer = gr.Timer(1.0, active=False)  # ticks only while a run is followed
+        PANELS.append(self)
 
     @property
     def outputs(self) -> list:
-        return [self.run, self.finished, self.status, self.progress, self.log, self.command, self.stop,
+        return [self.run, self.started, self.finished, self.status, self.progress, self.log, self.command, self.stop,
                 self.timer]
 
     def _unchanged(self) -> dict:
@@ -103,13 +154,10 @@ class JobPanel:
             run_dir = start_job(self.job, values, name)
         except ConfigError as err:
             return {self.status: f"**Invalid settings** — nothing was started:\n\n```\n{err}\n```"}
-        return self._attach(run_dir)
+        return {**self._attach(run_dir), self.started: str(run_dir)}
 
     def _attach(self, run_dir: Path) -> dict:
-        run = {"run_dir": str(run_dir), "log_offset": 0, "events_offset": 0, "lines": [], "step": 0,
-               "total": 0, "samples": [], "warnings": 0, "error": None, "state": "starting",
-               "metrics": {}, "images": [], "checkpoints": []}
-        updates = self.poll(run)
+        updates = self.poll(new_run(run_dir))
         updates[self.command] = RunFolder(run_dir).read_status().get("command", "")
         updates[self.timer] = gr.Timer(active=updates[self.run]["state"] in ACTIVE_STATES)
         return updates
@@ -117,45 +165,15 @@ class JobPanel:
     def poll(self, run: dict | None) -> dict:
         if not run:
             return self._unchanged()
-        run = dict(run)
-        run_dir = Path(run["run_dir"])
-        folder = RunFolder(run_dir)
-        log, events = folder.log_tail(run["log_offset"]), folder.events_tail(run["events_offset"])
-        new_lines = log.read_lines()
-        for event in events.read_events():
-            self._apply_event(run, event)
-        run["log_offset"], run["events_offset"] = log.offset, events.offset
-        enforce_stop(run_dir)
-        was_active, run["state"] = run["state"] in ACTIVE_STATES, run_state(run_dir)
-        finished = was_active and run["state"] not in ACTIVE_STATES
-        if finished and run["state"] == "killed":
-            new_lines += _console_tail(folder)
+        run, new_lines, finished = advance(run, self.max_lines)
         updates = {self.run: run, self.status: status_markdown(run), self.progress: progress_html(run),
                    self.stop: gr.update(interactive=run["state"] in ACTIVE_STATES)}
         if new_lines:
-            run["lines"] = (run["lines"] + new_lines)[-self.max_lines:]
             updates[self.log] = "\n".join(run["lines"])
         if finished:
-            updates[self.finished] = str(run_dir)
+            updates[self.finished] = run["run_dir"]
             updates[self.timer] = gr.Timer(active=False)
         return updates
-
-    @staticmethod
-    def _apply_event(run: dict, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "progress":
-            run["step"], run["total"] = event.get("step", 0), event.get("total", 0)
-            run["samples"] = (run["samples"] + [(event.get("time", time.time()), run["step"])])[-30:]
-        elif kind == "warning":
-            run["warnings"] += 1
-        elif kind == "error":
-            run["error"] = event.get("message")
-        elif kind == "metric":
-            run["metrics"].setdefault(event.get("name", "?"), []).append((event.get("step", 0), event.get("value")))
-        elif kind == "image":
-            run["images"].append(event.get("path"))
-        elif kind == "checkpoint":
-            run["checkpoints"].append((event.get("path"), event.get("step")))
 
     def request_stop(self, run: dict | None) -> dict:
         if not run or run.get("state") not in ACTIVE_STATES:
@@ -176,8 +194,13 @@ class JobPanel:
             updates[self.finished] = str(chosen.run_dir)
         return updates
 
+    @property
+    def poll_inputs(self) -> list:
+        """The inputs of `poll`: the run (a subclass may read more controls)."""
+        return [self.run]
+
     def wire(self, blocks: gr.Blocks) -> None:
-        self.timer.tick(self.poll, inputs=self.run, outputs=self.outputs, show_progress="hidden")
+        self.timer.tick(self.poll, inputs=self.poll_inputs, outputs=self.outputs, show_progress="hidden")
         self.stop.click(self.request_stop, inputs=self.run, outputs=self.outputs)
         blocks.load(self.reattach, outputs=self.outputs)
 
