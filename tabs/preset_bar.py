@@ -19,19 +19,18 @@ class PresetBar:
     def __init__(self, job: str):
         self.job, self.form = job, None
         choices, _ = preset_choices(job)
-        button = {"size": "sm", "min_width": 70}
-        with gr.Row():
-            with gr.Column(scale=3):
-                self.choice = gr.Dropdown(choices=choices, value=None, label="Preset", elem_id=f"{job}-preset")
-                with gr.Row():
-                    self.reset = gr.Button("Reset to preset", elem_id=f"{job}-preset-reset", **button)
-                    self.save = gr.Button("Save", elem_id=f"{job}-preset-save", **button)
-                    self.delete = gr.Button("Delete", elem_id=f"{job}-preset-delete", **button)
-                    self.defaults = gr.Button("Defaults", elem_id=f"{job}-preset-defaults", **button)
-            with gr.Column(scale=2):
-                self.name = gr.Textbox(label="New preset name", elem_id=f"{job}-preset-name")
-                self.save_as = gr.Button("Save as", elem_id=f"{job}-preset-save-as", **button)
-        self.message = gr.Markdown(elem_id=f"{job}-preset-message")
+        button = {"size": "sm", "min_width": 60, "scale": 0}
+        with gr.Row(elem_classes=["preset-bar"], equal_height=True):
+            self.choice = gr.Dropdown(choices=choices, value=None, label="Preset", elem_id=f"{job}-preset", scale=3,
+                                      min_width=180)
+            self.reset = gr.Button("Reset", elem_id=f"{job}-preset-reset", **button)
+            self.save = gr.Button("Save", elem_id=f"{job}-preset-save", **button)
+            self.delete = gr.Button("Delete", elem_id=f"{job}-preset-delete", **button)
+            self.defaults = gr.Button("Defaults", elem_id=f"{job}-preset-defaults", **button)
+            self.name = gr.Textbox(label="New preset name", elem_id=f"{job}-preset-name", scale=2, min_width=140)
+            self.save_as = gr.Button("Save as", elem_id=f"{job}-preset-save-as", **button)
+        self.message = gr.Markdown(elem_id=f"{job}-preset-message", elem_classes=["sf-message"])
+        self.loads: list = []  # the events that load values into the form (a page chains more with .then)
 
     def _refresh(self, selected: str | None, message: str) -> tuple:
         choices, errors = preset_choices(self.job)
@@ -74,8 +73,9 @@ class PresetBar:
         form_inputs = form.inputs
         blocks.load(lambda: self._refresh(None, ""), outputs=[self.choice, self.message])
         for trigger in (self.choice.input, self.reset.click):  # choosing a preset loads it
-            trigger(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message])
+            self.loads.append(trigger(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message]))
         self.save.click(self.do_save, inputs=[self.choice, *form_inputs], outputs=[self.choice, self.message])
         self.save_as.click(self.do_save_as, inputs=[self.name, *form_inputs], outputs=[self.choice, self.message])
         self.delete.click(self.do_delete, inputs=self.choice, outputs=[self.choice, self.message])
-        self.defaults.click(lambda: self.form.show({}) + ["Defaults restored."], outputs=[*form_inputs, self.message])
+        self.loads.append(self.defaults.click(lambda: self.form.show({}) + ["Defaults restored."],
+                                              outputs=[*form_inputs, self.message]))

@@ -1,6 +1,6 @@
-"""Training tab: presets (with what differs from them, kohya import), the trainer's settings, checks
-before start, start / stop / resume, the latent cache and DreamBooth class images built ahead, and the
-live view (log, progress, loss and lr curves, samples)."""
+"""Training tab. The first screen: the preset, the kind of training, a settings search, the essential
+settings, Check settings and Start. Below: every setting in sub-tabs by section, then kohya import, resume,
+the latent cache and DreamBooth class images built ahead, and the live view (log, progress, curves, samples)."""
 from __future__ import annotations
 
 import html
@@ -12,9 +12,10 @@ from core.config import CacheConfig, ConfigError, TrainConfig, validate
 from core.config.presets import differences, find_preset
 from core.jobs.runner import display_command, job_command
 from core.train.checkpoints import saved_states
-from tabs.form import SchemaForm
+from tabs.form import SchemaForm, section_id
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
+from tabs.settings_search import REVEAL_JS, SettingsSearch
 from tabs.training_panel import TrainingPanel
 
 
@@ -72,21 +73,52 @@ def import_kohya(path: str | None, form: SchemaForm) -> list:
     return form.show(imported.values) + ["\n".join(lines)]
 
 
+KINDS = ("Full fine-tune", "LoRA", "DreamBooth", "DreamBooth + LoRA")
+DREAMBOOTH_ASK = ("DreamBooth trains with prior preservation: choose the folder of class images (and their prompt) "
+                  "in the DreamBooth tab below.")
+
+
+def kind_of(train_lora: bool, class_data_dir: str, dreambooth: bool = False) -> str:
+    """The kind of training the values say (`dreambooth`: the radio's choice while no class folder is set yet)."""
+    dreambooth = dreambooth or bool((class_data_dir or "").strip())
+    return {(False, False): KINDS[0], (False, True): KINDS[1], (True, False): KINDS[2],
+            (True, True): KINDS[3]}[(dreambooth, bool(train_lora))]
+
+
+def switch_kind(kind: str, class_dir: str, stash: str, dreambooth_tab: str) -> list:
+    """The radio chose `kind`: [train_lora, class_data_dir, stash, sub-tab, note, field to reveal]. Leaving
+    DreamBooth stashes the class folder and clears it; coming back restores it."""
+    if kind.startswith("DreamBooth"):
+        folder = class_dir or stash
+        return ["LoRA" in kind, folder, stash, gr.Tabs(selected=dreambooth_tab), "" if folder else DREAMBOOTH_ASK,
+                "TrainConfig-class_data_dir"]
+    return ["LoRA" in kind, "", class_dir or stash, gr.skip(), "", ""]
+
+
 def build(blocks: gr.Blocks) -> None:
     with gr.Tab("Training", id="training", elem_id="tab-training"):
-        gr.Markdown("Pick a preset, adjust it, check and start. Values that differ from the preset are listed "
-                    "below it; a kohya_ss (.json) or sd-scripts (.toml) config can be imported.")
         presets = PresetBar("train")
-        with gr.Row():
-            kohya_file = gr.File(label="Import a kohya config (.json / .toml)", file_types=[".json", ".toml"],
-                                 type="filepath", elem_id="train-import", scale=1)
-            import_message = gr.Markdown(elem_id="train-import-message")
-        changes = gr.HTML(elem_id="train-changes")
-        form = SchemaForm(TrainConfig)
-        with gr.Row():
-            check = gr.Button("Check settings", elem_id="train-check")
-            start = gr.Button("Start training", variant="primary", elem_id="train-button")
+        form = SchemaForm(TrainConfig, layout="tabs", render=False)
+        with gr.Row(elem_classes=["train-kind-row"]):
+            with gr.Column(scale=3, min_width=400):
+                kind = gr.Radio(KINDS, value=kind_of(form.initial["train_lora"], form.initial["class_data_dir"]),
+                                label="Kind of training", elem_id="train-kind")
+                kind_note = gr.Markdown(elem_id="train-kind-note", elem_classes=["sf-message"])
+            with gr.Column(scale=2, min_width=260):
+                search = SettingsSearch("train")
+        form.render_essentials(exclude=("train_lora",))
+        with gr.Row(elem_classes=["train-actions"]):
+            check = gr.Button("Check settings", elem_id="train-check", scale=1)
+            start = gr.Button("Start training", variant="primary", elem_id="train-button", scale=2)
         report = gr.Markdown(elem_id="train-report")
+        changes = gr.HTML(elem_id="train-changes")
+        form.render_sections()
+        with gr.Accordion("Import a kohya_ss (.json) or sd-scripts (.toml) config", open=False,
+                          elem_id="train-import-section"):
+            with gr.Row():
+                kohya_file = gr.File(label="kohya config", file_types=[".json", ".toml"], type="filepath",
+                                     elem_id="train-import", scale=1, height=90)
+                import_message = gr.Markdown(elem_id="train-import-message")
         with gr.Accordion("Resume a stopped run", open=False):
             with gr.Row():
                 state = gr.Dropdown(label="Saved training state (in the output folder)", choices=[],
@@ -102,6 +134,8 @@ def build(blocks: gr.Blocks) -> None:
             build_class = gr.Button("Generate the missing class images now", elem_id="train-build-class")
             class_panel = JobPanel("class_images", elem_prefix="train-class")
         panel = TrainingPanel()
+        stash = gr.State("")  # the class folder set aside while another kind is chosen
+        reveal = gr.Textbox(visible=False)
 
     inputs = form.inputs
 
@@ -153,11 +187,31 @@ def build(blocks: gr.Blocks) -> None:
     find.click(do_find, inputs=inputs, outputs=[state, report])
     build_cache.click(do_build_cache, inputs=inputs, outputs=cache_panel.outputs)
     build_class.click(do_build_class, inputs=inputs, outputs=class_panel.outputs)
-    kohya_file.upload(lambda path: import_kohya(path, form), inputs=kohya_file, outputs=[*inputs, import_message])
+    imported = kohya_file.upload(lambda path: import_kohya(path, form), inputs=kohya_file,
+                                 outputs=[*inputs, import_message])
     gr.on([presets.choice.change, *(c.change for c in inputs)],
           lambda name, *raw: changes_markdown(name, values_of(raw)), inputs=[presets.choice, *inputs],
           outputs=changes, show_progress="hidden", trigger_mode="always_last")
     presets.wire(form, blocks)
+    search.wire(form)
+    wire_kind(form, kind, kind_note, stash, reveal, [*presets.loads, imported])
     panel.wire(blocks)
     cache_panel.wire(blocks)
     class_panel.wire(blocks)
+
+
+def wire_kind(form: SchemaForm, kind: gr.Radio, note: gr.Markdown, stash: gr.State, reveal: gr.Textbox,
+              loads: list) -> None:
+    """The kind radio drives train_lora and the class folder, and follows them (as a preset or import sets them)."""
+    lora, class_dir = form.components["train_lora"], form.components["class_data_dir"]
+    dreambooth_tab = section_id(form.metas["class_data_dir"]["group"])
+    kind.input(lambda k, folder, kept: switch_kind(k, folder, kept, dreambooth_tab), inputs=[kind, class_dir, stash],
+               outputs=[lora, class_dir, stash, form.tabs, note, reveal],
+               show_progress="hidden").then(None, inputs=reveal, js=REVEAL_JS)
+    lora.change(lambda k, on: kind_of(on, "", k.startswith("DreamBooth")), inputs=[kind, lora], outputs=kind,
+                show_progress="hidden", queue=False)
+    class_dir.change(lambda k, folder: (kind_of("LoRA" in k, folder), "" if folder else gr.skip()),
+                     inputs=[kind, class_dir], outputs=[kind, note], show_progress="hidden", queue=False)
+    for load in loads:
+        load.then(lambda on, folder: kind_of(on, folder), inputs=[lora, class_dir], outputs=kind,
+                  show_progress="hidden")
