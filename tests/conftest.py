@@ -8,6 +8,7 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -48,6 +49,30 @@ def copy_dataset(tmp_path):
         return shutil.copytree(kit / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.latents.*"))
 
     return copy
+
+
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or Path(__file__).resolve().parent.parent / "test-artifacts"
+                   / "screenshots")
+_screenshots_taken: list[Path] = []
+
+
+@pytest.fixture
+def screenshot():
+    """`screenshot(page, name)`: the page as it is, saved to SCREENSHOTS/<name>.png (a test artefact for
+    reviewers: the folder is named at the end of the test output)."""
+    def take(page, name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path))
+        _screenshots_taken.append(path)
+        return path
+
+    return take
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _screenshots_taken:
+        terminalreporter.write_line(f"{len(_screenshots_taken)} screenshot(s) of the GUI saved in {SCREENSHOTS}")
 
 
 def _free_port() -> int:
