@@ -20,6 +20,7 @@ LABELS = {"dataset": "Dataset folder(s)", "model": "Base model", "output": "Outp
 FOLDER_SLOTS = ("dataset", "output")  # a folder, never a file; "model" is a file or a diffusers folder
 MAX_RECENT = 10
 FILE_NAME = "workspace.json"
+FOLDER_SEPARATOR = " | "  # between dataset folders in one line of text ("|" is not allowed in Windows names)
 
 
 @dataclass
@@ -47,11 +48,11 @@ def _clean(value) -> str:
 
 
 def normalize(slot: str, value) -> list[str] | str:
-    """A slot's value as typed or stored -> its clean form: a list of folders (dataset, one per line in a
-    text; no blanks or repeats) or one path ("" for none). Surrounding spaces and quotes (Windows'
-    "Copy as path") are dropped."""
+    """A slot's value as typed or stored -> its clean form: a list of folders (dataset: in a text one per
+    line or separated by "|"; no blanks or repeats) or one path ("" for none). Surrounding spaces and
+    quotes (Windows' "Copy as path") are dropped."""
     if slot == "dataset":
-        items = value.splitlines() if isinstance(value, str) else (value or [])
+        items = value.replace("|", "\n").splitlines() if isinstance(value, str) else (value or [])
         return list(dict.fromkeys(p for p in map(_clean, items) if p))
     return _clean(value or "")
 
@@ -92,7 +93,7 @@ def set_slot(workspace: Workspace, slot: str, value, usable: bool) -> Workspace:
     value = normalize(slot, value)
     setattr(workspace, slot, value)
     if usable and value:
-        remember(workspace, slot, value if isinstance(value, list) else [value])
+        remember(workspace, slot, [line_text(value)])
     return workspace
 
 
@@ -102,6 +103,11 @@ def field_text(value: list[str] | str, one_per_line: bool) -> str:
     if isinstance(value, list):
         return "\n".join(value) if one_per_line else (value[0] if value else "")
     return value
+
+
+def line_text(value: list[str] | str) -> str:
+    """A slot's value in one line (the workspace bar): dataset folders joined by FOLDER_SEPARATOR."""
+    return FOLDER_SEPARATOR.join(value) if isinstance(value, list) else value
 
 
 # --- browsing (the file picker) ----------------------------------------------------------------------

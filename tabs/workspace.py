@@ -10,10 +10,6 @@ from core import workspace
 from core.workspace_checks import Check, check_slot, facts
 from tabs.file_picker import FilePicker
 
-PLACEHOLDERS = {"dataset": "paste or browse to a folder of images",
-                "model": ".safetensors / .ckpt file or diffusers folder",
-                "output": "where trained models are saved"}
-
 
 def check_html(check: Check) -> str:
     if not check.text:
@@ -38,8 +34,7 @@ class WorkspaceBar:
                 with gr.Column(scale=1, min_width=260, elem_classes="ws-slot"):
                     with gr.Row(equal_height=True, elem_classes="ws-line"):
                         self.inputs[slot] = gr.Dropdown(
-                            choices=[], value=[] if slot == "dataset" else None, multiselect=slot == "dataset",
-                            allow_custom_value=True, label=workspace.LABELS[slot], info=None, scale=1,
+                            choices=[], value=None, allow_custom_value=True, label=workspace.LABELS[slot], info=None, scale=1,
                             elem_id=f"workspace-{slot}", elem_classes="ws-input")
                         self.browse[slot] = gr.Button("Browse…", scale=0, min_width=76, size="sm",
                                                       elem_id=f"workspace-{slot}-browse", elem_classes="ws-browse")
@@ -59,7 +54,7 @@ class WorkspaceBar:
         """The updates that show one slot of `ws` (its check run now); the facts with the model."""
         value = ws.value(slot)
         found = check_slot(slot, value)
-        updates = {self.inputs[slot]: gr.Dropdown(choices=ws.recent[slot], value=value or None),
+        updates = {self.inputs[slot]: gr.Dropdown(choices=ws.recent[slot], value=workspace.line_text(value) or None),
                    self.checks[slot]: check_html(found), self.values[slot]: value}
         if slot == "model":
             updates[self.facts] = facts(found)
@@ -89,18 +84,13 @@ class WorkspaceBar:
         updates[self.problem] = problem_html(ws.problem)
         return updates
 
-    def pick(self, slot: str, path: str) -> dict:
-        """A path chosen in the picker: a dataset folder joins the folders, other slots take it."""
-        current = workspace.load().value(slot)
-        return self.set_values(**{slot: [*current, path] if slot == "dataset" else path})
-
     def wire(self, blocks: gr.Blocks) -> None:
         for slot in workspace.SLOTS:
             self.inputs[slot].input(lambda value, slot=slot: self.set_values(**{slot: value}),
                                     inputs=self.inputs[slot], outputs=self.outputs, show_progress="hidden")
             self.browse[slot].click(lambda value, slot=slot: self.picker.open(slot, value), inputs=self.inputs[slot],
                                     outputs=self.picker.outputs)
-        self.picker.wire(self.pick, self.outputs)
+        self.picker.wire(lambda slot, path: self.set_values(**{slot: path}), self.outputs)
         blocks.load(self.restore, outputs=self.outputs)
 
     def fill(self, slot: str, fields: list[tuple[gr.components.Component, bool]]) -> None:

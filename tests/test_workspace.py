@@ -20,14 +20,14 @@ def test_a_missing_file_is_an_empty_workspace(studio_home):
 
 def test_the_workspace_is_saved_and_restored_with_its_recent_values(studio_home):
     ws = workspace.load()
-    workspace.set_slot(ws, "dataset", '/data/a\n  "/data/b"  \n\n/data/a', usable=True)
+    workspace.set_slot(ws, "dataset", '/data/a |  "/data/b"  \n\n/data/a', usable=True)
     workspace.set_slot(ws, "model", " /models/m.safetensors ", usable=True)
     workspace.set_slot(ws, "output", "/out/bad", usable=False)
     workspace.save(ws)
     again = workspace.load()
     assert again.values() == {"dataset": ["/data/a", "/data/b"], "model": "/models/m.safetensors",
                               "output": "/out/bad"}
-    assert again.recent == {"dataset": ["/data/a", "/data/b"], "model": ["/models/m.safetensors"], "output": []}
+    assert again.recent == {"dataset": ["/data/a | /data/b"], "model": ["/models/m.safetensors"], "output": []}
     assert json.loads((studio_home / "workspace.json").read_text())["model"] == "/models/m.safetensors"
 
 
@@ -61,6 +61,7 @@ def test_a_file_of_the_wrong_shape_is_a_problem_too(studio_home):
 def test_field_text_and_the_picker_start_folder(tmp_path):
     assert workspace.field_text(["/a", "/b"], one_per_line=True) == "/a\n/b"
     assert workspace.field_text(["/a", "/b"], one_per_line=False) == "/a"
+    assert workspace.line_text(["/a", "/b"]) == "/a | /b" and workspace.normalize("dataset", "/a | /b") == ["/a", "/b"]
     (tmp_path / "m.safetensors").write_bytes(b"x")
     assert workspace.start_folder(str(tmp_path / "m.safetensors")) == str(tmp_path)
     assert workspace.start_folder(str(tmp_path / "not" / "yet")) == str(tmp_path)
