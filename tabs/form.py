@@ -31,8 +31,9 @@ def _component(model_name: str, name: str, field, kind: FieldKind, value, label:
                visible: bool) -> gr.components.Component:
     """The input of one parameter; an optional number's empty field means None. Its info line starts with the
     parameter's own name (the kohya name), then the help (one line, all of it on hover: form.css)."""
+    wide = kind.kind in ("list", "path", "text")
     common = {"label": label, "info": f"`{name}` · {field.description}", "elem_id": f"{model_name}-{name}",
-              "elem_classes": ["sf-field"], "visible": visible}
+              "elem_classes": ["sf-field", "sf-wide"] if wide else ["sf-field"], "visible": visible}
     if kind.kind == "bool":
         return gr.Checkbox(value=value, **common)
     if kind.kind == "choice":
@@ -74,7 +75,7 @@ class SchemaForm:
         for name in self.names:
             self.sections.setdefault(self.metas[name]["group"], []).append(name)
         self.components: dict[str, gr.components.Component] = {}
-        self.notes: dict[str, gr.Markdown] = {}
+        self.notes: dict[str, tuple[gr.Markdown, list[str]]] = {}  # section -> its note and the fields it lists
         self.more: dict[str, gr.Accordion] = {}  # section -> its folded "More settings"
         self.tabs: gr.Tabs | None = None
         self.facts = gr.State({})  # what the workspace knows (conditions.FACTS), copied by wire_facts
@@ -91,15 +92,20 @@ class SchemaForm:
         """Field -> why it is hidden, for `values` (the form's values plus the workspace facts)."""
         return {n: reason for n in self.conditional() if (reason := why_hidden(self.model, n, values))}
 
-    def note(self, section: str, hidden: dict[str, str]) -> str:
-        """One small line: which settings of `section` are hidden, and why."""
+    def note(self, names: list[str], hidden: dict[str, str]) -> str:
+        """One small line: which of `names` (a section's fields) are hidden, and why."""
         by_reason: dict[str, list[str]] = {}
-        for name in self.sections[section]:
+        for name in names:
             if name in hidden:
                 by_reason.setdefault(hidden[name], []).append(self.metas[name]["label"])
-        return "; ".join(f"Hidden: {', '.join(labels)} ({reason})" for reason, labels in by_reason.items())
+        return "Hidden: " + "; ".join(f"{', '.join(labels)} ({reason})" for reason, labels in by_reason.items()) \
+            if by_reason else ""
 
     # -- layout -------------------------------------------------------------------------------------------------
+    def _note(self, key: str, names: list[str]) -> None:
+        text = self.note(names, self._hidden_now)
+        self.notes[key] = (gr.Markdown(text, visible=bool(text), elem_classes=["sf-hidden-note"]), names)
+
     def _render(self, names: list[str]) -> None:
         with gr.Row(elem_classes=[GRID]):
             for name in names:
@@ -109,11 +115,12 @@ class SchemaForm:
 
     def render_essentials(self, exclude: tuple[str, ...] = ()) -> None:
         """The essential fields (those not in `exclude`) in one grid, outside their sections."""
-        self._render([n for n in self.names if self.metas[n]["essential"] and n not in exclude])
+        names = [n for n in self.names if self.metas[n]["essential"] and n not in exclude]
+        self._render(names)
+        self._note("essentials", names)
 
     def _render_section(self, section: str, names: list[str]) -> None:
-        text = self.note(section, self._hidden_now)
-        self.notes[section] = gr.Markdown(text, visible=bool(text), elem_classes=["sf-hidden-note"])
+        self._note(section, names)
         basic = [n for n in names if not self.metas[n]["advanced"]]
         advanced = [n for n in names if self.metas[n]["advanced"]]
         if basic:
@@ -145,24 +152,29 @@ class SchemaForm:
     def _driving(self) -> list[str]:
         return [f for f in driving_fields(self.model) if f in self.components]
 
+    def apply(self, values: dict) -> list:
+        """The updates for `values` (the form's values plus the workspace facts): each conditional field shown or
+        hidden (its value untouched), then each section's note; in `condition_outputs` order."""
+        hidden = self.hidden(values)
+        return ([gr.update(visible=n not in hidden) for n in self.conditional()] +
+                [gr.update(value=text, visible=bool(text)) for text in (self.note(ns, hidden) for _, ns in
+                                                                        self.notes.values())])
+
+    @property
+    def condition_outputs(self) -> list:
+        return [*(self.components[n] for n in self.conditional()), *(note for note, _ in self.notes.values())]
+
     def _wire_conditions(self) -> None:
-        conditional = self.conditional()
-        if not conditional:
+        if not self.conditional():
             return
         driving = self._driving()
-        sections = list(self.notes)
 
         def refresh(*raw):
             *own, facts = raw
-            values = {**dict(zip(driving, self._read_some(driving, own))), **(facts or {})}
-            hidden = self.hidden(values)
-            notes = [self.note(s, hidden) for s in sections]
-            return ([gr.update(visible=n not in hidden) for n in conditional] +
-                    [gr.update(value=text, visible=bool(text)) for text in notes])
+            return self.apply({**dict(zip(driving, self._read_some(driving, own))), **(facts or {})})
 
         gr.on([*(self.components[f].change for f in driving), self.facts.change], refresh,
-              inputs=[*(self.components[f] for f in driving), self.facts],
-              outputs=[*(self.components[n] for n in conditional), *(self.notes[s] for s in sections)],
+              inputs=[*(self.components[f] for f in driving), self.facts], outputs=self.condition_outputs,
               show_progress="hidden", trigger_mode="always_last", queue=False)
 
     def wire_facts(self, facts: gr.State) -> None:
