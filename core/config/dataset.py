@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from pydantic import field_validator, model_validator
 
+from core.config.conditions import when
 from core.config.schema import JobConfig, param
 from core.filenames import caption_extension_problem
+
+DATA = "Data & captions"  # the section of the dataset, bucket and caption settings
 
 
 def _non_empty_paths(value: list[str]) -> list[str]:
@@ -18,11 +21,12 @@ class DatasetSettings(JobConfig):
     """Where the images are: shared by every job that reads a dataset."""
     train_data_dir: list[str] = param(
         [], "Dataset folders (one per line). Kohya-style `N_name` subfolders count as N repeats.",
-        widget="dirs")
-    recursive: bool = param(True, "Also read subfolders.")
+        label="Dataset folders", widget="dirs", group=DATA, workspace="dataset")
+    recursive: bool = param(True, "Also read subfolders.", label="Include subfolders", group=DATA)
     max_image_pixels: int = param(
         178_956_970, "Images with more pixels than this, or that the bucket plan would resize to more, are "
-        "reported as possible decompression bombs and skipped.", group="Checks", advanced=True, ge=1_000_000)
+        "reported as possible decompression bombs and skipped.", label="Max image pixels", group=DATA,
+        advanced=True, ge=1_000_000)
 
     _check_dirs = field_validator("train_data_dir")(_non_empty_paths)
 
@@ -30,14 +34,16 @@ class DatasetSettings(JobConfig):
 class LoaderSettings(JobConfig):
     """How images are read: shared by the jobs that run a model over a dataset."""
     max_data_loader_n_workers: int = param(
-        2, "Threads that decode and resize images ahead of the model.", group="Performance", advanced=True,
+        2, "Threads (workers) that decode and resize images ahead of the model (in training: while the latent "
+        "cache is built).", label="Loader threads", group=DATA, advanced=True, applies=when("cache_latents", True),
         ge=0, le=32)
 
 
 class CaptionSettings(JobConfig):
     """Where the captions are."""
     caption_extension: str = param(
-        ".txt", "Extension of the caption file next to each image (`img.png` + `img.txt`).")
+        ".txt", "Extension of the caption file next to each image (`img.png` + `img.txt`).",
+        label="Caption extension", group=DATA)
 
     @field_validator("caption_extension")
     @classmethod
@@ -52,7 +58,7 @@ class ScanConfig(CaptionSettings, DatasetSettings):  # bases in reverse display 
     """Scan dataset folders and report formats, sizes, broken images and missing captions."""
     verify_pixels: bool = param(
         True, "Decode every image fully to find truncated files (slower than reading headers only).",
-        group="Checks", advanced=True)
+        label="Decode every image", group="Checks", advanced=True)
 
 
 def parse_resolution(value) -> tuple[int, int]:
@@ -72,16 +78,20 @@ def parse_resolution(value) -> tuple[int, int]:
 class BucketSettings(DatasetSettings):
     """Aspect-ratio bucketing (NovelAI's method, with kohya sd-scripts' names and defaults)."""
     max_resolution: str = param(
-        "512,512", "Training resolution WIDTH,HEIGHT: every bucket has about this many pixels "
-        "(512,512 for SD 1.x, 768,768 for SD 2.x-768, 1024,1024 for SDXL).", group="Buckets")
-    min_bucket_reso: int = param(256, "Smallest bucket side in pixels.", group="Buckets", ge=64)
-    max_bucket_reso: int = param(1024, "Largest bucket side in pixels.", group="Buckets", ge=64)
+        "512,512", "Training resolution (size) WIDTH,HEIGHT: every bucket has about this many pixels "
+        "(512,512 for SD 1.x, 768,768 for SD 2.x-768, 1024,1024 for SDXL).", label="Resolution", group=DATA,
+        essential=True)
+    min_bucket_reso: int = param(256, "Smallest bucket side in pixels.", label="Min bucket side", group=DATA,
+                                 advanced=True, ge=64)
+    max_bucket_reso: int = param(1024, "Largest bucket side in pixels.", label="Max bucket side", group=DATA,
+                                 advanced=True, ge=64)
     bucket_reso_steps: int = param(
         64, "Bucket sides are multiples of this (a multiple of 8; 64 as kohya's default, 32 is common "
-        "for SDXL).", group="Buckets", ge=8)
+        "for SDXL).", label="Bucket side step", group=DATA, advanced=True, ge=8)
     bucket_no_upscale: bool = param(
         False, "Never enlarge an image: small images keep their size (their bucket is their size "
-        "rounded down to the step); large ones are scaled down to the training area.", group="Buckets")
+        "rounded down to the step); large ones are scaled down to the training area.", label="Never upscale",
+        group=DATA)
 
     @field_validator("max_resolution")
     @classmethod
@@ -112,4 +122,4 @@ class BucketConfig(BucketSettings):
     """Plan the aspect-ratio buckets of a dataset: which bucket, resize and crop for each image."""
     train_batch_size: int = param(
         1, "Batch size you will train with: buckets with fewer images than this are flagged.",
-        group="Buckets", ge=1)
+        label="Batch size", group=DATA, ge=1)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from core.config.conditions import why_not
+from core.config.conditions import FACTS, why_not
 from core.config.schema import field_meta
 
 Kind = Literal["bool", "int", "float", "choice", "multi_choice", "list", "path", "text"]
@@ -65,9 +65,12 @@ def why_hidden(model: type[BaseModel], name: str, values: dict) -> str | None:
 
 
 def driving_fields(model: type[BaseModel]) -> dict[str, list[str]]:
-    """Field or fact -> the fields whose conditions read it (the form checks those again on a change)."""
+    """Field of `model` or fact -> the fields whose conditions read it (the form checks those again on a
+    change). A condition reading a field `model` does not have (a shared setting) drives nothing here."""
     driving: dict[str, list[str]] = {}
     for name in model.model_fields:
         for condition in field_meta(model, name)["applies"]:
-            driving.setdefault(condition.field, []).append(name)
+            for field in condition.fields:
+                if (field in model.model_fields or field in FACTS) and name not in driving.get(field, []):
+                    driving.setdefault(field, []).append(name)
     return driving

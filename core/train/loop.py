@@ -39,7 +39,7 @@ from core.train.loss import snr
 from core.train.milestones import Decision, Milestones
 from core.train.noise import apply_zero_terminal_snr
 from core.train.optimizers import make_optimizer, parse_optimizer_args, scaled_lr
-from core.train.samples import load_clip, read_prompt_file
+from core.train.samples import load_clip, run_prompts
 from core.train.schedules import make_scheduler, steps_of
 from core.train.start_checks import data_problems, refuse_or_warn, settings_problems
 from core.train.step import loss_of_batch, weight_dtype
@@ -157,7 +157,7 @@ def freeze_text_encoder_if_due(t: Training) -> None:
 
 def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
     accelerator = start_accelerator(cfg, ctx)
-    sample_prompts = read_prompt_file(cfg.sample_prompts) if cfg.sample_prompts.strip() else []
+    sample_prompts = run_prompts(cfg.sample_prompts, cfg.sample_prompt)
     if cfg.sample_clip_model.strip():
         load_clip(cfg.sample_clip_model)  # a model that does not load fails now, not at every sample set
     set_seed(cfg.seed)

@@ -1,4 +1,5 @@
-"""Sample images during training from a kohya-style prompt file, with an optional CLIP score.
+"""Sample images during training from a kohya-style prompt file and/or one prompt typed in the
+settings (`sample_prompt`, same syntax), with an optional CLIP score.
 
 A prompt file holds one prompt a line (blank lines and `#` comments skipped) with kohya's options:
 `a cat, masterpiece --n lowres, blurry --w 512 --h 768 --s 28 --l 7 --d 42` (negative prompt,
@@ -104,6 +105,34 @@ def read_prompt_file(path: str | Path) -> list[SamplePrompt]:
             prompts.append(prompt)
     if not prompts:
         raise ValueError(f"{path}: the sample prompt file has no prompt (only blank or # comment lines)")
+    return prompts
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be read: `field`, the setting it came from (sample_prompts or sample_prompt), and
+    `message`, the problem."""
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def run_prompts(sample_prompts: str, sample_prompt: str) -> list[SamplePrompt]:
+    """The prompts a run samples: the prompt file's (`sample_prompts`, a path), then `sample_prompt` (one
+    line in the same syntax); [] when both are empty. A PromptError names the setting and the problem."""
+    prompts = []
+    if sample_prompts.strip():
+        try:
+            prompts += read_prompt_file(sample_prompts)
+        except ValueError as exc:
+            raise PromptError("sample_prompts", str(exc)) from None
+    if sample_prompt.strip():
+        try:
+            prompt = parse_prompt_line(sample_prompt)
+        except ValueError as exc:
+            raise PromptError("sample_prompt", str(exc)) from None
+        if prompt is None:
+            raise PromptError("sample_prompt", "only a # comment, no prompt")
+        prompts.append(prompt)
     return prompts
 
 

@@ -25,7 +25,7 @@ from core.train.checkpoints import (
     saved_states,
 )
 from core.train.optimizers import parse_optimizer_args, sets_own_step_size
-from core.train.samples import clip_folder_problem, read_prompt_file
+from core.train.samples import PromptError, clip_folder_problem, run_prompts
 
 
 @dataclass(frozen=True)
@@ -194,11 +194,10 @@ def resume_problems(cfg: TrainConfig) -> list[Problem]:
 
 def sample_problems(cfg: TrainConfig) -> list[Problem]:
     problems = []
-    if cfg.sample_prompts.strip():
-        try:
-            read_prompt_file(cfg.sample_prompts)
-        except ValueError as exc:
-            problems.append(Problem("sample_prompts", str(exc)))
+    try:
+        run_prompts(cfg.sample_prompts, cfg.sample_prompt)
+    except PromptError as exc:
+        problems.append(Problem(exc.field, exc.message))
     if cfg.sample_clip_model.strip() and (problem := clip_folder_problem(cfg.sample_clip_model)):
         problems.append(Problem("sample_clip_model", problem))
     return problems
