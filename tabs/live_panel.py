@@ -108,8 +108,9 @@ def announce(run: dict) -> str:
     return text
 
 
-def attached(run_dir: str | Path) -> dict:
-    """A fresh follow of the run: its events from the start (curves), its log from near the end."""
+def attached(run_dir: str | Path) -> tuple[dict, bool]:
+    """A fresh follow of the run (its events from the start, for the curves; its log from near the end), and
+    whether it has ended already."""
     run = new_run(run_dir)
     log = RunFolder(run_dir).log_file()
     try:
@@ -117,9 +118,9 @@ def attached(run_dir: str | Path) -> dict:
     except OSError:
         pass
     partial = run["log_offset"] > 0  # the first line read began before the offset
-    run, _, _ = advance(run, LOG_LINES + partial)
+    run, _, ended = advance(run, LOG_LINES + partial)
     run["lines"] = run["lines"][-LOG_LINES:]
-    return run
+    return run, ended
 
 
 class LivePanel:
@@ -128,7 +129,7 @@ class LivePanel:
     def __init__(self):
         self.run = gr.State(None)
         self.active = gr.State([])  # runs active at the last slow tick: their end is announced
-        with gr.Sidebar(label="Run", position="right", open=False, width=420, elem_id="live-panel") as self.sidebar:
+        with gr.Sidebar(label="Run", position="right", open=False, width=380, elem_id="live-panel") as self.sidebar:
             with gr.Row(equal_height=True):
                 self.status = gr.Markdown("No run yet.", elem_id="live-status")
                 self.stop = gr.Button("Stop", variant="stop", size="sm", interactive=False, scale=0,
@@ -172,20 +173,23 @@ class LivePanel:
                 updates[self.gallery] = gallery(run["images"], SAMPLES, thumb=192)
         return updates
 
-    def attach(self, run_dir: str | None, weight: float, open_panel: bool) -> dict:
-        """Follow `run_dir` (opening the panel when asked)."""
+    def attach(self, run_dir: str | None, weight: float, was_active: bool) -> dict:
+        """Follow `run_dir`; a run known to be active opens the panel (and has its end announced, however soon)."""
         if not run_dir:
             return {self.run: gr.skip()}
-        updates = self.view(attached(run_dir), weight, redraw=True)
-        if open_panel:
+        run, ended = attached(run_dir)
+        updates = self.view(run, weight, redraw=True)
+        if was_active:
             updates[self.sidebar] = gr.Sidebar(open=True)
+        if was_active and ended:
+            updates[self.ended] = announce(run)
         return updates
 
     def load(self, weight: float) -> dict:
         """A fresh page: the run to follow (the panel opens if it is active) and the active runs."""
         active = INDEX.active()
         run_dir = INDEX.followed()
-        return {**self.attach(run_dir, weight, open_panel=run_dir in active), self.active: active}
+        return {**self.attach(run_dir, weight, was_active=run_dir in active), self.active: active}
 
     def follow(self, run: dict | None, weight: float) -> dict:
         """A tick of the followed run; its end is announced."""
@@ -210,7 +214,7 @@ class LivePanel:
         unfinished = run and run["state"] in ACTIVE_STATES and followed not in active  # the fast tick ends it
         chosen = INDEX.followed()
         if chosen and chosen != followed and not unfinished:
-            updates.update(self.attach(chosen, weight, open_panel=chosen in active))
+            updates.update(self.attach(chosen, weight, was_active=chosen in active))
         return updates
 
     def do_stop(self, run: dict | None) -> dict:
@@ -232,7 +236,7 @@ class LivePanel:
         self.ended.change(None, inputs=self.ended, js="(text) => window.studioLive.notify(text)")
         for panel in job_panel.PANELS:
             if panel.started._id in blocks.blocks:  # a panel of this page (not of an app built earlier)
-                panel.started.change(lambda run_dir, weight: self.attach(run_dir, weight, open_panel=True),
+                panel.started.change(lambda run_dir, weight: self.attach(run_dir, weight, was_active=True),
                                      inputs=[panel.started, self.smoothing], outputs=self.outputs, **hidden)
         job_panel.PANELS.clear()
 

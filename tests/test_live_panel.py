@@ -73,8 +73,8 @@ def test_a_tick_over_300_runs_reads_only_the_status_files_that_changed(monkeypat
 def test_what_the_panel_shows_of_a_training_run():
     run_dir = write_run("train-x", job="train", state="running", events=training_events(),
                         lines=[f"line {i}" for i in range(30)], samples=6)
-    run = attached(run_dir)
-    assert (run["job"], run["state"], run["step"], run["total"]) == ("train", "running", 20, 100)
+    run, ended = attached(run_dir)
+    assert not ended and (run["job"], run["state"], run["step"], run["total"]) == ("train", "running", 20, 100)
     assert run["lines"] == [f"line {i}" for i in range(22, 30)]  # the last 8
     with gr.Blocks():
         panel = LivePanel()
@@ -93,13 +93,15 @@ def test_what_the_panel_shows_of_a_training_run():
 
 def test_a_long_log_is_read_from_near_its_end():
     run_dir = write_run("scan-long", lines=[f"line {i} " + "x" * 100 for i in range(5000)])
-    run = attached(run_dir)
+    run, ended = attached(run_dir)
+    assert ended  # (it says "done"): announced only if it was seen active
     assert run["lines"] == [f"line {i} " + "x" * 100 for i in range(4992, 5000)]
     assert run["log_offset"] == os.path.getsize(RunFolder(run_dir).log_file())
 
 
 def test_a_scan_shows_no_training_view():
-    run = attached(write_run("scan-y", events=[{"event": "progress", "step": 3, "total": 3}], lines=["scan: done"]))
+    run, _ = attached(write_run("scan-y", events=[{"event": "progress", "step": 3, "total": 3}],
+                                lines=["scan: done"]))
     with gr.Blocks():
         panel = LivePanel()
     updates = panel.view(run, weight=0.9, redraw=True)
@@ -111,7 +113,7 @@ def test_the_end_is_announced_once_by_the_fast_tick():
     run_dir = write_run("train-z", job="train", state="running", events=training_events(3, 3))
     with gr.Blocks():
         panel = LivePanel()
-    run = attached(run_dir)
+    run, _ = attached(run_dir)
     ticking = panel.follow(run, 0.9)
     assert panel.ended not in ticking and ticking[panel.follow_timer].active is True
     RunFolder(run_dir).update_status(state="done", ended=time.time())
@@ -158,3 +160,13 @@ def test_a_start_from_any_job_panel_opens_the_side_panel():
     starts = [d for d in blocks.config["dependencies"] if d["targets"] and d["targets"][0][1] == "change"
               and len(d["outputs"]) > 10]
     assert len(starts) == 2
+
+
+def test_a_run_started_here_that_ended_before_the_first_look_is_announced_and_an_old_one_is_not():
+    quick = write_run("scan-quick", state="done", lines=["scan: done"])
+    with gr.Blocks():
+        panel = LivePanel()
+    started = panel.attach(quick, 0.9, was_active=True)  # a job panel of the page started it
+    assert started[panel.ended] == "scan run scan-quick finished" and started[panel.sidebar].open is True
+    loaded = panel.load(0.9)  # a fresh page shows it, quietly
+    assert loaded[panel.run]["run_dir"] == quick and panel.ended not in loaded and panel.sidebar not in loaded
