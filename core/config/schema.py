@@ -1,9 +1,11 @@
 """How parameters are declared and validated (see core/config/__init__.py)."""
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic_core import SchemaValidator
 
 from core.config.conditions import When
 
@@ -89,27 +91,38 @@ def validate(model: type[JobConfig], values: dict, source: str) -> JobConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-PARTIAL = {"fields_only": True}  # the validation context of validate_partial
-
-
 def fields_only(info: ValidationInfo) -> bool:
-    """In a model validator: True under `validate_partial`, which leaves out checks across fields, so a
-    costly one (an import) can be skipped there."""
+    """In a model validator: True when called with validate_partial's context (which now leaves model
+    validators out altogether); kept until core/config/train.py no longer imports it."""
     return bool(info.context and info.context.get("fields_only"))
+
+
+@cache
+def fields_validator(model: type[JobConfig]) -> SchemaValidator:
+    """`model`'s field checks alone (types, bounds, field validators) over a dict of field values: its
+    model validators, the checks across fields, are left out (the optimizer_args one imports torch)."""
+    schema, config = model.__pydantic_core_schema__, None
+    while schema["type"] != "model-fields":  # model validators wrap the model, which wraps its fields
+        if schema["type"] not in ("function-after", "function-before", "function-wrap", "model"):
+            raise TypeError(f"{model.__name__}: unexpected pydantic core schema {schema['type']!r}")
+        config = schema.get("config", config)
+        schema = schema["schema"]
+    return SchemaValidator(schema, config)
 
 
 def validate_partial(model: type[JobConfig], values: dict, source: str) -> None:
     """Check some values (a preset's overrides) field by field: types, bounds, unknown keys.
 
     Unlike `validate`, fields that are not given are not required here, and checks across
-    fields wait for the full config (a preset may set min_bucket_reso and max_resolution both)."""
-    blank, problems = model.model_construct(), []
+    fields wait for the full config (a preset may set min_bucket_reso and max_resolution both): they
+    are not run, so listing presets stays cheap (no torch import before the first page)."""
+    blank, problems, validator = dict(model.model_construct().__dict__), [], fields_validator(model)
     for key, value in values.items():
         if key not in model.model_fields:
             problems.append(f"{source}: unknown key {key!r} (not a parameter of this job)")
             continue
         try:
-            model.__pydantic_validator__.validate_assignment(blank, key, value, context=PARTIAL)
+            validator.validate_assignment(blank, key, value)
         except ValidationError as err:
             if message := format_validation_error(err, source, fields_only=True):
                 problems.append(message)
