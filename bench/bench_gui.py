@@ -1,10 +1,12 @@
-"""GUI benchmark: what the studio's GUI costs over gradio itself, and how soon a log line is shown.
+"""GUI benchmark: how soon the studio's first page is usable, against gradio itself, and how soon a log line is shown.
 
 1. Start: `gui.py` and a bare one-textbox gradio Blocks app, launched the same way (same launch
-   options, a fresh process on a free port, alternately, best of --repeats), timed from the process
-   start until GET / answers 200 and until GET /config answers. Ratio = the studio's time to its
-   first page / the bare app's; target <= 2 (the studio's own imports and tabs cost at most what
-   gradio's own start costs).
+   options, a fresh process on a free port, alternately, best of --repeats). A first page is usable
+   when GET / answers 200 and, with playwright and a chromium, a fresh browser context navigated
+   there right then shows the first tab: the studio's tab bar (READY["studio"]), the bare app's
+   textbox. Timed from the process start; the render (navigation to visible) is shown apart. Rows:
+   the studio's seconds (target <= 5) and their ratio to the bare app's (target <= 1.3: the studio's
+   own imports, tabs and components cost at most 30% over gradio's own start).
 2. Log line shown (when playwright and a chromium are installed: `./launch.sh bench` installs them):
    a run folder that looks like a scan in progress, the GUI open in headless chromium (the scan
    panel reattaches to it on page load), lines appended to its log.txt; latency = from the write to
@@ -26,6 +28,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -42,11 +46,14 @@ import sys
 import gradio as gr
 
 with gr.Blocks() as app:
-    gr.Textbox(label="hello")
+    gr.Textbox(label="hello", elem_id="hello")
 app.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), ssr_mode=False, footer_links=["settings"],
            quiet=True, prevent_thread_lock=True)
 app.block_thread()
 """
+READY = {"studio": "#tab-training-button", "bare": "#hello textarea"}  # visible: the first page is usable
+VIEWPORT = {"width": 1366, "height": 768}
+START_TARGET_S, START_TARGET_RATIO = 5.0, 1.3
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -68,29 +75,28 @@ def answers(url: str) -> bool:
 
 
 class Server:
-    """An app started as its own process on a free port; `page_s`/`config_s`: seconds to answer."""
+    """An app started as its own process on a free port; `page_s`: seconds until GET / answered."""
 
     def __init__(self, argv_for_port: Callable[[int], list[str]], home: Path, timeout: float):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = home / f"server-{self.port}.log"
         self.log = open(self.log_path, "wb")
-        started = time.perf_counter()
+        self.started = time.perf_counter()
         self.proc = subprocess.Popen(argv_for_port(self.port), cwd=REPO, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=bench_env(STUDIO_HOME=str(home)))
         try:
-            self.page_s = self._wait(self.url, started, timeout)
-            self.config_s = self._wait(self.url + "config", started, timeout)
+            while not answers(self.url):
+                if self.proc.poll() is not None or time.perf_counter() - self.started > timeout:
+                    raise RuntimeError(f"{self.url} did not answer:\n" + self.output()[-3000:])
+                time.sleep(0.05)
+            self.page_s = time.perf_counter() - self.started
         except BaseException:
             self.close()
             raise
 
-    def _wait(self, url: str, started: float, timeout: float) -> float:
-        while not answers(url):
-            if self.proc.poll() is not None or time.perf_counter() - started > timeout:
-                raise RuntimeError(f"{url} did not answer:\n" + self.log_path.read_text(errors="replace")[-3000:])
-            time.sleep(0.05)
-        return time.perf_counter() - started
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -102,25 +108,75 @@ class Server:
         self.log.close()
 
 
-def studio_argv(port: int) -> list[str]:
-    return [sys.executable, str(REPO / "gui.py"), "--port", str(port)]
+@dataclass
+class Start:
+    """One start of an app: seconds from the process start to GET / answering and to the first page
+    usable (rendered, when a browser measured it), and the render alone (navigation to visible)."""
+    page_s: float
+    usable_s: float
+    render_s: float | None = None
+
+    def describe(self) -> str:
+        if self.render_s is None:
+            return f"GET / {self.page_s:.2f} s"
+        return f"usable {self.usable_s:.2f} s (GET / {self.page_s:.2f} s, then rendered in {self.render_s:.2f} s)"
 
 
-def start_times(args, home: Path) -> tuple[dict, dict]:
-    """Best (first page, /config) seconds of each app over the repeats, started alternately."""
+def rendered(browser, url: str, selector: str, timeout: float) -> float:
+    """Seconds from navigating a fresh browser context (nothing cached) to `url` until `selector` is visible."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        started = time.perf_counter()
+        page.goto(url, wait_until="commit", timeout=timeout * 1000)
+        page.wait_for_selector(selector, state="visible", timeout=timeout * 1000)
+        return time.perf_counter() - started
+    finally:
+        context.close()
+
+
+def start_once(argv: Callable[[int], list[str]], home: Path, timeout: float, browser=None,
+               selector: str = "") -> Start:
+    server = Server(argv, home, timeout)
+    try:
+        if browser is None:
+            return Start(server.page_s, server.page_s)
+        render_s = rendered(browser, server.url, selector, timeout)
+        return Start(server.page_s, time.perf_counter() - server.started, render_s)
+    except Exception as exc:
+        raise RuntimeError(f"{server.url}: {exc}\n" + server.output()[-3000:]) from None
+    finally:
+        server.close()
+
+
+def start_times(args, home: Path, browser=None) -> dict[str, Start]:
+    """The best start (least seconds to a usable first page) of each app over the repeats, started alternately."""
     bare_app = home / "bare_app.py"
     bare_app.write_text(BARE_APP, encoding="utf-8")
     apps = {"studio": studio_argv, "bare": lambda port: [sys.executable, str(bare_app), str(port)]}
-    best = {name: {"page": float("inf"), "config": float("inf")} for name in apps}
+    best: dict[str, Start] = {}
     for i in range(args.repeats):
         for name, argv in apps.items():
-            server = Server(argv, home, args.timeout)
-            server.close()
-            best[name] = {"page": min(best[name]["page"], server.page_s),
-                          "config": min(best[name]["config"], server.config_s)}
-            print(f"start {i + 1}/{args.repeats} {name:6s}: first page {server.page_s:5.2f} s, "
-                  f"/config {server.config_s:5.2f} s")
-    return best["studio"], best["bare"]
+            start = start_once(argv, home, args.timeout, browser, READY[name])
+            if name not in best or start.usable_s < best[name].usable_s:
+                best[name] = start
+            print(f"start {i + 1}/{args.repeats} {name:6s}: {start.describe()}")
+    return best
+
+
+def start_rows(studio: Start, bare: Start, repeats: int) -> list[Row]:
+    """The GUI-start rows: the studio's seconds to a usable first page, and their ratio to the bare app's."""
+    usable = ("GET / answering 200 and chromium showing the first tab (the studio's tab bar, the bare app's textbox)"
+              if studio.render_s is not None else "GET / answering 200 (no browser: the render is not timed)")
+    measured = f"studio {studio.describe()}; bare gradio app {bare.describe()}; best of {repeats}"
+    return [Row("GUI start: seconds to a usable first page", studio.usable_s, "<=", START_TARGET_S,
+                f"seconds (not a ratio) from starting gui.py to {usable}", measured),
+            Row("GUI start vs bare gradio app", studio.usable_s / bare.usable_s, "<=", START_TARGET_RATIO,
+                "the seconds above / the same for a one-textbox gradio app launched the same way", measured)]
+
+
+def studio_argv(port: int) -> list[str]:
+    return [sys.executable, str(REPO / "gui.py"), "--port", str(port)]
 
 
 def chromium() -> str | None:
@@ -165,21 +221,32 @@ def shown_latency(args, home: Path) -> tuple[list[float], float]:
     return latency, interval
 
 
+@contextmanager
+def headless_chromium():
+    """A headless chromium driven by playwright, or None when either is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or chromium() is None:
+        print("the render and the log line in the browser: skipped (needs playwright and chromium: ./launch.sh bench)")
+        yield None
+        return
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def measure(args) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-gui-") as tmp:
         home = Path(tmp)
-        studio, bare = start_times(args, home)
-        rows = [Row("GUI start vs bare gradio app", studio["page"] / bare["page"], "<=", 2.0,
-                    "seconds from starting gui.py to GET / answering 200 / the same for a one-textbox gradio app",
-                    f"first page {studio['page']:.1f} vs {bare['page']:.1f} s, /config {studio['config']:.1f} vs "
-                    f"{bare['config']:.1f} s, best of {args.repeats}")]
-        try:
-            import playwright  # noqa: F401
-            have_browser = chromium() is not None
-        except ImportError:
-            have_browser = False
-        if not have_browser:
-            print("log line shown in the browser: skipped (needs playwright and chromium: ./launch.sh bench)")
+        with headless_chromium() as browser:
+            best = start_times(args, home, browser)
+        rows = start_rows(best["studio"], best["bare"], args.repeats)
+        if best["studio"].render_s is None:
             return rows
         (first, *latency), interval = shown_latency(args, home)
     worst, mean = max(latency), statistics.mean(latency)
