@@ -105,6 +105,16 @@ def field_text(value: list[str] | str, one_per_line: bool) -> str:
     return value
 
 
+def shorten_paths(text: str, value: list[str] | str, keep: int = 2) -> str:
+    """`text` with the value's paths cut to their last `keep` parts ("…/kit/model.safetensors"), so that a
+    one-line answer about a long path still shows what is wrong with it."""
+    for path in value if isinstance(value, list) else [value]:
+        full = Path(os.path.abspath(os.path.expanduser(path))) if path else None
+        if full and len(full.parts) > keep + 1:
+            text = text.replace(str(full), os.path.join("…", *full.parts[-keep:]))
+    return text
+
+
 def line_text(value: list[str] | str) -> str:
     """A slot's value in one line (the workspace bar): dataset folders joined by FOLDER_SEPARATOR."""
     return FOLDER_SEPARATOR.join(value) if isinstance(value, list) else value

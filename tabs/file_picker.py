@@ -29,17 +29,18 @@ class FilePicker:
         self.slot = gr.State(None)
         with gr.Column(visible=False, elem_id="picker", elem_classes="picker") as self.box:
             self.title = gr.Markdown(elem_id="picker-title")
-            with gr.Row(equal_height=True):
+            with gr.Row(equal_height=False, elem_classes="picker-line"):
                 self.look_in = gr.Dropdown(choices=[home, *drives()], value=home, allow_custom_value=True,
                                            label="Look in", scale=6, elem_id="picker-look-in")
-                self.up = gr.Button("⬆ Up", scale=0, min_width=80, elem_id="picker-up")
+                self.up = gr.Button("⬆ Up", scale=0, min_width=80, size="sm", elem_id="picker-up")
             self.explorer = gr.FileExplorer(root_dir=home, file_count="single", ignore_glob=_hidden(home),
                                             height=260, max_height=260, show_label=False, elem_id="picker-explorer")
-            with gr.Row(equal_height=True):
-                self.use = gr.Button("Use this", variant="primary", scale=0, min_width=110, elem_id="picker-use")
-                self.use_folder = gr.Button("Use this folder (the one shown)", scale=0, min_width=220,
+            with gr.Row(equal_height=False, elem_classes="picker-line"):
+                self.use = gr.Button("Use this", variant="primary", scale=0, min_width=110, size="sm",
+                                     elem_id="picker-use")
+                self.use_folder = gr.Button("Use the folder shown", scale=0, min_width=190, size="sm",
                                             elem_id="picker-use-folder")
-                self.cancel = gr.Button("Cancel", scale=0, min_width=90, elem_id="picker-cancel")
+                self.cancel = gr.Button("Cancel", scale=0, min_width=90, size="sm", elem_id="picker-cancel")
                 self.message = gr.Markdown(elem_id="picker-message")
 
     @property
@@ -51,7 +52,7 @@ class FilePicker:
         folder = start_folder(value)
         what = "a folder" if slot != "model" else "a model file (.safetensors / .ckpt) or a diffusers folder"
         return {self.box: gr.Column(visible=True), self.slot: slot,
-                self.title: f"**{LABELS[slot]}**: choose {what}, then *Use this*.",
+                self.title: f"**{LABELS[slot]}**: select {what} below, then *Use this* (or use the folder shown).",
                 self.look_in: folder, self.explorer: _explorer(folder), self.message: ""}
 
     def wire(self, apply: Callable[[str, str], dict], outputs: list) -> None:

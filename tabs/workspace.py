@@ -11,11 +11,13 @@ from core.workspace_checks import Check, check_slot, facts
 from tabs.file_picker import FilePicker
 
 
-def check_html(check: Check) -> str:
+def check_html(check: Check, value) -> str:
+    """The check's answer under its field, green or red; long paths shortened (in full on hover)."""
     if not check.text:
         return ""
     mark, kind = ("✓", "ok") if check.ok else ("✗", "bad")
-    return f"<div class='ws-check ws-{kind}' title='{html.escape(check.text)}'>{mark} {html.escape(check.text)}</div>"
+    shown = workspace.shorten_paths(check.text, value)
+    return f"<div class='ws-check ws-{kind}' title='{html.escape(check.text)}'>{mark} {html.escape(shown)}</div>"
 
 
 def problem_html(problem: str) -> gr.HTML:
@@ -34,7 +36,7 @@ class WorkspaceBar:
                 with gr.Column(scale=1, min_width=260, elem_classes="ws-slot"):
                     with gr.Row(equal_height=True, elem_classes="ws-line"):
                         self.inputs[slot] = gr.Dropdown(
-                            choices=[], value=None, allow_custom_value=True, label=workspace.LABELS[slot], info=None, scale=1,
+                            choices=[], value=None, allow_custom_value=True, label=workspace.LABELS[slot], scale=1,
                             elem_id=f"workspace-{slot}", elem_classes="ws-input")
                         self.browse[slot] = gr.Button("Browse…", scale=0, min_width=76, size="sm",
                                                       elem_id=f"workspace-{slot}-browse", elem_classes="ws-browse")
@@ -55,7 +57,7 @@ class WorkspaceBar:
         value = ws.value(slot)
         found = check_slot(slot, value)
         updates = {self.inputs[slot]: gr.Dropdown(choices=ws.recent[slot], value=workspace.line_text(value) or None),
-                   self.checks[slot]: check_html(found), self.values[slot]: value}
+                   self.checks[slot]: check_html(found, value), self.values[slot]: value}
         if slot == "model":
             updates[self.facts] = facts(found)
         return updates, found

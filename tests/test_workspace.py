@@ -61,6 +61,7 @@ def test_a_file_of_the_wrong_shape_is_a_problem_too(studio_home):
 def test_field_text_and_the_picker_start_folder(tmp_path):
     assert workspace.field_text(["/a", "/b"], one_per_line=True) == "/a\n/b"
     assert workspace.field_text(["/a", "/b"], one_per_line=False) == "/a"
+    assert workspace.shorten_paths("not found: /x/y/z/m.ckpt", "/x/y/z/m.ckpt") == "not found: …/z/m.ckpt"
     assert workspace.line_text(["/a", "/b"]) == "/a | /b" and workspace.normalize("dataset", "/a | /b") == ["/a", "/b"]
     (tmp_path / "m.safetensors").write_bytes(b"x")
     assert workspace.start_folder(str(tmp_path / "m.safetensors")) == str(tmp_path)
@@ -82,7 +83,8 @@ def test_dataset_check_answers(tmp_path):
     assert check_dataset([str(missing)]) == (False, f"not found: {missing}", None)
     (tmp_path / "file.png").write_bytes(b"x")
     found = check_dataset([str(tmp_path / "file.png")])
-    assert not found.ok and found.text == f"{tmp_path / 'file.png'} is a file, not a folder (a dataset is a folder of images)"
+    assert not found.ok
+    assert found.text == f"{tmp_path / 'file.png'} is a file, not a folder (a dataset is a folder of images)"
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
     assert check_dataset([str(tmp_path / "empty")]) == (False, f"no images found in {tmp_path / 'empty'}", None)

@@ -47,6 +47,13 @@ def choose(page, slot: str, value: str) -> None:
     page.keyboard.press("Enter")
 
 
+def wait_field(page, elem_id: str, expected: str, section: str | None = None) -> None:
+    """Wait until a form field shows `expected`; `section`: the form's sub-tab that holds it (clicked first)."""
+    if section and not page.query_selector(f"#{elem_id}"):
+        page.click(f"#{section}-button")
+    wait_value(page, elem_id, repr(expected))
+
+
 def wait_check(page, slot: str, text: str) -> None:
     page.wait_for_selector(f"#workspace-{slot}-check :text('{text}')")
 
@@ -73,9 +80,10 @@ def test_set_once_every_tab_follows_and_a_restart_restores_it(browser, studio_ho
         page.click("#tab-buckets-button")
         wait_value(page, "BucketConfig-train_data_dir", repr(str(kit / "dataset")))
         page.click("#tab-training-button")
-        wait_value(page, "TrainConfig-train_data_dir", repr(str(kit / "dataset")))
-        wait_value(page, "TrainConfig-pretrained_model_name_or_path", repr(str(kit / "model.safetensors")))
-        wait_value(page, "TrainConfig-output_dir", repr(str(tmp_path / "out")))
+        wait_field(page, "TrainConfig-train_data_dir", str(kit / "dataset"), "TrainConfig-section-data-captions")
+        wait_field(page, "TrainConfig-pretrained_model_name_or_path", str(kit / "model.safetensors"),
+                   "TrainConfig-section-model")
+        wait_field(page, "TrainConfig-output_dir", str(tmp_path / "out"), "TrainConfig-section-saving")
         shots(page, "training")
 
         choose(page, "model", str(kit / "dataset" / "nothing.safetensors"))
@@ -97,7 +105,8 @@ def test_set_once_every_tab_follows_and_a_restart_restores_it(browser, studio_ho
         assert page.input_value("#workspace-dataset input") == str(kit / "dataset")
         wait_value(page, "ScanConfig-train_data_dir", repr(str(kit / "dataset")))
         page.click("#tab-training-button")
-        wait_value(page, "TrainConfig-pretrained_model_name_or_path", repr(str(kit / "model.safetensors")))
+        wait_field(page, "TrainConfig-pretrained_model_name_or_path", str(kit / "model.safetensors"),
+                   "TrainConfig-section-model")
         shots(page, "restored")
     finally:
         gui.terminate()
