@@ -108,8 +108,8 @@ def test_scan_demo_dataset_then_edit_and_restore_a_caption(page, tmp_path):
     page.wait_for_selector("#scan-progress:has-text('12/12')")
     page.wait_for_selector("#scan-report:has-text('12 image files, 12 readable')")
     assert "python" in page.eval_on_selector("#scan-command textarea, #scan-command input", "e => e.value")
-    counts = page.eval_on_selector_all("#aspect-histogram .bar-count", "els => els.map(e => +e.textContent)")
-    assert sum(counts) == 12
+    page.wait_for_selector("#aspect-histogram-summary .chart-summary[data-total='12']")
+    page.wait_for_selector("#size-histogram-summary .chart-summary[data-total='12']")
 
     page.click("#dataset-gallery img >> nth=0")
     page.wait_for_function("document.querySelector('#caption-editor textarea').value.length > 0")
@@ -147,8 +147,8 @@ def test_plan_buckets_then_cache_latents(page, tmp_path):
     page.click("#bucket-button")
     wait_log(page, "bucket", "bucket: done")
     page.wait_for_selector("#bucket-summary:has-text('10 images in')")
-    per_bucket = page.eval_on_selector_all("#bucket-chart .bar-count", "els => els.map(e => +e.textContent)")
-    assert sum(per_bucket) == 10 and len(per_bucket) >= 2
+    summary = page.wait_for_selector("#bucket-chart-summary .chart-summary[data-total='10']")
+    assert int(summary.get_attribute("data-bars")) >= 2
     page.wait_for_selector("#bucket-warnings:has-text('fewer images than the batch size')")
     page.wait_for_selector("#bucket-samples img")
 
@@ -189,7 +189,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.click("#train-button")
     wait_log(page, "train", "training 120 steps", 120_000)
     page.wait_for_selector("#train-checkpoint:has-text('Latest checkpoint')", timeout=120_000)
-    page.wait_for_function("+document.querySelector('#train-loss-chart polyline').dataset.points > 5")
+    page.wait_for_function("+document.querySelector('#train-loss-summary .chart-summary').dataset.points > 5")
     page.wait_for_selector("#train-samples img")
     page.click("#train-stop")
     page.wait_for_selector("#train-status:has-text('stopped')", timeout=120_000)
@@ -207,7 +207,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.reload()  # the run's view is rebuilt from its folder
     page.click("#tab-training-button")
     page.wait_for_selector("#train-status:has-text('done')")
-    page.wait_for_function("+document.querySelector('#train-loss-chart polyline').dataset.points > 5")
+    page.wait_for_function("+document.querySelector('#train-loss-summary .chart-summary').dataset.points > 5")
     page.wait_for_selector("#train-samples img")
 
 
