@@ -3,7 +3,7 @@
 1. Start: `gui.py` and a bare one-textbox gradio Blocks app, launched the same way (same launch
    options, a fresh process on a free port, alternately, best of --repeats). A first page is usable
    when GET / answers 200 and, with playwright and a chromium, a fresh browser context navigated
-   there right then shows the first tab: the studio's tab bar (READY["studio"]), the bare app's
+   there right then has rendered it: the studio's tab bar (READY["studio"]), the bare app's
    textbox. Timed from the process start; the render (navigation to visible) is shown apart. Rows:
    the studio's seconds (target <= 5) and their ratio to the bare app's (target <= 1.3: the studio's
    own imports, tabs and components cost at most 30% over gradio's own start).
