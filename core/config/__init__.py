@@ -1,12 +1,14 @@
 """The schema: one typed declaration per parameter of every job.
 
 The GUI form, the CLI flags, presets and run configs are all generated from these models.
-Each field is declared with `param(...)`: default, help text, a UI group, a basic/advanced
-flag and an optional widget hint; bounds via ge/le, choices via Literal types.
+Each field is declared with `param(...)`: default, help text, a human label, its section (group),
+a basic/advanced flag, an optional widget hint, the conditions under which it applies
+(core/config/conditions.py), whether it is on the first screen (essential) and which workspace
+choice fills it; bounds via ge/le, choices via Literal types. core/config/search.py searches them.
 """
 from core.config.captioning import (BlipCaptionConfig, CaptionWriteSettings, CleanConfig, TagConfig,  # noqa: F401
                                     UndoCleanConfig)
-from core.config.conditions import FACTS, When, when  # noqa: F401
+from core.config.conditions import FACTS, AnyOf, When, above, any_of, when, when_not  # noqa: F401
 from core.config.dataset import (BucketConfig, BucketSettings, CaptionSettings, DatasetSettings,  # noqa: F401
                                  ScanConfig, parse_resolution)
 from core.config.dreambooth import ClassImagesConfig  # noqa: F401
