@@ -207,10 +207,10 @@ class LivePanel:
         active = INDEX.active()
         followed = run["run_dir"] if run else None
         updates = {self.active: active}
-        ended = [d for d in known_active if d not in active and d != followed]
-        for run_dir in ended:
-            updates[self.ended] = announce({**new_run(run_dir), "state": run_state(Path(run_dir)),
-                                            "error": RunFolder(run_dir).read_status().get("error")})
+        ended = [announce({**new_run(d), "state": run_state(Path(d)), "error": RunFolder(d).read_status().get("error")})
+                 for d in known_active if d not in active and d != followed]
+        if ended:
+            updates[self.ended] = "\n".join(ended)
         unfinished = run and run["state"] in ACTIVE_STATES and followed not in active  # the fast tick ends it
         chosen = INDEX.followed()
         if chosen and chosen != followed and not unfinished:

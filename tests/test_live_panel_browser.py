@@ -51,10 +51,10 @@ def test_the_side_panel_follows_runs_from_any_tab_stops_them_and_announces_their
     print(f"screenshots in {shots}")
     page.evaluate(FAKE_NOTIFICATIONS)
     assert "open" not in page.get_attribute("#live-panel", "class").split()  # closed until a run starts
-    page.click("#live-panel .toggle-button")
+    page.click("#live-panel .toggle-button", no_wait_after=True)
     page.click("#live-notify")
     page.wait_for_selector("#live-notify:has-text('Notifications on')")
-    page.click("#live-panel .toggle-button")
+    page.click("#live-panel .toggle-button", no_wait_after=True)
     page.wait_for_selector("#live-panel:not(.open)")
     page.screenshot(path=str(shots / "live-0-closed.png"))
 
