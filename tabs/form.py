@@ -139,7 +139,7 @@ class SchemaForm:
             with gr.Tabs(overflow_behavior="wrap", elem_classes=["sf-tabs"]) as self.tabs:
                 for section, names in todo.items():
                     with gr.Tab(section, id=section_id(section), elem_id=f"{self.prefix}-section-{section_id(section)}",
-                                render_children=True):
+                                render_children=False):  # a sub-tab renders when first opened
                         self._render_section(section, names)
         else:
             for section, names in todo.items():

@@ -169,6 +169,8 @@ def wait_value(page, elem_id: str, expected_js: str, number: bool = False) -> No
 
 
 def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
+    from test_training_page_browser import open_section
+
     from core.dataset.demo import build_demo
 
     kit = tmp_path / "kit é"
@@ -176,11 +178,13 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.click("#tab-training-button")
     page.click("#train-preset input")
     page.click("ul[role='listbox'] li:has-text('CPU demo')")
+    open_section(page, "output_name")  # settings outside the first screen sit in sub-tabs by section
     wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
     page.wait_for_selector("#train-changes:has-text('Same as preset')")
-    fill(page, "TrainConfig-pretrained_model_name_or_path", str(kit / "model"))
-    fill(page, "TrainConfig-train_data_dir", str(kit / "dataset"))
-    fill(page, "TrainConfig-output_dir", str(tmp_path / "out"))
+    for name, value in (("pretrained_model_name_or_path", kit / "model"), ("train_data_dir", kit / "dataset"),
+                        ("output_dir", tmp_path / "out")):
+        open_section(page, name)
+        fill(page, f"TrainConfig-{name}", str(value))
     fill(page, "TrainConfig-max_train_steps", "120")
     page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
 
@@ -227,6 +231,7 @@ def test_train_preset_save_as_and_kohya_import(page, tmp_path):
     config = tmp_path / "kohya config.json"
     config.write_text('{"learning_rate": "5e-6", "epoch": 3, "lr_warmup": 10, "optimizer": "AdamW8bit", '
                       '"lr_scheduler": "cosine", "conv_dim": 32, "xformers": true}', encoding="utf-8")
+    page.click("text=Import a kohya_ss")
     page.set_input_files("#train-import input[type=file]", str(config))
     page.wait_for_selector("#train-import-message:has-text('Imported')")
     assert "conv_dim" in page.inner_text("#train-import-message")

@@ -10,7 +10,7 @@ window.sfReveal = (elemId) => {
       const input = field.querySelector("input, textarea");
       if (input) input.focus({ preventScroll: true });
       setTimeout(() => field.classList.remove("sf-found"), 2500);
-    } else if (tries++ < 50) {
+    } else if (tries++ < 150) {
       setTimeout(go, 100);
     }
   };
