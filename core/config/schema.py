@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import SchemaValidator
 
 from core.config.conditions import When
@@ -89,12 +89,6 @@ def validate(model: type[JobConfig], values: dict, source: str) -> JobConfig:
         return model.model_validate(values)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
-
-
-def fields_only(info: ValidationInfo) -> bool:
-    """In a model validator: True when called with validate_partial's context (which now leaves model
-    validators out altogether); kept until core/config/train.py no longer imports it."""
-    return bool(info.context and info.context.get("fields_only"))
 
 
 @cache
