@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import SchemaValidator
 
-from core.config.conditions import When
+from core.config.conditions import Condition
 
 SCHEMA_VERSION = 2  # presets and run configs of older versions are migrated (core/config/presets.py)
 
@@ -18,7 +18,7 @@ WorkspaceSlot = Literal["dataset", "model", "output"]
 
 
 def param(default: Any, help: str, *, label: str | None = None, group: str = "Basic", advanced: bool = False,
-          widget: Widget | None = None, applies: When | tuple[When, ...] = (), essential: bool = False,
+          widget: Widget | None = None, applies: Condition | tuple[Condition, ...] = (), essential: bool = False,
           workspace: WorkspaceSlot | None = None, **constraints: Any) -> Any:
     """Declare a parameter: its default and help text, and what the GUI needs to show it well.
 
