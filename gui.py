@@ -77,9 +77,11 @@ def main(argv: list[str] | None = None) -> None:
 
     os.chdir(REPO_ROOT)  # jobs run from here too, so relative paths mean the same in both
     app = build_app()
+    # _frontend=False: no self-check HEAD / after the start; gradio gives up on it after 3 s without an answer
+    # and aborts ("localhost is not accessible"), which a busy machine reaches while the server is fine.
     app.launch(server_name=args.host, server_port=args.port, auth=args.auth, share=args.share,
                inbrowser=args.inbrowser, ssr_mode=False, footer_links=["settings"], quiet=True,
-               prevent_thread_lock=True, **launch_assets())
+               prevent_thread_lock=True, _frontend=False, **launch_assets())
     print(f"SD Studio is running at {app.local_url}" + (f" (public link: {app.share_url})" if app.share_url else "")
           + "\nPress Ctrl+C to quit; running jobs go on and the GUI reattaches to them next time.", flush=True)
     start_torch_check()  # logs the PyTorch build and warns when it cannot use the NVIDIA GPU; serves meanwhile
