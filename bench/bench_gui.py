@@ -48,7 +48,7 @@ import gradio as gr
 with gr.Blocks() as app:
     gr.Textbox(label="hello", elem_id="hello")
 app.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), ssr_mode=False, footer_links=["settings"],
-           quiet=True, prevent_thread_lock=True)
+           quiet=True, prevent_thread_lock=True, _frontend=False)
 app.block_thread()
 """
 READY = {"studio": "#tab-training-button", "bare": "#hello textarea"}  # visible: the first page is usable
