@@ -90,8 +90,7 @@ class WorkspaceBar:
         for slot in workspace.SLOTS:
             self.inputs[slot].input(lambda value, slot=slot: self.set_values(**{slot: value}),
                                     inputs=self.inputs[slot], outputs=self.outputs, show_progress="hidden")
-            self.browse[slot].click(lambda value, slot=slot: self.picker.open(slot, value), inputs=self.inputs[slot],
-                                    outputs=self.picker.outputs)
+            self.picker.open_with(self.browse[slot], slot, self.inputs[slot])
         self.picker.wire(lambda slot, path: self.set_values(**{slot: path}), self.outputs)
         blocks.load(self.restore, outputs=self.outputs)
 
