@@ -23,7 +23,7 @@ def page(gui_url):  # noqa: F811
         page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
         page.set_default_timeout(60_000)
         page.goto(gui_url)
-        page.click("#tab-training-button")
+        page.click("#tab-training-button", timeout=180_000)  # the first render of the page, on a busy machine
         page.wait_for_selector("#train-button")
         yield page
         browser.close()
