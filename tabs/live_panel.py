@@ -135,16 +135,16 @@ class LivePanel:
                 self.stop = gr.Button("Stop", variant="stop", size="sm", interactive=False, scale=0,
                                       min_width=70, elem_id="live-stop")
             self.progress = gr.HTML(progress_html(None), elem_id="live-progress")
-            with gr.Column(visible=False, elem_id="live-training") as self.training:
-                self.loss_chart = line_plot("Loss", "live-loss-chart", height=170)
-                self.loss_summary = gr.HTML(line_summary({}), elem_id="live-loss-summary")
-                self.smoothing = smoothing_slider("live-smoothing")
-                self.lr_chart = line_plot("Learning rate", "live-lr-chart", height=130, y_format=".1e")
-                self.lr_summary = gr.HTML(line_summary({}), elem_id="live-lr-summary")
-                self.gallery = gr.Gallery(label="Newest samples", columns=SAMPLES, height=120, allow_preview=True,
-                                          elem_id="live-samples")
             self.log = gr.Textbox(label="Last lines of the log", lines=LOG_LINES, max_lines=LOG_LINES,
                                   interactive=False, elem_id="live-log")
+            with gr.Column(visible=False, elem_id="live-training") as self.training:
+                self.loss_chart = line_plot("Loss", "live-loss-chart", height=150)
+                self.loss_summary = gr.HTML(line_summary({}), elem_id="live-loss-summary")
+                self.smoothing = smoothing_slider("live-smoothing", info=False)
+                self.lr_chart = line_plot("Learning rate", "live-lr-chart", height=110, y_format=".1e")
+                self.lr_summary = gr.HTML(line_summary({}), elem_id="live-lr-summary")
+                self.gallery = gr.Gallery(label="Newest samples", columns=SAMPLES, height=100, allow_preview=True,
+                                          elem_id="live-samples")
             self.notify = gr.Button("Notify me when a run ends", size="sm", elem_id="live-notify")
             self.ended = gr.Textbox(visible="hidden", elem_id="live-ended")
         self.follow_timer = gr.Timer(FOLLOW_S, active=False)

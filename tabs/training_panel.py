@@ -21,9 +21,9 @@ def counts(run: dict | None) -> tuple:
             len(run.get("checkpoints", [])))
 
 
-def smoothing_slider(elem_id: str) -> gr.Slider:
+def smoothing_slider(elem_id: str, info: bool = True) -> gr.Slider:
     return gr.Slider(0, 0.99, value=SMOOTHING, step=0.01, label="Loss smoothing", elem_id=elem_id,
-                     info="0: raw values; closer to 1: smoother (as TensorBoard)")
+                     info="0: raw values; closer to 1: smoother (as TensorBoard)" if info else None)
 
 
 def curves(run: dict | None, weight: float) -> tuple:
