@@ -4,6 +4,7 @@ kept) with one line per section that says why."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import gradio as gr
 from pydantic import BaseModel
@@ -62,10 +63,10 @@ class SchemaForm:
     `bound`: workspace slot (dataset / model / output) -> the component of the field declared with it."""
 
     def __init__(self, model: type[BaseModel], values: dict | None = None, fields: list[str] | None = None,
-                 layout: str = "accordions", render: bool = True, elem_prefix: str | None = None):
+                 layout: Literal["accordions", "tabs"] = "accordions", render: bool = True):
         """`fields`: render only these parameters (another form on the page holds the rest)."""
         self.model, self.layout = model, layout
-        self.prefix = elem_prefix or model.__name__
+        self.prefix = model.__name__  # of every elem_id: {prefix}-{field}, {prefix}-section-{section id}
         self.names = list(fields or model.model_fields)
         self.defaults = model.model_construct().model_dump(mode="json")
         self.initial = {**self.defaults, **(values or {})}
