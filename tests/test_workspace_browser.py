@@ -118,6 +118,7 @@ def test_a_folder_chosen_in_the_picker_lands_in_the_field(browser, studio_home, 
     from core.dataset.demo import write_dataset
 
     write_dataset(tmp_path / "pics" / "5_cat", num_images=3, seed=1)
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     port = free_port()
     gui = start_gui(port, studio_home / "gui.log")
     try:
@@ -133,6 +134,9 @@ def test_a_folder_chosen_in_the_picker_lands_in_the_field(browser, studio_home, 
         shots(page, "picker")
         page.click("#picker-use")
         page.wait_for_selector("#picker-message :text('Select a file or folder first')")
+        page.click("#picker-explorer li:has-text('notes.txt') input[type=checkbox]")
+        page.click("#picker-use")
+        page.wait_for_selector("#picker-message :text('is a file: choose a folder')")
         page.fill("#picker-look-in input", str(tmp_path / "pics"))
         page.keyboard.press("Enter")
         page.wait_for_selector("#picker-explorer :text('5_cat')")
