@@ -21,8 +21,7 @@ def follow_workspace(bar: WorkspaceBar) -> None:
                 fields.append((schema_form.bound[slot], field_kind(schema_form.model, name).kind == "list"))
         bar.fill(slot, fields)
     for schema_form in form.FORMS:
-        if hasattr(schema_form, "wire_facts"):  # tabs/form.py's conditions on the facts (being added)
-            schema_form.wire_facts(bar.facts)
+        schema_form.wire_facts(bar.facts)
 
 
 def build_app() -> gr.Blocks:
