@@ -1,7 +1,7 @@
 """Quick checks of the workspace's paths, each a one-line answer for the GUI: names and headers only.
 
-Nothing here imports torch at start: the model check imports the model loader (which does) only when a
-model is checked, and reads key names, never weights.
+Nothing here imports torch: a model is recognised from its names (diffusers configs, a .safetensors header);
+only a .ckpt needs the model loader (and torch) to read the names in its pickle. Weights are never read.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from core.dataset.discovery import parse_repeat_folder
 from core.dataset.images import is_image_file
 from core.filenames import MODEL_SUFFIXES
 from core.fsutil import format_bytes, free_bytes
+from core.models.arch import arch_by_names
 
 IMAGE_COUNT_CAP = 10_000  # a folder with more images reads "10000+ images" (counting stops there)
 ARCH_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
@@ -98,10 +99,12 @@ def check_model(model: str) -> Check:
                             "folder or a .safetensors/.ckpt file)")
     if path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES:
         return Check(False, f"{not_a_model}: expected a {', '.join(MODEL_SUFFIXES)} file or a diffusers folder")
-    from core.models.loading import model_arch  # imports torch: only when a model is checked
-
     try:
-        arch = model_arch(path)
+        arch = arch_by_names(path)
+        if arch is None:  # a .ckpt: its names are in its pickle, which torch reads
+            from core.models.loading import model_arch
+
+            arch = model_arch(path)
     except ValueError as exc:
         reason = str(exc).removeprefix(f"{path}: ")
         return Check(False, f"{not_a_model}: {reason}")

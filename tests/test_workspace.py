@@ -154,7 +154,18 @@ def test_output_check_refuses_a_folder_it_cannot_write(tmp_path):
     assert not check_output(str(tmp_path / "ro" / "out")).ok
 
 
-def test_importing_the_checks_does_not_import_torch():
-    code = ("import sys, core.workspace, core.workspace_checks; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+def test_checking_a_workspace_does_not_import_torch(demo_kit):
+    """The GUI checks the workspace on every page load: a .safetensors file and a diffusers folder are recognised
+    from their header and configs alone."""
+    kit = demo_kit("sd1", 4, 0)
+    code = ("import sys; from core.workspace_checks import check_model as c; "
+            f"print(c({str(kit / 'model.safetensors')!r}).model_arch, c({str(kit / 'model')!r}).model_arch, "
+            "sorted(m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "sd1 sd1 []\n"
+
+
+def test_a_safetensors_file_that_is_not_one_is_named(tmp_path):
+    (tmp_path / "fake.safetensors").write_bytes(b"\xff" * 64)
+    found = check_model(str(tmp_path / "fake.safetensors"))
+    assert not found.ok and "is not a Stable Diffusion checkpoint" in found.text and "damaged or not a model" in found.text

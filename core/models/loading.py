@@ -15,7 +15,6 @@ also reachable from here.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -26,14 +25,13 @@ from typing import Callable
 import torch
 
 from core.filenames import MODEL_SUFFIXES
+from core.models.arch import arch_by_names, arch_of_keys, read_json
 
 SCALING_FACTORS = {"sdxl": 0.13025}  # every other SD family: 0.18215
 DEFAULT_SCALING_FACTOR = 0.18215
 # Prefixes of the VAE inside a full original-layout checkpoint (as diffusers' LDM_VAE_KEYS).
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 VAE_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
-ARCH_PREFIXES = (("conditioner.embedders.", "sdxl"), ("cond_stage_model.model.", "sd2"),
-                 ("cond_stage_model.transformer.", "sd1"))
 
 
 class Checkpoint:
@@ -103,33 +101,12 @@ def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def arch_of_keys(keys) -> str:
-    """sd1 / sd2 / sdxl for a full original-layout checkpoint, "vae" for a VAE alone, else
-    "unknown"."""
-    keys = list(keys)
-    for prefix, arch in ARCH_PREFIXES:
-        if any(k.startswith(prefix) for k in keys):
-            return arch
-    return "vae" if "encoder.conv_in.weight" in keys else "unknown"
-
-
-def arch_of_folder(folder: Path) -> str:
-    """sd1 / sd2 / sdxl for a diffusers pipeline folder (from its class and text encoder)."""
-    index = read_json(folder / "model_index.json")
-    if "XL" in str(index.get("_class_name", "")):
-        return "sdxl"
-    text_config = folder / "text_encoder" / "config.json"
-    if text_config.is_file() and read_json(text_config).get("hidden_act") == "gelu":
-        return "sd2"  # OpenCLIP ViT-H; SD 1.x uses OpenAI CLIP with quick_gelu
-    return "sd1"
-
-
 def model_arch(model_path: str | os.PathLike) -> str:
     """The architecture of a model path (folder or single file), by names only."""
     path = existing_path(model_path)
-    if path.is_dir():
-        return arch_of_folder(path) if (path / "model_index.json").is_file() else "unknown"
-    with Checkpoint(path) as ckpt:
+    if (arch := arch_by_names(path)) is not None:
+        return arch
+    with Checkpoint(path) as ckpt:  # a .ckpt: its pickle is read (weights only) for the names
         return arch_of_keys(ckpt.keys)
 
 
@@ -144,13 +121,6 @@ def existing_path(path: str | os.PathLike) -> Path:
         raise ValueError(f"{resolved}: not a model file (expected "
                          f"{', '.join(MODEL_SUFFIXES)} or a diffusers folder)")
     return resolved
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read this JSON file ({exc})") from None
 
 
 def weights_identity(module: torch.nn.Module) -> str:

@@ -20,16 +20,9 @@ from pathlib import Path
 import torch
 
 from core.fsutil import disk_full_error, is_disk_full, recover_folder, staging_folder, swap_in_folder
+from core.models.arch import arch_of_folder, arch_of_keys, read_json
 from core.models.ldm_convert import family_of, to_ldm_state_dict
-from core.models.loading import (
-    VAE_PREFIXES,
-    Checkpoint,
-    arch_of_folder,
-    arch_of_keys,
-    existing_path,
-    load_vae,
-    read_json,
-)
+from core.models.loading import VAE_PREFIXES, Checkpoint, existing_path, load_vae
 from core.models.single_file import modelspec_metadata, save_single_file, saved_bytes
 from core.models.tokenizer import load_clip_tokenizer
 
