@@ -129,6 +129,7 @@ class LivePanel:
     def __init__(self):
         self.run = gr.State(None)
         self.active = gr.State([])  # runs active at the last slow tick: their end is announced
+        self.watched = gr.State(None)  # what the slow tick saw: the active runs and the run to follow
         with gr.Sidebar(label="Run", position="right", open=False, width=380, elem_id="live-panel") as self.sidebar:
             with gr.Row(equal_height=True):
                 self.status = gr.Markdown("No run yet.", elem_id="live-status")
@@ -227,8 +228,11 @@ class LivePanel:
         hidden = {"show_progress": "hidden"}
         blocks.load(self.load, inputs=self.smoothing, outputs=self.outputs, **hidden)
         self.follow_timer.tick(self.follow, inputs=[self.run, self.smoothing], outputs=self.outputs, **hidden)
-        self.watch_timer.tick(self.watch, inputs=[self.run, self.active, self.smoothing], outputs=self.outputs,
-                              **hidden)
+        # The slow tick updates one State; only a change of it (a run started or ended) updates the panel, so an
+        # idle page costs the browser next to nothing between runs.
+        self.watch_timer.tick(lambda: [INDEX.active(), INDEX.followed()], outputs=self.watched, **hidden)
+        self.watched.change(self.watch, inputs=[self.run, self.active, self.smoothing], outputs=self.outputs,
+                            **hidden)
         self.stop.click(self.do_stop, inputs=self.run, outputs=self.outputs)
         self.smoothing.release(lambda run, weight: curves(run, weight), inputs=[self.run, self.smoothing],
                                outputs=self.charts, **hidden)
