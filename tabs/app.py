@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.config import field_kind
-from tabs import buckets, captioning, cleaning, dataset, form, live_panel, runs, tools, training
+from tabs import buckets, captioning, cleaning, dataset, form, live_panel, page_load, runs, tools, training
 from tabs.workspace import WorkspaceBar
 
 TITLE = "SD Studio"
@@ -26,6 +26,7 @@ def follow_workspace(bar: WorkspaceBar) -> None:
 
 def build_app() -> gr.Blocks:
     form.FORMS.clear()
+    page_load.PARTS.clear()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         gr.HTML(f"<b>{TITLE}</b> · prepare datasets and fine-tune Stable Diffusion models", elem_id="app-title",
                 padding=False)
@@ -41,4 +42,5 @@ def build_app() -> gr.Blocks:
         live_panel.build(blocks)
         bar.wire(blocks)
         follow_workspace(bar)
+        page_load.wire(blocks)  # last: every part has said what it shows on load
     return blocks

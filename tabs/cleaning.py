@@ -11,6 +11,7 @@ from core.captions.cleaning import list_snapshots, preview
 from core.captions.rules import RULE_TEMPLATES
 from core.captions.stats import export_kohya_metadata, find_with_tag, top_tags
 from core.config import CleanConfig, ConfigError, validate
+from tabs import page_load
 from tabs.charts import bar_chart_html
 from tabs.job_panel import JobPanel
 from tabs.job_section import JobSection
@@ -148,8 +149,9 @@ def build(blocks: gr.Blocks) -> None:
     extra["add"].click(add_rule, inputs=[extra["rule"], rules_box], outputs=rules_box)
     extra["preview"].click(lambda *raw: preview_table(section.values(*raw)), inputs=inputs,
                            outputs=[extra["table"], extra["message"]])
-    for trigger in (refresh.click, blocks.load, section.panel.finished.change, undo_panel.finished.change):
+    for trigger in (refresh.click, section.panel.finished.change, undo_panel.finished.change):
         trigger(refresh_snapshots, outputs=snapshot)
+    page_load.on_load(refresh_snapshots, [snapshot])
     undo.click(start_undo, inputs=snapshot, outputs=undo_panel.outputs)
     count.click(lambda n, *raw: tag_statistics(section.values(*raw), n), inputs=[top_n, *inputs],
                 outputs=[tag_table, tag_chart])

@@ -24,6 +24,7 @@ from core.jobs.runner import (
     run_state,
     start_job,
 )
+from tabs import page_load
 
 STATE_TEXT = {"starting": "starting…", "running": "running", "done": "done", "stopped": "stopped",
               "error": "failed", "invalid": "invalid settings", "killed": "ended unexpectedly"}
@@ -202,7 +203,7 @@ class JobPanel:
     def wire(self, blocks: gr.Blocks) -> None:
         self.timer.tick(self.poll, inputs=self.poll_inputs, outputs=self.outputs, show_progress="hidden")
         self.stop.click(self.request_stop, inputs=self.run, outputs=self.outputs)
-        blocks.load(self.reattach, outputs=self.outputs)
+        page_load.on_load(self.reattach, self.outputs)
 
 
 def _console_tail(folder: RunFolder, lines: int = 30) -> list[str]:

@@ -19,7 +19,7 @@ import gradio as gr
 from core.fsutil import runs_root
 from core.jobs.run_folder import RunFolder
 from core.jobs.runner import ACTIVE_STATES, request_stop, run_state
-from tabs import job_panel
+from tabs import job_panel, page_load
 from tabs.charts import line_plot, line_summary
 from tabs.job_panel import STATE_TEXT, advance, format_duration, new_run, progress_html
 from tabs.training_panel import counts, curves, gallery, smoothing_slider
@@ -226,7 +226,7 @@ class LivePanel:
 
     def wire(self, blocks: gr.Blocks) -> None:
         hidden = {"show_progress": "hidden"}
-        blocks.load(self.load, inputs=self.smoothing, outputs=self.outputs, **hidden)
+        page_load.on_load(self.load, self.outputs, inputs=[self.smoothing])
         self.follow_timer.tick(self.follow, inputs=[self.run, self.smoothing], outputs=self.outputs, **hidden)
         # The slow tick updates one State; only a change of it (a run started or ended) updates the panel, so an
         # idle page costs the browser next to nothing between runs.

@@ -12,6 +12,7 @@ from core.jobs.run_folder import RunFolder
 from core.jobs.run_summary import last_metric, output_files
 from core.jobs.runner import ACTIVE_STATES, grace_period, list_runs, stop_in_background
 from core.jobs.tensorboard import has_tensorboard_logs, start_tensorboard
+from tabs import page_load
 from tabs.job_panel import STATE_TEXT, format_duration
 
 COLUMNS = ["started", "job", "status", "duration", "final loss", "folder"]
@@ -101,8 +102,8 @@ def build(blocks: gr.Blocks) -> None:
     def open_tensorboard(run_dir: str | None):
         return tensorboard_link(run_dir) if run_dir else gr.skip()
 
-    for trigger in (refresh.click, blocks.load):
-        trigger(runs_table, outputs=[table, folders])
+    refresh.click(runs_table, outputs=[table, folders])
+    page_load.on_load(runs_table, [table, folders])
     table.select(select, inputs=folders,
                  outputs=[selected, header, log, config, result, outputs, stop, tensorboard, tensorboard_info])
     stop.click(stop_selected, inputs=selected, outputs=[stop, header])

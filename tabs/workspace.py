@@ -8,6 +8,7 @@ import gradio as gr
 
 from core import workspace
 from core.workspace_checks import Check, check_slot, facts
+from tabs import page_load
 from tabs.file_picker import FilePicker
 
 
@@ -92,7 +93,7 @@ class WorkspaceBar:
                                     inputs=self.inputs[slot], outputs=self.outputs, show_progress="hidden")
             self.picker.open_with(self.browse[slot], slot, self.inputs[slot])
         self.picker.wire(lambda slot, path: self.set_values(**{slot: path}), self.outputs)
-        blocks.load(self.restore, outputs=self.outputs)
+        page_load.on_load(self.restore, self.outputs)
 
     def fill(self, slot: str, fields: list[tuple[gr.components.Component, bool]]) -> None:
         """Keep form fields on the slot's value: `fields` are (component, one folder per line)."""
