@@ -31,16 +31,17 @@ def build_app() -> gr.Blocks:
         gr.HTML(f"<b>{TITLE}</b> · prepare datasets and fine-tune Stable Diffusion models", elem_id="app-title",
                 padding=False)
         bar = WorkspaceBar()
-        with gr.Tabs():
-            dataset.build(blocks)
+        with gr.Tabs() as tabs:
+            try_it, demo_panel = dataset.build(blocks)
             captioning.build(blocks)
             cleaning.build(blocks)
             buckets.build(blocks)
-            training.build(blocks)
+            training_page = training.build(blocks)
             tools.build(blocks)
             runs.build(blocks)
         live_panel.build(blocks)
         bar.wire(blocks)
         follow_workspace(bar)
+        try_it.wire(demo_panel, bar, tabs, training_page)
         page_load.wire(blocks)  # last: every part has said what it shows on load
     return blocks

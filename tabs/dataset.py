@@ -18,7 +18,9 @@ from core.captions.files import (
 from core.dataset.images import ImageError, thumbnail
 from core.jobs.run_folder import RunFolder
 from tabs.charts import bar_frame, bar_plot, bar_summary
+from tabs.job_panel import JobPanel
 from tabs.job_section import JobSection
+from tabs.try_it import TryIt
 
 PAGE_SIZE = 48
 FILTERS = {"all images": None, "missing caption": "missing", "empty caption": "empty"}
@@ -136,8 +138,10 @@ def restore_selected(entry: dict | None, backup_id: str | None):
     return text, backup_choices(str(caption_path)), f"Restored `{caption_path.name}` (the text it replaced is a backup too)."
 
 
-def build(blocks: gr.Blocks) -> None:
+def build(blocks: gr.Blocks) -> tuple[TryIt, JobPanel]:
+    """The tab; returns its Try it row and the demo kit's job panel (tabs/app.py wires them to the workspace)."""
     with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
+        try_it = TryIt()
         gr.Markdown("Scan one or more dataset folders (images with sidecar caption files; kohya-style "
                     "`N_name` folders count as N repeats), then browse the images and edit captions.")
         scan = JobSection("scan", "Scan")
@@ -192,14 +196,4 @@ def build(blocks: gr.Blocks) -> None:
     gallery.select(select_image, inputs=shown, outputs=[selected, selected_info, caption, backups, caption_message])
     save.click(save_selected, inputs=[selected, caption], outputs=[backups, caption_message])
     restore.click(restore_selected, inputs=[selected, backups], outputs=[caption, backups, caption_message])
-
-    def use_demo_dataset(run_dir, current):
-        if not run_dir or current.strip():
-            return gr.skip()  # never replace folders the user typed
-        config = RunFolder(run_dir).read_config()
-        dataset = (Path(config["values"]["out"]) / "dataset").resolve()
-        return str(dataset) if dataset.is_dir() else gr.skip()
-
-    train_data_dir = scan.form.components["train_data_dir"]
-    demo.panel.finished.change(use_demo_dataset, inputs=[demo.panel.finished, train_data_dir],
-                               outputs=train_data_dir)
+    return try_it, demo.panel

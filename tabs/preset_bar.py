@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.config.presets import PresetError, delete_preset, find_preset, list_presets, save_preset
+from tabs import page_load
 from tabs.form import SchemaForm
 
 
@@ -71,7 +72,7 @@ class PresetBar:
     def wire(self, form: SchemaForm, blocks: gr.Blocks) -> None:
         self.form = form
         form_inputs = form.inputs
-        blocks.load(lambda: self._refresh(None, ""), outputs=[self.choice, self.message])
+        page_load.on_load(lambda: self._refresh(None, ""), [self.choice, self.message])  # user presets saved since
         for trigger in (self.choice.input, self.reset.click):  # choosing a preset loads it
             self.loads.append(trigger(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message]))
         self.save.click(self.do_save, inputs=[self.choice, *form_inputs], outputs=[self.choice, self.message])

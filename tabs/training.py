@@ -4,7 +4,10 @@ the latent cache and DreamBooth class images built ahead, and the live view (log
 from __future__ import annotations
 
 import html
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 
@@ -95,7 +98,24 @@ def switch_kind(kind: str, class_dir: str, stash: str, dreambooth_tab: str) -> l
     return ["LoRA" in kind, "", class_dir or stash, gr.skip(), "", ""]
 
 
-def build(blocks: gr.Blocks) -> None:
+@dataclass
+class TrainingPage:
+    """What the rest of the app uses of the Training tab: the preset bar, the form, and Start (its handler
+    taking the form's values in `form.inputs` order, and its outputs)."""
+    presets: PresetBar
+    form: SchemaForm
+    start: Callable
+    start_outputs: list
+
+
+def named_fields(form: SchemaForm, values: dict, report: str) -> dict:
+    """Show the hidden fields a check's report names, so a setting that stops the run can be changed where it
+    does not apply (a full_fp16 left on after the precision changed, say)."""
+    return {form.components[name]: gr.update(visible=True) for name in form.hidden(values)
+            if re.search(rf"\b{re.escape(name)}\b", report)}
+
+
+def build(blocks: gr.Blocks) -> TrainingPage:
     with gr.Tab("Training", id="training", elem_id="tab-training"):
         presets = PresetBar("train")
         form = SchemaForm(TrainConfig, layout="tabs", render=False)
@@ -143,8 +163,9 @@ def build(blocks: gr.Blocks) -> None:
         return form.read(*raw)
 
     def do_check(*raw):
-        text, _, needs_cache = check_report(values_of(raw))
-        return text, gr.update(interactive=needs_cache)
+        values = values_of(raw)
+        text, _, needs_cache = check_report(values)
+        return {report: text, build_cache: gr.update(interactive=needs_cache), **named_fields(form, values, text)}
 
     def do_start(*raw, resume_from: str = ""):
         values = values_of(raw)
@@ -152,7 +173,8 @@ def build(blocks: gr.Blocks) -> None:
             values["resume"] = resume_from
         text, ok, needs_cache = check_report(values)
         if not ok:
-            return {report: text + "\n\n**Nothing was started.**", build_cache: gr.update(interactive=needs_cache)}
+            return {report: text + "\n\n**Nothing was started.**", build_cache: gr.update(interactive=needs_cache),
+                    **named_fields(form, values, text)}
         return {**panel.launch(values), report: text}
 
     def do_resume(chosen: str | None, *raw):
@@ -181,9 +203,11 @@ def build(blocks: gr.Blocks) -> None:
         except ConfigError as err:
             return {class_panel.status: f"**Invalid settings:**\n\n```\n{err}\n```"}
 
-    check.click(do_check, inputs=inputs, outputs=[report, build_cache])
-    start.click(do_start, inputs=inputs, outputs=[*panel.outputs, report, build_cache])
-    resume.click(do_resume, inputs=[state, *inputs], outputs=[*panel.outputs, report, build_cache])
+    conditional = [form.components[n] for n in form.conditional()]
+    start_outputs = [*panel.outputs, report, build_cache, *conditional]
+    check.click(do_check, inputs=inputs, outputs=[report, build_cache, *conditional])
+    start.click(do_start, inputs=inputs, outputs=start_outputs)
+    resume.click(do_resume, inputs=[state, *inputs], outputs=start_outputs)
     find.click(do_find, inputs=inputs, outputs=[state, report])
     build_cache.click(do_build_cache, inputs=inputs, outputs=cache_panel.outputs)
     build_class.click(do_build_class, inputs=inputs, outputs=class_panel.outputs)
@@ -198,6 +222,7 @@ def build(blocks: gr.Blocks) -> None:
     panel.wire(blocks)
     cache_panel.wire(blocks)
     class_panel.wire(blocks)
+    return TrainingPage(presets, form, do_start, start_outputs)
 
 
 def wire_kind(form: SchemaForm, kind: gr.Radio, note: gr.Markdown, stash: gr.State, reveal: gr.Textbox,

@@ -86,6 +86,20 @@ def page(gui_url):
         browser.close()
 
 
+@pytest.fixture
+def laptop_page(gui_url):
+    """A page of the GUI in a 1366x768 window (the smallest laptop screen we design for)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.set_default_timeout(180_000)  # a busy 2-core machine: one click can take a minute
+        page.goto(gui_url)
+        yield page
+        browser.close()
+
+
 def wait_log(page, prefix: str, text: str, timeout: int = 30_000) -> None:
     """Wait until the job panel `prefix`'s log shows `text`."""
     page.wait_for_function(f"document.querySelector('#{prefix}-log textarea').value.includes({text!r})",

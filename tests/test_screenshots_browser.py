@@ -1,27 +1,11 @@
 """Every tab of the GUI at 1366x768, saved as screenshots for a reviewer (the folder is named at the end of
 the test output), and what must be in the first screen of each."""
-import pytest
-
-from test_gui_browser import CHROMIUM_ARGS, chromium_path
+from test_gui_browser import gui_url, laptop_page  # noqa: F401  (fixtures)
 
 TABS = ["dataset", "captioning", "cleaning", "buckets", "training", "tools", "runs"]
 
 
-@pytest.fixture
-def laptop_page(gui_url):
-    """A page of the GUI in a 1366x768 window (the smallest laptop screen we design for)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.set_default_timeout(60_000)
-        page.goto(gui_url)
-        yield page
-        browser.close()
-
-
-def test_every_tab_at_1366x768(laptop_page, screenshot):
+def test_every_tab_at_1366x768(laptop_page, screenshot):  # noqa: F811  (the fixture)
     page = laptop_page
     page.wait_for_selector("#tab-training-button")
     for index, tab in enumerate(TABS, start=1):
