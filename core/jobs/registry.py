@@ -95,4 +95,7 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("demo", config.DemoConfig, "core.dataset.demo:run",
             "Build a tiny random model and a demo dataset offline.", stop_grace_s=30,
             writes=lambda cfg: [Target("demo kit", cfg.out, "out")]),
+    JobSpec("download", config.DownloadConfig, "core.models.download:run",
+            "Download model files from the Hugging Face Hub (resumable, hash-checked).", stop_grace_s=30,
+            writes=lambda cfg: [Target("download", str(cfg.folder()), "local_dir")]),
 ]}
