@@ -1,5 +1,5 @@
 """`python -m core <job> [--config FILE] [--set key=value ...] [--run-dir DIR] [--<field> value ...]`
-and `python -m core stop RUN_DIR [--wait]`.
+and `python -m core stop RUN_DIR [--wait]`, `python -m core models [--scan DIR ...]` (the model library as JSON).
 
 The flags of each job are generated from its schema model. Values are layered:
 schema defaults < --config (a preset or a run's config.json) < --<field> flags < --set.
@@ -17,6 +17,7 @@ from core.jobs.protocol import EXIT_INVALID, JobContext, execute, new_run_dir, p
 from core.jobs.registry import JOBS, JobSpec
 from core.jobs.run_folder import RunFolder
 from core.jobs.runner import grace_period, is_active, request_stop, run_state, stop_job
+from core.models.library import main as models_main
 
 LIST_KINDS = ("list", "multi_choice")
 
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m core <job> [--config FILE] [--set key=value ...] [--run-dir DIR]\n"
-              "       python -m core stop RUN_DIR [--wait]\n\njobs:")
+              "       python -m core stop RUN_DIR [--wait]\n"
+              "       python -m core models [--scan DIR ...]   (list models as JSON; default: the library folders)"
+              "\n\njobs:")
         for spec in JOBS.values():
             print(f"  {spec.name:<10} {spec.summary}")
         print("\n`python -m core <job> --help` lists the job's parameters.")
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     job, rest = argv[0], argv[1:]
     if job == "stop":
         return stop_main(rest)
+    if job == "models":
+        return models_main(rest)
     if job not in JOBS:
         print(f"error: unknown job '{job}'. Jobs: {', '.join(JOBS)}", file=sys.stderr)
         return 2

@@ -3,8 +3,11 @@ GUI checks a chosen model with it, and the loader (core/models/loading.py) uses 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
+
+from core.fsutil import format_bytes
 
 ARCH_PREFIXES = (("conditioner.embedders.", "sdxl"), ("cond_stage_model.model.", "sd2"),
                  ("cond_stage_model.transformer.", "sd1"))
@@ -39,20 +42,82 @@ def arch_of_folder(folder: Path) -> str:
     return "sd1"
 
 
-def safetensors_keys(path: Path) -> list[str]:
-    """The tensor names in a .safetensors file's header (8-byte length, then JSON); ValueError naming the
-    file when it is not one."""
+class ModelFileError(ValueError):
+    """A model file that cannot be read: the message names the file, `reason` says why in a few words."""
+
+    def __init__(self, path: Path, what: str, reason: str):
+        super().__init__(f"{path}: cannot read this {what}, it is damaged or not a model ({reason})")
+        self.reason = reason
+
+
+def safetensors_header(path: Path) -> dict:
+    """The header of a .safetensors file: {tensor name: {dtype, shape, data_offsets}, "__metadata__": {str:
+    str}}, read without the tensors; ModelFileError naming the file and why when it is not one."""
     try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
-                raise ValueError(f"a header of {length} bytes")
-            header = json.loads(f.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a table of tensors")
-    except (OSError, ValueError, struct.error) as exc:
-        raise ValueError(f"{path}: cannot read this .safetensors file, it is damaged or not a model ({exc})") from None
-    return [key for key in header if key != "__metadata__"]
+        return _read_header(path)
+    except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise ModelFileError(path, ".safetensors file", str(exc)) from None
+
+
+def _read_header(path: Path) -> dict:
+    """8 bytes of length, then that many of JSON. A length past SAFETENSORS_HEADER_LIMIT is refused unread;
+    a header, or tensor data, reaching past the end of the file is a truncated file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("an empty file" if not head else f"a file of {size} bytes, too short for a header")
+        (length,) = struct.unpack("<Q", head)
+        if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
+            raise ValueError(f"not a safetensors file: its first bytes give a header of {format_bytes(length)}, "
+                             f"over the {format_bytes(SAFETENSORS_HEADER_LIMIT)} limit, not read")
+        if 8 + length > size:
+            raise ValueError(f"truncated file: the header alone takes {format_bytes(8 + length)}, "
+                             f"the file has {format_bytes(size)}")
+        header = json.loads(f.read(length))
+    ends = [_data_end(value) for key, value in header.items() if key != "__metadata__"] \
+        if isinstance(header, dict) else [None]
+    if None in ends:
+        raise ValueError("not a safetensors file: the header is not a table of tensors")
+    expected = 8 + length + max(ends, default=0)
+    if expected > size:
+        raise ValueError(f"truncated file: the header says {format_bytes(expected)}, "
+                         f"the file has {format_bytes(size)}")
+    return header
+
+
+def _data_end(tensor) -> int | None:
+    """Where a header entry's data ends (its data_offsets' end), None when it is not a tensor entry."""
+    offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
+    if isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and o >= 0 for o in offsets):
+        return offsets[1]
+    return None
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names in a .safetensors file's header; ModelFileError (a ValueError) naming the file when it
+    is not one."""
+    return [key for key in safetensors_header(path) if key != "__metadata__"]
+
+
+def detect_v_prediction(path: Path, metadata: dict[str, str]) -> bool | None:
+    """True/False when the file's metadata (modelspec, ours, kohya's) or an A1111-style sibling
+    .yaml says which prediction type the model has, None when nothing does."""
+    for key in ("modelspec.prediction_type", "studio.prediction_type", "prediction_type"):
+        value = metadata.get(key, "").strip().lower()
+        if value in ("v", "v_prediction", "v-prediction"):
+            return True
+        if value in ("epsilon", "eps"):
+            return False
+    if metadata.get("modelspec.architecture", "").endswith("-v"):
+        return True
+    if metadata.get("ss_v_parameterization", "").lower() == "true":
+        return True
+    yaml = path.with_suffix(".yaml")
+    if yaml.is_file():
+        text = yaml.read_text(encoding="utf-8", errors="replace")
+        return re.search(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", text, re.M) is not None
+    return None
 
 
 def arch_by_names(path: Path) -> str | None:

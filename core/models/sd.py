@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from core.fsutil import disk_full_error, is_disk_full, recover_folder, staging_folder, swap_in_folder
-from core.models.arch import arch_of_folder, arch_of_keys, read_json
+from core.models.arch import arch_of_folder, arch_of_keys, detect_v_prediction, read_json
 from core.models.ldm_convert import family_of, to_ldm_state_dict
 from core.models.loading import VAE_PREFIXES, Checkpoint, existing_path, load_vae
 from core.models.single_file import modelspec_metadata, save_single_file, saved_bytes
@@ -217,26 +216,6 @@ def base_model_arch(path: Path, keys: list[str]) -> str:
         raise ValueError(f"{path}: not a whole base model, it has no weights for "
                          f"{' or '.join(missing)}")
     return arch
-
-
-def detect_v_prediction(path: Path, metadata: dict[str, str]) -> bool | None:
-    """True/False when the file's metadata (modelspec, ours, kohya's) or an A1111-style sibling
-    .yaml says which prediction type the model has, None when nothing does."""
-    for key in ("modelspec.prediction_type", "studio.prediction_type", "prediction_type"):
-        value = metadata.get(key, "").strip().lower()
-        if value in ("v", "v_prediction", "v-prediction"):
-            return True
-        if value in ("epsilon", "eps"):
-            return False
-    if metadata.get("modelspec.architecture", "").endswith("-v"):
-        return True
-    if metadata.get("ss_v_parameterization", "").lower() == "true":
-        return True
-    yaml = path.with_suffix(".yaml")
-    if yaml.is_file():
-        text = yaml.read_text(encoding="utf-8", errors="replace")
-        return re.search(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", text, re.M) is not None
-    return None
 
 
 def shipped_configs(arch: str, v_prediction: bool) -> dict[str, dict]:
