@@ -145,7 +145,8 @@ class SchemaForm:
         else:
             for section, names in todo.items():
                 all_advanced = all(self.metas[n]["advanced"] for n in names)
-                with gr.Accordion(section, open=not all_advanced, elem_classes=["sf-section"]):
+                with gr.Accordion(section, open=not all_advanced, elem_classes=["sf-section"],
+                                  elem_id=f"{self.prefix}-section-{section_id(section)}"):
                     self._render_section(section, names)
         self._wire_conditions()
 

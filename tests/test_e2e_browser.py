@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import torch
+from test_gui_browser import fill, gui_url, page, show_field, textarea_value, wait_log  # noqa: F401  (fixtures)
 
-from test_gui_browser import fill, gui_url, page, textarea_value, wait_log  # noqa: F401  (fixtures)
+from core.config import BucketConfig, TrainConfig
 
 STEPS = 24
 TIMEOUT = 180_000  # ms: each job of the pipeline on a busy 2-core CPU
@@ -64,6 +65,7 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
     page.click("#tab-buckets-button")
     fill(page, "BucketConfig-train_data_dir", str(dataset))
     fill(page, "BucketConfig-max_resolution", "128,128")  # as the CPU demo preset trains
+    show_field(page, BucketConfig, "min_bucket_reso")
     fill(page, "BucketConfig-min_bucket_reso", "64")
     fill(page, "BucketConfig-max_bucket_reso", "256")
     page.click("#bucket-button")
@@ -79,9 +81,10 @@ def test_every_tab_from_demo_kit_to_a_trained_checkpoint(page, tmp_path):  # noq
     page.click("#train-preset input")
     page.click("ul[role='listbox'] li:has-text('CPU demo')")
     page.wait_for_selector("#train-changes:has-text('Same as preset')")
-    fill(page, "TrainConfig-pretrained_model_name_or_path", str(kit / "model"))
-    fill(page, "TrainConfig-train_data_dir", str(dataset))
-    fill(page, "TrainConfig-output_dir", str(tmp_path / "out"))
+    for name, value in (("pretrained_model_name_or_path", kit / "model"), ("train_data_dir", dataset),
+                        ("output_dir", tmp_path / "out")):
+        show_field(page, TrainConfig, name)  # settings outside the first screen sit in sub-tabs by section
+        fill(page, f"TrainConfig-{name}", str(value))
     fill(page, "TrainConfig-max_train_steps", str(STEPS))
     page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
     page.click("#train-check")

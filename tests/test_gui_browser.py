@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import TrainConfig
 from core.dataset.demo import write_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +101,21 @@ def laptop_page(gui_url):
         browser.close()
 
 
+def show_field(page, model, name: str) -> None:
+    """Bring form field `name` of config class `model` into view: its section's sub-tab (a tabbed form), then its
+    folded "More settings" when it is an advanced one."""
+    from core.config import field_meta
+    from tabs.form import section_id
+
+    meta = field_meta(model, name)
+    section = f"{model.__name__}-section-{section_id(meta['group'])}"
+    if page.query_selector(f"#{section}-button"):
+        page.click(f"#{section}-button")
+    if meta["advanced"] and not page.is_visible(f"#{model.__name__}-{name}"):
+        page.click(f"#{section} .sf-more >> text=More settings")
+    page.wait_for_selector(f"#{model.__name__}-{name}", state="visible")
+
+
 def wait_log(page, prefix: str, text: str, timeout: int = 30_000) -> None:
     """Wait until the job panel `prefix`'s log shows `text`."""
     page.wait_for_function(f"document.querySelector('#{prefix}-log textarea').value.includes({text!r})",
@@ -183,8 +199,6 @@ def wait_value(page, elem_id: str, expected_js: str, number: bool = False) -> No
 
 
 def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
-    from test_training_page_browser import open_section
-
     from core.dataset.demo import build_demo
 
     kit = tmp_path / "kit é"
@@ -192,12 +206,12 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.click("#tab-training-button")
     page.click("#train-preset input")
     page.click("ul[role='listbox'] li:has-text('CPU demo')")
-    open_section(page, "output_name")  # settings outside the first screen sit in sub-tabs by section
+    show_field(page, TrainConfig, "output_name")  # settings outside the first screen sit in sub-tabs by section
     wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
     page.wait_for_selector("#train-changes:has-text('Same as preset')")
     for name, value in (("pretrained_model_name_or_path", kit / "model"), ("train_data_dir", kit / "dataset"),
                         ("output_dir", tmp_path / "out")):
-        open_section(page, name)
+        show_field(page, TrainConfig, name)
         fill(page, f"TrainConfig-{name}", str(value))
     fill(page, "TrainConfig-max_train_steps", "120")
     page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
@@ -361,10 +375,12 @@ def test_a_killed_gui_started_again_reattaches_to_the_running_training(studio_ho
         page.click("#tab-training-button")
         page.click("#train-preset input")
         page.click("ul[role='listbox'] li:has-text('CPU demo')")
+        show_field(page, TrainConfig, "output_name")
         wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
-        fill(page, "TrainConfig-pretrained_model_name_or_path", str(tmp_path / "kit" / "model"))
-        fill(page, "TrainConfig-train_data_dir", str(tmp_path / "kit" / "dataset"))
-        fill(page, "TrainConfig-output_dir", str(tmp_path / "out"))
+        for name, value in (("pretrained_model_name_or_path", tmp_path / "kit" / "model"),
+                            ("train_data_dir", tmp_path / "kit" / "dataset"), ("output_dir", tmp_path / "out")):
+            show_field(page, TrainConfig, name)
+            fill(page, f"TrainConfig-{name}", str(value))
         fill(page, "TrainConfig-max_train_steps", "5000")
         page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
         page.click("#train-button")

@@ -5,8 +5,7 @@ from outside the GUI show in it while the person is on other tabs; Stop works fr
 import os
 from pathlib import Path
 
-import pytest
-from test_gui_browser import CHROMIUM_ARGS, REPO, chromium_path, fill, gui_url  # noqa: F401  (fixture)
+from test_gui_browser import REPO, fill, gui_url, laptop_page  # noqa: F401  (fixtures)
 
 from core.config.presets import load_preset
 from core.dataset.demo import build_demo, write_dataset
@@ -22,19 +21,6 @@ FAKE_NOTIFICATIONS = """() => {
 }"""
 
 
-@pytest.fixture
-def small_page(gui_url):  # noqa: F811  (the fixture)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.set_default_timeout(240_000)  # a busy 2-core machine: one click can take a minute
-        page.goto(gui_url)
-        yield page
-        browser.close()
-
-
 def toast(page, text: str) -> None:
     page.wait_for_function(f"[...document.querySelectorAll('.toast-wrap')].some(t => t.innerText.includes({text!r}))")
 
@@ -43,9 +29,9 @@ def live_log_has(page, text: str, timeout: int = 240_000) -> None:
     page.wait_for_function(f"document.querySelector('#live-log textarea').value.includes({text!r})", timeout=timeout)
 
 
-def test_the_side_panel_follows_runs_from_any_tab_stops_them_and_announces_their_end(small_page, tmp_path,
+def test_the_side_panel_follows_runs_from_any_tab_stops_them_and_announces_their_end(laptop_page, tmp_path,  # noqa: F811
                                                                                       monkeypatch):
-    page = small_page
+    page = laptop_page
     shots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     print(f"screenshots in {shots}")

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_gui_browser import CHROMIUM_ARGS, chromium_path, fill, gui_url, wait_value  # noqa: F401 (fixture)
+from test_gui_browser import CHROMIUM_ARGS, chromium_path, fill, gui_url, show_field, wait_value  # noqa: F401 (fixture)
 
 from core.config import TrainConfig, field_meta
 from tabs.form import section_id
@@ -31,12 +31,7 @@ def page(gui_url):  # noqa: F811
 
 def open_section(page, name: str) -> None:
     """Select the sub-tab of TrainConfig field `name` (and open its "More settings" when it is advanced)."""
-    meta = field_meta(TrainConfig, name)
-    tab = f"TrainConfig-section-{section_id(meta['group'])}"
-    page.click(f"#{tab}-button")
-    if meta["advanced"] and not page.is_visible(f"#TrainConfig-{name}"):
-        page.click(f"#{tab} .sf-more >> text=More settings")
-    page.wait_for_selector(f"#TrainConfig-{name}", state="visible")
+    show_field(page, TrainConfig, name)
 
 
 def choose(page, elem_id: str, option: str) -> None:
