@@ -7,6 +7,7 @@ import re
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")  # .avif: if Pillow has it
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+WD14_FILES = ("model.onnx", "selected_tags.csv")  # a WD14 tagger folder (SmilingWolf's repositories)
 CACHE_SUFFIXES = (".npz",)  # kohya's latent cache; ours ends in .safetensors
 # Names Windows reserves for devices, with any extension (CON, CON.txt): a file cannot have them there.
 WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)

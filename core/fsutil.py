@@ -36,6 +36,11 @@ def studio_home() -> Path:
     return Path(os.environ.get("STUDIO_HOME") or REPO_ROOT)
 
 
+def models_root() -> Path:
+    """The studio's models/ folder: downloads go there and the model library always lists it."""
+    return studio_home() / "models"
+
+
 def runs_root() -> Path:
     return studio_home() / "runs"
 

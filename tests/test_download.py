@@ -14,10 +14,11 @@ import pytest
 from fakehub import fake_hub  # noqa: F401 (the fixture)
 
 from core.config import ConfigError, DownloadConfig, validate
-from core.fsutil import REPO_ROOT, free_bytes
+from core.filenames import WD14_FILES
+from core.fsutil import REPO_ROOT, free_bytes, models_root
 from core.jobs.run_folder import RunFolder
 from core.jobs.runner import request_stop
-from core.models.catalogue import CATALOGUE, KIND_FOLDERS, WD14_FILES, default_folder, get_entry, models_root
+from core.models.catalogue import CATALOGUE, KIND_FOLDERS, default_folder, get_entry
 from core.models.download import READ_CHUNK
 
 MB = 2**20

@@ -9,7 +9,8 @@ from pydantic import field_validator, model_validator
 
 from core.config.conditions import when_not
 from core.config.schema import JobConfig, param
-from core.models.catalogue import CATALOGUE_IDS, default_folder, get_entry, models_root
+from core.fsutil import models_root
+from core.models.catalogue import CATALOGUE_IDS, default_folder, get_entry
 
 SOURCE = "Download"
 # owner/name as the Hub allows them: letters, digits, - _ . ; no "--" or ".." (huggingface_hub's own rule)

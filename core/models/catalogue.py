@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from core.fsutil import studio_home
+from core.filenames import WD14_FILES
+from core.fsutil import models_root
 
 Kind = Literal["checkpoint", "vae", "tagger", "captioner"]
 KIND_FOLDERS: dict[str, str] = {"checkpoint": "checkpoints", "vae": "vae", "tagger": "taggers",
                                 "captioner": "captioners"}
 TRANSFORMERS_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")  # config, weights, tokenizer and processor
-WD14_FILES = ("model.onnx", "selected_tags.csv")
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,6 @@ def get_entry(entry_id: str) -> CatalogueEntry:
         if entry.id == entry_id:
             return entry
     raise KeyError(f"no catalogue entry {entry_id!r} (known: {', '.join(CATALOGUE_IDS)})")
-
-
-def models_root() -> Path:
-    """The studio's models/ folder: downloads go there and the model library lists it."""
-    return studio_home() / "models"
 
 
 def default_folder(entry: CatalogueEntry) -> Path:

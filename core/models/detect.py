@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from core.filenames import WD14_FILES
 from core.models.arch import arch_of_folder, arch_of_keys
 from core.models.pickle_scan import TensorInfo
 
@@ -30,7 +31,6 @@ CAPTIONER_TYPES = {"blip": "blip", "blip-2": "blip-2", "blip_2": "blip-2", "flor
                    "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "llava": "llava",
                    "llava_next": "llava", "llava_onevision": "llava"}
 TEXT_ENCODER_TYPES = ("clip_text_model", "clip_text_model_with_projection")
-TAGGER_FILES = ("model.onnx", "selected_tags.csv")  # a WD14 tagger (core/captions/taggers/wd14.py)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf")
 CONFIG_LIMIT = 2**20  # a model's config.json is a few KB
 
@@ -178,7 +178,7 @@ def detect_folder(folder: Path) -> Detected | None:
     transformers captioner / text encoder / CLIP), None when it is an ordinary folder to look into."""
     if (folder / "model_index.json").is_file():
         return _diffusers_pipeline(folder)
-    if all((folder / name).is_file() for name in TAGGER_FILES):
+    if all((folder / name).is_file() for name in WD14_FILES):
         empty = (folder / "model.onnx").stat().st_size == 0
         return Detected("tagger", family="wd14", problem="model.onnx is an empty file" if empty else "")
     if not (folder / "config.json").is_file():

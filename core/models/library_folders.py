@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from core.fsutil import atomic_write_json, studio_home
+from core.fsutil import atomic_write_json, models_root, studio_home
 
 FILE_NAME = "model_library.json"
 # The model subfolders of an install, by the subfolder that marks its layout (under <root>/models/).
@@ -22,11 +22,6 @@ A1111_EMBEDDINGS = "embeddings"  # AUTOMATIC1111 keeps textual inversions beside
 
 def library_file() -> Path:
     return studio_home() / FILE_NAME
-
-
-def studio_models_folder() -> Path:
-    """The studio's own models folder (downloads go there); always in the library."""
-    return studio_home() / "models"
 
 
 def _normal(path: str | os.PathLike) -> str:
@@ -57,7 +52,7 @@ def added_folders() -> tuple[list[str], str]:
 
 def folders() -> list[str]:
     """Every library folder: the studio's models folder first, then the added ones in the order added."""
-    own = str(studio_models_folder())
+    own = str(models_root())
     return [own, *(p for p in added_folders()[0] if not _same(p, own))]
 
 
@@ -116,7 +111,7 @@ def add_folder(path: str | os.PathLike) -> list[str]:
 def remove_folder(path: str | os.PathLike) -> None:
     """Forget a folder (its files are not touched); the studio's models folder always stays."""
     folder = _normal(path)
-    if _same(folder, str(studio_models_folder())):
+    if _same(folder, str(models_root())):
         raise ValueError("the studio's own models folder is always in the library")
     stored = added_folders()[0]
     if not any(_same(folder, p) for p in stored):

@@ -34,9 +34,9 @@ from core.captions.taggers.common import caption_images, first_decodable, images
 from core.captions.tags import parse_replacements, tag_key
 from core.config import TagConfig
 from core.dataset.images import open_image, to_rgb
+from core.filenames import WD14_FILES
 from core.jobs.protocol import JobContext
 
-MODEL_FILES = ("model.onnx", "selected_tags.csv")
 MODEL_HINT = ("download model.onnx and selected_tags.csv of a SmilingWolf WD tagger from Hugging Face "
               "(e.g. https://huggingface.co/SmilingWolf/wd-vit-tagger-v3) into this folder")
 GENERAL, CHARACTER, RATING = 0, 4, 9
@@ -57,10 +57,10 @@ def load_tagger(model_dir: str) -> Tagger:
     folder = Path(os.path.abspath(os.path.expanduser(model_dir.strip())))
     if not folder.is_dir():
         raise ValueError(f"WD14 tagger folder not found: {folder}; {MODEL_HINT}")
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    missing = [name for name in WD14_FILES if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"the WD14 tagger folder {folder} has no {' and no '.join(missing)}; {MODEL_HINT}")
-    stats = [(folder / name).stat() for name in MODEL_FILES]
+    stats = [(folder / name).stat() for name in WD14_FILES]
     return _load_tagger(str(folder), tuple((s.st_mtime_ns, s.st_size) for s in stats))
 
 
