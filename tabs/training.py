@@ -120,7 +120,7 @@ def build(blocks: gr.Blocks) -> TrainingPage:
         presets = PresetBar("train")
         form = SchemaForm(TrainConfig, layout="tabs", render=False)
         with gr.Row(elem_classes=["train-kind-row"]):
-            with gr.Column(scale=3, min_width=400):
+            with gr.Column(scale=5, min_width=400):
                 kind = gr.Radio(KINDS, value=kind_of(form.initial["train_lora"], form.initial["class_data_dir"]),
                                 label="Kind of training", elem_id="train-kind")
                 kind_note = gr.Markdown(elem_id="train-kind-note", elem_classes=["sf-message"])
