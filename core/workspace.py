@@ -146,10 +146,10 @@ def parent_folder(folder: str) -> str:
     return str(Path(os.path.expanduser(folder or str(Path.home()))).absolute().parent)
 
 
-def pick_problem(slot: str, path: str | None) -> str | None:
-    """Why a path chosen in the picker cannot fill `slot`, None when it can."""
+def pick_problem(path: str | None, folder_only: bool) -> str | None:
+    """Why a path chosen in the picker cannot be taken (`folder_only`: a file cannot), None when it can."""
     if not path:
         return "Select a file or folder first (or use the folder shown)."
-    if slot in FOLDER_SLOTS and not Path(path).is_dir():
+    if folder_only and not Path(path).is_dir():
         return f"`{Path(path).name}` is a file: choose a folder."
     return None

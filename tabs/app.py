@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.config import field_kind
-from tabs import buckets, captioning, cleaning, dataset, form, live_panel, page_load, runs, tools, training
+from tabs import buckets, captioning, cleaning, dataset, form, live_panel, models, page_load, runs, tools, training
 from tabs.workspace import WorkspaceBar
 
 TITLE = "SD Studio"
@@ -33,15 +33,17 @@ def build_app() -> gr.Blocks:
         bar = WorkspaceBar()
         with gr.Tabs() as tabs:
             try_it, demo_panel = dataset.build(blocks)
-            captioning.build(blocks)
+            tagger_folder = captioning.build(blocks)
             cleaning.build(blocks)
             buckets.build(blocks)
             training_page = training.build(blocks)
+            models_page = models.build(blocks)
             tools.build(blocks)
             runs.build(blocks)
         live_panel.build(blocks)
         bar.wire(blocks)
         follow_workspace(bar)
         try_it.wire(demo_panel, bar, tabs, training_page)
+        models_page.wire(blocks, bar, tabs, tagger_folder)
         page_load.wire(blocks)  # last: every part has said what it shows on load
     return blocks

@@ -10,15 +10,20 @@ from core.config import ConfigError, validate
 from core.dataset.images import ImageError, thumbnail
 from core.jobs.registry import JOBS
 from core.jobs.run_folder import RunFolder
+from core.jobs.runner import ACTIVE_STATES, progress_text, start_job
+from core.models.catalogue import default_folder, get_entry
+from core.models.library_listing import DOWNLOADED, download_state, size_text, tagger_problem
+from tabs.job_panel import STATE_TEXT, advance, new_run
 from tabs.job_section import JobSection
 
 PREVIEW_IMAGES = 4
-WD14_HELP = ("Needs a WD14 tagger folder with **model.onnx** and **selected_tags.csv**: download both from a "
-             "SmilingWolf tagger on Hugging Face (e.g. `SmilingWolf/wd-vit-tagger-v3` or `wd-swinv2-tagger-v3`) "
-             "into one folder and give it as model_dir. Nothing is downloaded by the studio.")
-BLIP_HELP = ("Needs a BLIP captioning model saved by transformers: e.g. `Salesforce/blip-image-captioning-large` "
-             "downloaded with its processor files (config.json, model weights, preprocessor_config.json, "
-             "tokenizer files) into one folder, given as model_dir. Nothing is downloaded by the studio.")
+WD14_HELP = ("Needs a WD14 tagger folder with **model.onnx** and **selected_tags.csv** (a SmilingWolf tagger from "
+             "Hugging Face, e.g. `SmilingWolf/wd-vit-tagger-v3`), given as model_dir: the Models tab downloads one or "
+             "finds yours.")
+BLIP_HELP = ("Needs a BLIP captioning model saved by transformers (e.g. `Salesforce/blip-image-captioning-large` with "
+             "its processor files) in one folder, given as model_dir: the Models tab downloads *BLIP large* in a "
+             "click or finds one in your folders.")
+TAGGER_ID = "wd-vit-tagger-v3"  # the catalogue's tagger offered where none is chosen (fast, small)
 PREVIEWERS = {"tag": "core.captions.taggers.wd14:preview_tags", "caption": "core.captions.taggers.blip:preview_captions"}
 
 
@@ -56,8 +61,71 @@ def run_summary(run_dir: str | None) -> str:
     return text
 
 
-def _captioner(job: str, label: str, help_text: str) -> JobSection:
-    gr.Markdown(help_text)
+class TaggerOffer:
+    """Where the WD14 tagger folder is empty or holds no tagger: one click downloads the catalogue's
+    wd-vit-tagger-v3 (the run shows in the side panel, with Stop) and fills the folder when it is done."""
+
+    def __init__(self):
+        entry = get_entry(TAGGER_ID)
+        self.pitch = (f"Get one in a click ({size_text(entry.size_gb)} from the Hugging Face Hub, {entry.licence}), "
+                      "or pick yours on the Models tab.")
+        with gr.Row(equal_height=True, elem_id="tagger-offer") as self.row:
+            self.text = gr.Markdown(f"No WD14 tagger chosen yet. {self.pitch}", elem_id="tagger-offer-text")
+            self.button = gr.Button(f"Download WD14 tagger ({TAGGER_ID})", variant="primary", size="sm", scale=0,
+                                    min_width=300, elem_id="tagger-download")
+        self.message = gr.Markdown(elem_id="tagger-offer-message")
+        self.run = gr.State(None)  # the download followed (job_panel.new_run), None when there is none
+        self.timer = gr.Timer(1.0, active=False)
+
+    def show_for(self, folder: str) -> dict:
+        """Shown while `folder` holds no tagger, saying why."""
+        problem = tagger_problem(folder)
+        lead = "No WD14 tagger chosen yet." if not (folder or "").strip() else f"No tagger here: {problem}."
+        return {self.row: gr.Row(visible=bool(problem)), self.text: f"{lead} {self.pitch}"}
+
+    def start(self, field: gr.Textbox) -> dict:
+        entry = get_entry(TAGGER_ID)
+        if download_state(entry) == DOWNLOADED:
+            folder = str(default_folder(entry))
+            return {field: folder, self.message: f"Using the WD14 tagger downloaded before: `{folder}`."}
+        try:
+            run_dir = start_job("download", {"catalogue": TAGGER_ID}, TAGGER_ID)
+        except ConfigError as err:
+            return {self.message: f"**The download did not start:** {err}"}
+        return {self.run: new_run(run_dir), self.timer: gr.Timer(active=True),
+                self.button: gr.Button(interactive=False),
+                self.message: "Downloading the WD14 tagger… (the Run panel on the right shows it, with Stop)"}
+
+    def follow(self, run: dict | None, field: gr.Textbox) -> dict:
+        """A tick of the download: its progress; once it ended, the tagger folder filled (or why not)."""
+        if not run:
+            return {self.timer: gr.Timer(active=False)}
+        run, _, finished = advance(run, max_lines=1)
+        if not finished and run["state"] in ACTIVE_STATES:
+            text = progress_text(run["step"], run["total"], run["samples"], run["unit"]) if run["total"] else "starting"
+            return {self.run: run, self.message: f"Downloading the WD14 tagger: {text}"}
+        ended = {self.run: None, self.timer: gr.Timer(active=False), self.button: gr.Button(interactive=True)}
+        if run["state"] == "done":
+            folder = (RunFolder(run["run_dir"]).read_result() or {}).get("folder", "")
+            if problem := tagger_problem(folder):
+                return {**ended, self.message: f"**Downloaded, but no tagger to use:** {problem}"}
+            return {**ended, field: folder, self.message: f"Downloaded into `{folder}`: the tagger folder is filled."}
+        if run["state"] == "stopped":
+            return {**ended, self.message: "The download was stopped; the bytes fetched are kept: click the button "
+                                           "again to continue it."}
+        error = run.get("error") or RunFolder(run["run_dir"]).read_status().get("error") or "see its log (Runs tab)"
+        return {**ended, self.message: f"**The download {STATE_TEXT.get(run['state'], run['state'])}:** {error}"}
+
+    def wire(self, field: gr.Textbox) -> None:
+        """`field`: the tag form's model folder."""
+        hidden = {"show_progress": "hidden"}
+        field.change(self.show_for, inputs=field, outputs=[self.row, self.text], **hidden)
+        self.button.click(lambda: self.start(field), outputs=[field, self.run, self.timer, self.button, self.message])
+        self.timer.tick(lambda run: self.follow(run, field), inputs=self.run,
+                        outputs=[field, self.run, self.timer, self.button, self.message], **hidden)
+
+
+def _captioner(job: str, label: str) -> JobSection:
     extra = {}
 
     def preview_controls() -> None:
@@ -74,12 +142,18 @@ def _captioner(job: str, label: str, help_text: str) -> JobSection:
     return section
 
 
-def build(blocks: gr.Blocks) -> None:
+def build(blocks: gr.Blocks) -> gr.Textbox:
+    """The tab; returns the WD14 tagger's model folder field (the Models tab's "Use as tagger" fills it)."""
     with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
         with gr.Tabs():
             with gr.Tab("WD14 tags", id="captioning-wd14", elem_id="tab-captioning-wd14"):
-                tagger = _captioner("tag", "Tag images", WD14_HELP)
+                gr.Markdown(WD14_HELP)
+                offer = TaggerOffer()
+                tagger = _captioner("tag", "Tag images")
             with gr.Tab("BLIP captions", id="captioning-blip", elem_id="tab-captioning-blip"):
-                captioner = _captioner("caption", "Caption images", BLIP_HELP)
+                gr.Markdown(BLIP_HELP)
+                captioner = _captioner("caption", "Caption images")
     tagger.wire(blocks)
     captioner.wire(blocks)
+    offer.wire(tagger.form.components["model_dir"])
+    return tagger.form.components["model_dir"]

@@ -57,13 +57,14 @@ FORMS: list["SchemaForm"] = []  # every form of the app being built (tabs/app.py
 class SchemaForm:
     """Renders a job's schema model; reads the components back into a plain values dict.
 
-    `layout`: "accordions" (one per section) or "tabs" (one sub-tab per section, in `self.tabs`). With
+    `layout`: "accordions" (one per section), "tabs" (one sub-tab per section, in `self.tabs`) or "flat" (one grid,
+    the advanced fields folded in one "More settings": a form of a few fields inside a page's own section). With
     `render=False` nothing is laid out yet: the page calls `render_essentials()` where the first screen wants
     the essential fields, then `render_sections()` for the rest.
     `bound`: workspace slot (dataset / model / output) -> the component of the field declared with it."""
 
     def __init__(self, model: type[BaseModel], values: dict | None = None, fields: list[str] | None = None,
-                 layout: Literal["accordions", "tabs"] = "accordions", render: bool = True):
+                 layout: Literal["accordions", "tabs", "flat"] = "accordions", render: bool = True):
         """`fields`: render only these parameters (another form on the page holds the rest)."""
         self.model, self.layout = model, layout
         self.prefix = model.__name__  # of every elem_id: {prefix}-{field}, {prefix}-section-{section id}
@@ -136,7 +137,9 @@ class SchemaForm:
         """Every field not rendered yet, by section, then the conditions wired."""
         todo = {s: [n for n in names if n not in self.components] for s, names in self.sections.items()}
         todo = {s: names for s, names in todo.items() if names}
-        if self.layout == "tabs":
+        if self.layout == "flat":
+            self._render_section("", [n for names in todo.values() for n in names])
+        elif self.layout == "tabs":
             with gr.Tabs(overflow_behavior="wrap", elem_classes=["sf-tabs"]) as self.tabs:
                 for section, names in todo.items():
                     with gr.Tab(section, id=section_id(section), elem_id=f"{self.prefix}-section-{section_id(section)}",

@@ -18,8 +18,9 @@ from core.jobs.run_folder import RunFolder
 from core.jobs.runner import (
     ACTIVE_STATES,
     enforce_stop,
+    format_duration,
     list_runs,
-    progress_rate,
+    progress_text,
     request_stop,
     run_state,
     start_job,
@@ -30,29 +31,16 @@ STATE_TEXT = {"starting": "starting…", "running": "running", "done": "done", "
               "error": "failed", "invalid": "invalid settings", "killed": "ended unexpectedly"}
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
-        else f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def progress_html(run: dict | None) -> str:
     if not run or not run.get("total"):
         return "<div class='job-progress'></div>"
     step, total = run["step"], run["total"]
     pct = 100.0 * step / total if total else 0.0
-    rate, eta = progress_rate(run.get("samples", []), total)
-    parts = [f"{step}/{total} ({pct:.0f}%)"]
-    if rate:
-        parts.append(f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it")
-    if eta is not None and run.get("state") in ACTIVE_STATES:
-        parts.append(f"ETA {format_duration(eta)}")
+    text = progress_text(step, total, run.get("samples", []), run.get("unit", ""), run.get("state") in ACTIVE_STATES)
     return (f"<div class='job-progress' data-step='{step}' data-total='{total}'>"
             f"<div style='background:#ddd;border-radius:4px;height:12px'><div style='width:{pct:.1f}%;"
             f"background:#f97316;height:12px;border-radius:4px'></div></div>"
-            f"<div style='font-size:0.9em'>{html.escape(' · '.join(parts))}</div></div>")
+            f"<div style='font-size:0.9em'>{html.escape(text)}</div></div>")
 
 
 def status_markdown(run: dict) -> str:
@@ -71,8 +59,8 @@ def status_markdown(run: dict) -> str:
 def new_run(run_dir: str | Path) -> dict:
     """What a panel keeps of a followed run: offsets into its files and what they said so far."""
     return {"run_dir": str(run_dir), "job": RunFolder(run_dir).read_status().get("job", "?"), "log_offset": 0,
-            "events_offset": 0, "lines": [], "step": 0, "total": 0, "samples": [], "warnings": 0, "error": None,
-            "state": "starting", "metrics": {}, "images": [], "checkpoints": []}
+            "events_offset": 0, "lines": [], "step": 0, "total": 0, "unit": "", "samples": [], "warnings": 0,
+            "error": None, "state": "starting", "metrics": {}, "images": [], "checkpoints": []}
 
 
 def advance(run: dict, max_lines: int) -> tuple[dict, list[str], bool]:
@@ -99,7 +87,7 @@ def advance(run: dict, max_lines: int) -> tuple[dict, list[str], bool]:
 def apply_event(run: dict, event: dict) -> None:
     kind = event.get("event")
     if kind == "progress":
-        run["step"], run["total"] = event.get("step", 0), event.get("total", 0)
+        run["step"], run["total"], run["unit"] = event.get("step", 0), event.get("total", 0), event.get("unit", "")
         run["samples"] = (run["samples"] + [(event.get("time", time.time()), run["step"])])[-30:]
     elif kind == "warning":
         run["warnings"] += 1

@@ -3,10 +3,12 @@ picked from the recent ones or with the file picker), checked at once, saved, re
 from __future__ import annotations
 
 import html
+from typing import Callable
 
 import gradio as gr
 
 from core import workspace
+from core.models.library_listing import base_model_choices, last_scan, scan_library
 from core.workspace_checks import Check, check_slot, facts
 from tabs import page_load
 from tabs.file_picker import FilePicker
@@ -19,6 +21,14 @@ def check_html(check: Check, value) -> str:
     mark, kind = ("✓", "ok") if check.ok else ("✗", "bad")
     shown = workspace.shorten_paths(check.text, value)
     return f"<div class='ws-check ws-{kind}' title='{html.escape(check.text)}'>{mark} {html.escape(shown)}</div>"
+
+
+# Under the base model while there is none (or it is not usable): the Models tab's library and catalogue. A click
+# on a link is the check's click event, with {"go": "library" | "download"} (WorkspaceBar.on_model_offer).
+MODEL_OFFER = ("<div class='ws-check ws-offer'><a href='#' data-go='library'>Pick from your models</a> or "
+               "<a href='#' data-go='download'>download SD 1.5 / SDXL</a></div>")
+OFFER_JS = ("element.addEventListener('click', (event) => { const link = event.target.closest('[data-go]'); "
+            "if (link) { event.preventDefault(); trigger('click', {go: link.dataset.go}); } });")
 
 
 def problem_html(problem: str) -> gr.HTML:
@@ -42,7 +52,7 @@ class WorkspaceBar:
                         self.browse[slot] = gr.Button("Browse…", scale=0, min_width=76, size="sm",
                                                       elem_id=f"workspace-{slot}-browse", elem_classes="ws-browse")
                     self.checks[slot] = gr.HTML(padding=False, elem_id=f"workspace-{slot}-check",
-                                               elem_classes="ws-check-box")
+                                               elem_classes="ws-check-box", js_on_load=OFFER_JS)
                 self.values[slot] = gr.State(None)
         self.problem = gr.HTML(visible=False, padding=False, elem_id="workspace-problem")
         self.facts = gr.State({"model_arch": None})
@@ -53,15 +63,37 @@ class WorkspaceBar:
         """What set_values updates."""
         return [*self.inputs.values(), *self.checks.values(), *self.values.values(), self.facts, self.problem]
 
+    def _choices(self, ws: workspace.Workspace, slot: str) -> list[str]:
+        """A slot's choices: its recent values; the base model's also the library's models (of the last scan in
+        this process: none is run here)."""
+        return base_model_choices(ws.recent[slot], last_scan()) if slot == "model" else ws.recent[slot]
+
     def _show(self, ws: workspace.Workspace, slot: str) -> dict:
         """The updates that show one slot of `ws` (its check run now); the facts with the model."""
         value = ws.value(slot)
         found = check_slot(slot, value)
-        updates = {self.inputs[slot]: gr.Dropdown(choices=ws.recent[slot], value=workspace.line_text(value) or None),
+        updates = {self.inputs[slot]: gr.Dropdown(choices=self._choices(ws, slot),
+                                                  value=workspace.line_text(value) or None),
                    self.checks[slot]: check_html(found, value), self.values[slot]: value}
         if slot == "model":
             updates[self.facts] = facts(found)
+            if not value or not found.ok:
+                updates[self.checks[slot]] += MODEL_OFFER
         return updates, found
+
+    def on_model_offer(self, fn: Callable[[str], dict], outputs: list):
+        """`fn(go)`: the updates (of `outputs`) of a click on the base model's offer ("library" or "download");
+        returns the event (to chain more with `.then`)."""
+        def clicked(evt: gr.EventData) -> dict:
+            return fn(getattr(evt, "go", "library"))
+
+        return self.checks["model"].click(clicked, outputs=outputs, show_progress="hidden")
+
+    def library_choices(self) -> dict:
+        """The base model's choices with the library's models (scanned now if this process never did)."""
+        if last_scan() is None:
+            scan_library()
+        return gr.update(choices=self._choices(workspace.load(), "model"))
 
     def set_values(self, **values) -> dict:
         """Set slots of the workspace from code (dataset=[folders], model=path, output=path), check and save
@@ -93,6 +125,7 @@ class WorkspaceBar:
                                     inputs=self.inputs[slot], outputs=self.outputs, show_progress="hidden")
             self.picker.open_with(self.browse[slot], slot, self.inputs[slot])
         self.picker.wire(lambda slot, path: self.set_values(**{slot: path}), self.outputs)
+        self.inputs["model"].focus(self.library_choices, outputs=self.inputs["model"], show_progress="hidden")
         page_load.on_load(self.restore, self.outputs)
 
     def fill(self, slot: str, fields: list[tuple[gr.components.Component, bool]]) -> None:

@@ -85,8 +85,9 @@ class JobContext:
                                       ensure_ascii=False, default=str) + "\n")
         self._events.flush()
 
-    def progress(self, step: int, total: int) -> None:
-        self.event("progress", step=step, total=total)
+    def progress(self, step: int, total: int, unit: str = "") -> None:
+        """`unit`: what step and total count when not steps ("bytes": the GUI shows sizes and a byte rate)."""
+        self.event("progress", step=step, total=total, **({"unit": unit} if unit else {}))
 
     def metric(self, name: str, step: int, value: float) -> None:
         self.event("metric", name=name, step=step, value=float(value))

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from core.config import validate
-from core.fsutil import REPO_ROOT, runs_root
+from core.fsutil import REPO_ROOT, format_bytes, runs_root
 from core.jobs.locks import live_process
 from core.jobs.protocol import new_run_dir
 from core.jobs.registry import JOBS, JobSpec
@@ -178,3 +178,31 @@ def progress_rate(samples: list[tuple[float, int]], total: int) -> tuple[float |
         return None, None
     rate = (s1 - s0) / (t1 - t0)
     return rate, max(total - s1, 0) / rate
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def progress_text(step: int, total: int, samples: list[tuple[float, int]], unit: str = "",
+                  active: bool = True) -> str:
+    """The line under a progress bar: done of total (percent), the rate, the time left while `active`.
+    `unit` "bytes" (a download): sizes and a byte rate ("1.5 MiB / 4.0 MiB (38%) · 2.0 MiB/s · ETA 0:01"),
+    else steps ("3/10 (30%) · 1.5 it/s")."""
+    pct = 100.0 * step / total if total else 0.0
+    rate, eta = progress_rate(samples, total)
+    if unit == "bytes":
+        parts = [f"{format_bytes(step)} / {format_bytes(total)} ({pct:.0f}%)"]
+        if rate:
+            parts.append(f"{format_bytes(rate)}/s")
+    else:
+        parts = [f"{step}/{total} ({pct:.0f}%)"]
+        if rate:
+            parts.append(f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it")
+    if eta is not None and active:
+        parts.append(f"ETA {format_duration(eta)}")
+    return " · ".join(parts)

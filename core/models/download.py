@@ -270,7 +270,7 @@ class ByteProgress:
         now = time.monotonic()
         if force or now - self.shown >= PROGRESS_EVERY_S:
             self.shown = now
-            self.ctx.event("progress", step=min(self.done, self.total), total=self.total, unit="bytes")
+            self.ctx.progress(min(self.done, self.total), self.total, unit="bytes")
 
 
 def fetch(item: Planned, repo_id: str, commit: str, progress: ByteProgress, ctx) -> None:
