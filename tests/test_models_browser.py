@@ -1,6 +1,7 @@
 """The Models tab and the offers of a missing model, in a real browser at 1366x768: an AUTOMATIC1111 install's
-checkpoint picked from the library into the workspace; a WD14 tagger downloaded from the Captioning tab's offer
-and a VAE from the catalogue, both from a fake Hugging Face Hub (tests/fakehub.py) on 127.0.0.1."""
+checkpoint picked from the library into the workspace; a WD14 tagger downloaded from the Captioning tab's offer,
+then a VAE and a base model (SD 1.5, used as the workspace's model) from the catalogue, all from a fake Hugging
+Face Hub (tests/fakehub.py) on 127.0.0.1."""
 from __future__ import annotations
 
 import json
@@ -65,18 +66,22 @@ def test_a_checkpoint_of_an_a1111_install_becomes_the_base_model(laptop_page, tm
 
 @pytest.fixture
 def hub_models(fake_hub, tmp_path):  # noqa: F811
-    """The catalogue's wd-vit-tagger-v3 (a tiny ONNX tagger) and SDXL fp16-fix VAE (a tiny diffusers VAE)."""
+    """The catalogue's wd-vit-tagger-v3 (a tiny ONNX tagger), SD 1.5 (a tiny single file with SD 1.x's names) and
+    SDXL fp16-fix VAE (a tiny diffusers VAE)."""
     tagger = build_model(tmp_path / "tiny-tagger")
     fake_hub.add_repo("SmilingWolf/wd-vit-tagger-v3", {**{n: (tagger / n).read_bytes() for n in WD14_FILES},
                                                        "README.md": b"# tiny\n"})
     vae = {"config.json": json.dumps({"_class_name": "AutoencoderKL", "scaling_factor": 0.13025}).encode(),
            "diffusion_pytorch_model.safetensors": save({"encoder.conv_in.weight": np.zeros((64, 64), np.float16)})}
     fake_hub.add_repo("madebyollin/sdxl-vae-fp16-fix", vae)
+    sd15 = write_checkpoint(tmp_path / "tiny-sd15.safetensors")
+    fake_hub.add_repo("stable-diffusion-v1-5/stable-diffusion-v1-5",
+                      {"v1-5-pruned-emaonly.safetensors": sd15.read_bytes()})
     return tagger
 
 
 # hub_models (and with it fake_hub) before laptop_page: HF_ENDPOINT is set before the GUI starts
-def test_a_tagger_from_the_captioning_offer_and_a_vae_from_the_catalogue(hub_models, laptop_page,  # noqa: F811
+def test_a_tagger_from_the_captioning_offer_and_a_base_model_from_the_catalogue(hub_models, laptop_page,  # noqa: F811
                                                                           studio_home, screenshot):
     page = laptop_page
     page.click("#tab-captioning-button")
@@ -105,3 +110,14 @@ def test_a_tagger_from_the_captioning_offer_and_a_vae_from_the_catalogue(hub_mod
     page.wait_for_selector("#model-details:has-text('sdxl-vae-fp16-fix')")
     page.wait_for_selector("#model-message:has-text('Downloaded')")
     assert (studio_home / "models" / "vae" / "sdxl-vae-fp16-fix" / "config.json").is_file()
+
+    page.click("#tab-models-download-button")  # a base model from the catalogue, into the workspace
+    page.click("#catalogue-table [role=gridcell]:has-text('Stable Diffusion 1.5')")
+    page.click("#catalogue-download:has-text('Download Stable Diffusion 1.5')")
+    wait_log(page, "download", "1 file(s) downloaded", timeout=180_000)
+    page.click("#tab-models-library-button")
+    page.wait_for_selector("#model-details:has-text('v1-5-pruned-emaonly')")
+    page.click("#model-use-base")
+    checkpoint = studio_home / "models" / "checkpoints" / "sd15" / "v1-5-pruned-emaonly.safetensors"
+    page.wait_for_selector("#workspace-model-check :text('SD 1.x · single file')")
+    assert workspace.load().model == str(checkpoint)
