@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from core.filenames import MODEL_SUFFIXES
-from core.models.arch import arch_by_names, arch_of_keys, read_json
+from core.models.arch import ModelFileError, arch_by_names, arch_of_keys, read_json
 
 SCALING_FACTORS = {"sdxl": 0.13025}  # every other SD family: 0.18215
 DEFAULT_SCALING_FACTOR = 0.18215
@@ -84,7 +84,7 @@ def _unreadable_message(path: Path, exc: Exception) -> str:
         return (f"{path}: cannot read this checkpoint: it holds Python objects besides tensors ({found.group(1)}), "
                 "which could run code when opened, so it is refused. Use a .safetensors version of this model.")
     detail = text.partition("WeightsUnpickler error:")[2].partition("Check the documentation")[0].strip() or text
-    return f"{path}: cannot read this checkpoint, the file is damaged or not a model ({type(exc).__name__}: {detail})"
+    return str(ModelFileError(path, "checkpoint", f"{type(exc).__name__}: {detail}"))
 
 
 def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
