@@ -45,5 +45,7 @@ def build_app() -> gr.Blocks:
         follow_workspace(bar)
         try_it.wire(demo_panel, bar, tabs, training_page)
         models_page.wire(blocks, bar, tabs, tagger_folder)
-        page_load.wire(blocks)  # last: every part has said what it shows on load
+        page_load.wire(blocks, tabs)  # last: every part has said what it shows when first shown
+    for fn in blocks.fns.values():  # the page's own events, not an API: no API description (1.1 MB) in the page
+        fn.api_visibility = "private"
     return blocks

@@ -72,7 +72,8 @@ class PresetBar:
     def wire(self, form: SchemaForm, blocks: gr.Blocks) -> None:
         self.form = form
         form_inputs = form.inputs
-        page_load.on_load(lambda: self._refresh(None, ""), [self.choice, self.message])  # user presets saved since
+        # When first shown: the user presets saved since the page was built; a preset chosen before (Try it) stays
+        page_load.on_load(lambda shown: self._refresh(shown, ""), [self.choice, self.message], inputs=[self.choice])
         for trigger in (self.choice.input, self.reset.click):  # choosing a preset loads it
             self.loads.append(trigger(self.do_load, inputs=self.choice, outputs=[*form_inputs, self.message]))
         self.save.click(self.do_save, inputs=[self.choice, *form_inputs], outputs=[self.choice, self.message])

@@ -92,3 +92,31 @@ def test_gui_start_rows_hold_the_seconds_and_the_ratio_to_the_bare_app():
     no_browser = start_rows(Start(6.0, 6.0), Start(2.0, 2.0), repeats=1)
     assert not no_browser[0].passed and no_browser[1].ratio == 3.0
     assert "no browser" in no_browser[0].meaning and "GET / 6.00 s" in no_browser[0].measured
+
+
+def test_the_first_page_loads_alone_and_each_other_tab_when_first_opened():
+    """The page-load event updates the workspace bar, the first tab and the side panel only (an update of a tab not
+    shown yet is what cost the browser seconds); each other tab shows its state on its first select of the page."""
+    from tabs.app import build_app
+    from tabs.page_load import home_tab
+
+    app = build_app()
+    by_elem_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
+    tabs = by_elem_id["tab-dataset"].parent
+    assert tabs.children[0] is by_elem_id["tab-dataset"]
+    on_load = [fn for fn in app.fns.values() if (app._id, "load") in fn.targets]
+    assert on_load and all(home_tab(c, tabs) in (None, tabs.children[0]) for fn in on_load for c in fn.outputs)
+    assert by_elem_id["workspace-model-check"] in on_load[-1].outputs  # the bar is checked when the page opens
+
+    training = by_elem_id["tab-training"]
+    first_open = [fn for fn in app.fns.values() if (training._id, "select") in fn.targets]
+    assert len(first_open) == 1
+    fn = first_open[0]
+    assert {by_elem_id["train-preset"], by_elem_id["train-status"]} <= set(fn.outputs)
+    loaded = fn.outputs[0]
+    shown = fn.fn(False, *[None] * (len(fn.inputs) - 1))
+    assert shown[loaded] is True and by_elem_id["train-preset"] in shown
+    again = fn.fn(True, *[None] * (len(fn.inputs) - 1))
+    assert list(again) == [loaded]  # once a page: a later visit keeps what the person changed since
+
+    assert {fn.api_visibility for fn in app.fns.values()} == {"private"}  # no API description in the page
