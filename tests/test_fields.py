@@ -7,7 +7,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from core.config import FieldKind, TrainConfig, field_kind
-from core.jobs.cli import build_parser, parse_set, resolve_config
+from core.jobs.flags import build_parser, parse_set, resolve_config
 from core.jobs.registry import JOBS
 from tabs.form import SchemaForm
 

@@ -5,7 +5,7 @@ inside it, or around it) is refused at start, with the name and run folder of th
 A lock is a small JSON file in `studio_home()/locks/` (the user's folders get no lock files): the job, its
 pid and the pid's start time, its run folder, the kind and the target folder. It is removed when the job
 ends; one whose process is gone (killed, crashed, machine restarted) is stale and taken over, on Windows
-too (the pid's start time tells a reused pid apart). Locks are taken all at once, under a short mutex.
+too (the pid's start time tells a reused pid apart). Locks are taken all at once, under a short mutex (FileMutex).
 """
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ from core.fsutil import atomic_write_json, studio_home
 MUTEX_STALE_S = 30.0  # a mutex file older than this was left by a killed process
 
 
+def folder_key(path: str | os.PathLike) -> str:
+    """A path as locks compare it: absolute, in the case the file system compares (Windows: any case)."""
+    return os.path.normcase(os.path.abspath(path))
+
+
+def overlap(a: str, b: str) -> bool:
+    """Whether folder `a` is folder `b`, or one holds the other (both as `folder_key` gives them)."""
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
 @dataclass(frozen=True)
 class Target:
     kind: str    # what is written: "model output", "captions", "latent cache", "class images", "demo kit"
@@ -31,7 +41,7 @@ class Target:
     field: str   # the setting that names the folder
 
     def key(self) -> str:
-        return os.path.normcase(os.path.abspath(self.folder))
+        return folder_key(self.folder)
 
 
 @dataclass(frozen=True)
@@ -78,11 +88,10 @@ def busy_message(target: Target, holder: Holder) -> str:
 def conflicts(targets: Iterable[Target], run_dir: str | os.PathLike | None = None) -> list[tuple[Target, Holder]]:
     """(target, holder) for each target that a live job other than the run in `run_dir` writes, in the order of
     `targets`."""
-    mine = os.path.normcase(os.path.abspath(run_dir)) if run_dir else None
-    others = [holder for holder, _ in _live_holders()
-              if not (mine and os.path.normcase(os.path.abspath(holder.run_dir)) == mine)]
+    mine = folder_key(run_dir) if run_dir else None
+    others = [holder for holder, _ in _live_holders() if not (mine and folder_key(holder.run_dir) == mine)]
     return [(target, holder) for target in targets for holder in others
-            if target.kind == holder.kind and _overlap(target.key(), os.path.normcase(holder.folder))]
+            if target.kind == holder.kind and overlap(target.key(), os.path.normcase(holder.folder))]
 
 
 def acquire(targets: Iterable[Target], job: str, run_dir: str | os.PathLike) -> list[Path]:
@@ -92,7 +101,7 @@ def acquire(targets: Iterable[Target], job: str, run_dir: str | os.PathLike) -> 
     if not targets:
         return []
     me = psutil.Process()
-    with _mutex():
+    with FileMutex(locks_root() / ".mutex"):
         busy = conflicts(targets, run_dir)
         if busy:
             raise TargetBusy("\n".join(busy_message(t, h) for t, h in busy))
@@ -112,11 +121,6 @@ def release(files: Iterable[Path]) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def _overlap(a: str, b: str) -> bool:
-    """Whether folder `a` is folder `b`, or one holds the other."""
-    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
-
-
 def _live_holders() -> list[tuple[Holder, Path]]:
     """The locks of live jobs; stale lock files (their process is gone, or unreadable) are removed."""
     root = locks_root()
@@ -133,29 +137,44 @@ def _live_holders() -> list[tuple[Holder, Path]]:
     return found
 
 
-class _mutex:
-    """Only one process at a time checks and takes locks (held for milliseconds): an exclusively
-    created file, taken over when a killed process left it behind."""
+class FileMutex:
+    """Only one process at a time inside (held for milliseconds): an exclusively created file at `path` that
+    names its holder (pid and start time), taken over at once when that process is gone (killed), or after
+    MUTEX_STALE_S when it names none. Used for the job locks and the queue file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
 
     def __enter__(self):
-        root = locks_root()
-        root.mkdir(parents=True, exist_ok=True)
-        self.path = root / ".mutex"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + 2 * MUTEX_STALE_S
+        me = psutil.Process()
         while True:
             try:
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return self
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    if time.time() - self.path.stat().st_mtime > MUTEX_STALE_S:
-                        self.path.unlink(missing_ok=True)
-                        continue
-                except FileNotFoundError:
+                if self._left_behind():
+                    self.path.unlink(missing_ok=True)
                     continue
                 if time.monotonic() > deadline:
-                    raise TargetBusy(f"{self.path} stays locked: delete it if no studio job is starting")
+                    raise TargetBusy(f"{self.path} stays locked: delete it if no studio program is using it")
                 time.sleep(0.02)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{me.pid} {me.create_time()}")
+            return self
+
+    def _left_behind(self) -> bool:
+        """Whether the mutex file was left by a process that is gone (or is older than MUTEX_STALE_S)."""
+        try:
+            text, age = self.path.read_text(), time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False  # released meanwhile: try again
+        try:
+            pid, created = text.split()
+            return live_process(int(pid), float(created)) is None
+        except ValueError:  # being written, or written by an older version
+            return age > MUTEX_STALE_S
 
     def __exit__(self, *exc_info):
         self.path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ class JobSpec:
     launcher: str = ""  # "module:function" giving the argv before `-m core <job>`; default: this Python
     stop_grace_s: float = 60.0  # once asked to stop, how long the job may take before its processes are ended
     writes: Callable[[config.JobConfig], list[Target]] = lambda cfg: []  # what it locks while it runs
+    needs_gpu: bool = True  # runs its models on the GPU when there is one; the queue runs one such job at a time
 
     def load(self) -> Callable:
         return _import(self.target)
@@ -69,9 +70,11 @@ def training(cfg) -> list[Target]:
 
 JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("scan", config.ScanConfig, "core.dataset.scan:run",
-            "Scan dataset folders: formats, sizes, broken images, captions, repeats.", stop_grace_s=30),
+            "Scan dataset folders: formats, sizes, broken images, captions, repeats.", stop_grace_s=30,
+            needs_gpu=False),
     JobSpec("bucket", config.BucketConfig, "core.dataset.buckets:run",
-            "Plan aspect-ratio buckets: bucket, resize and crop of every image.", stop_grace_s=30),
+            "Plan aspect-ratio buckets: bucket, resize and crop of every image.", stop_grace_s=30,
+            needs_gpu=False),
     JobSpec("cache", config.CacheConfig, "core.dataset.latents:run",
             "Encode the dataset with the model's VAE into a latent cache.", stop_grace_s=120,
             writes=latent_cache),
@@ -84,18 +87,20 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
     JobSpec("caption", config.BlipCaptionConfig, "core.captions.taggers.blip:run",
             "Caption images in sentences with a BLIP model into caption files.", writes=captions),
     JobSpec("clean", config.CleanConfig, "core.captions.cleaning:run",
-            "Clean caption files with ordered rules (snapshot first: undoable).", writes=captions),
+            "Clean caption files with ordered rules (snapshot first: undoable).", writes=captions, needs_gpu=False),
     JobSpec("undo_clean", config.UndoCleanConfig, "core.captions.cleaning:run_undo",
-            "Restore the caption files of a cleaning snapshot byte for byte.", writes=restored_captions),
+            "Restore the caption files of a cleaning snapshot byte for byte.", writes=restored_captions,
+            needs_gpu=False),
     JobSpec("class_images", config.ClassImagesConfig, "core.train.class_images:run",
             "DreamBooth prior preservation: generate the missing class images with the base model.",
             writes=class_images),
     JobSpec("merge_lora", config.MergeLoraConfig, "core.models.lora_merge:run",
-            "Merge LoRA files into a base model and save the result as a new model.", writes=model_output),
+            "Merge LoRA files into a base model and save the result as a new model.", writes=model_output,
+            needs_gpu=False),
     JobSpec("demo", config.DemoConfig, "core.dataset.demo:run",
             "Build a tiny random model and a demo dataset offline.", stop_grace_s=30,
-            writes=lambda cfg: [Target("demo kit", cfg.out, "out")]),
+            writes=lambda cfg: [Target("demo kit", cfg.out, "out")], needs_gpu=False),
     JobSpec("download", config.DownloadConfig, "core.models.download:run",
             "Download model files from the Hugging Face Hub (resumable, hash-checked).", stop_grace_s=30,
-            writes=lambda cfg: [Target("download", str(cfg.folder()), "local_dir")]),
+            writes=lambda cfg: [Target("download", str(cfg.folder()), "local_dir")], needs_gpu=False),
 ]}

@@ -40,6 +40,17 @@ def display_command(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv) if os.name == "nt" else shlex.join(argv)
 
 
+def start_detached(argv: list[str], output: Path) -> subprocess.Popen:
+    """Start `argv` in the repo root as a process of its own (it outlives the GUI that started it), its
+    output appended to `output`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+    detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+              else {"start_new_session": True})
+    with open(output, "ab") as out:
+        return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, **detach)
+
+
 def start_job(job: str, values: dict, name: str = "", root: Path | None = None) -> Path:
     """Validate `values`, write a fresh run folder and start the job; raises ConfigError."""
     cfg = validate(JOBS[job].config, values, "form")
@@ -47,15 +58,10 @@ def start_job(job: str, values: dict, name: str = "", root: Path | None = None) 
     run = RunFolder(run_dir)
     run.write_config(job, cfg)
     argv = job_command(job, run_dir, cfg)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
-    detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-              else {"start_new_session": True})
     # status.json is created here and from then on written by the job alone; the launcher's
     # pid goes to its own file so the two processes never write the same file.
     run.update_status(job=job, state="starting", started=time.time(), command=display_command(argv))
-    with open(run.console_file, "wb") as console:
-        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=console, stderr=subprocess.STDOUT, **detach)
+    proc = start_detached(argv, run.console_file)
     _children[str(run_dir)] = proc
     run.launcher_pid_file.write_text(str(proc.pid))
     return run_dir
