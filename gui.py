@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from core.fsutil import REPO_ROOT
+    from core.queue.runner import resume_queue
     from core.torch_check import start_torch_check
     from tabs.app import build_app
     from tabs.assets import launch_assets
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SD Studio is running at {app.local_url}" + (f" (public link: {app.share_url})" if app.share_url else "")
           + "\nPress Ctrl+C to quit; running jobs go on and the GUI reattaches to them next time.", flush=True)
     start_torch_check()  # logs the PyTorch build and warns when it cannot use the NVIDIA GPU; serves meanwhile
+    resume_queue()  # the job queue goes on where it was (its runner may have ended with the computer)
     app.block_thread()
 
 

@@ -4,7 +4,20 @@ from __future__ import annotations
 import gradio as gr
 
 from core.config import field_kind
-from tabs import buckets, captioning, cleaning, dataset, form, live_panel, models, page_load, runs, tools, training
+from tabs import (
+    buckets,
+    captioning,
+    cleaning,
+    dataset,
+    form,
+    live_panel,
+    models,
+    page_load,
+    queue_view,
+    runs,
+    tools,
+    training,
+)
 from tabs.workspace import WorkspaceBar
 
 TITLE = "SD Studio"
@@ -40,6 +53,7 @@ def build_app() -> gr.Blocks:
             models_page = models.build(blocks)
             tools.build(blocks)
             runs.build(blocks)
+            queue_view.build(blocks, bar)
         live_panel.build(blocks)
         bar.wire(blocks)
         follow_workspace(bar)

@@ -177,7 +177,7 @@ def build(blocks: gr.Blocks) -> tuple[TryIt, JobPanel]:
         with gr.Accordion("No dataset or model yet? Build the demo kit", open=False):
             gr.Markdown("Builds a tiny random-weight model (diffusers folder and single file) and a small "
                         "captioned dataset, offline, in seconds — enough to try every tab on a CPU.")
-            demo = JobSection("demo", "Build demo kit")
+            demo = JobSection("demo", "Build demo kit", queueable=False)
 
     scan.wire(blocks)
     demo.wire(blocks)

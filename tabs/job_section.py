@@ -9,6 +9,7 @@ from core.jobs.registry import JOBS
 from tabs.form import SchemaForm
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
+from tabs.queue_view import queue_job
 
 
 class JobSection:
@@ -19,12 +20,18 @@ class JobSection:
     """
 
     def __init__(self, job: str, button_label: str, fields: list[str] | None = None,
-                 base_form: SchemaForm | None = None, before_panel: Callable[[], None] | None = None):
-        """`before_panel`: builds more controls between the start button and the job panel."""
+                 base_form: SchemaForm | None = None, before_panel: Callable[[], None] | None = None,
+                 queueable: bool = True):
+        """`before_panel`: builds more controls between the start button and the job panel; `queueable`: an
+        *Add to queue* button beside the start button."""
         self.job, self.base_form = job, base_form
         self.presets = PresetBar(job)
         self.form = SchemaForm(JOBS[job].config, fields=fields)
-        self.button = gr.Button(button_label, variant="primary", elem_id=f"{job}-button")
+        with gr.Row(equal_height=True):
+            self.button = gr.Button(button_label, variant="primary", elem_id=f"{job}-button")
+            self.queue_button = gr.Button("Add to queue", scale=0, min_width=130, elem_id=f"{job}-queue-button",
+                                          visible=queueable)
+        self.queued = gr.Markdown(elem_id=f"{job}-queued", elem_classes=["sf-message"])
         if before_panel:
             before_panel()
         self.panel = JobPanel(job)
@@ -44,5 +51,7 @@ class JobSection:
         inputs = [*(self.base_form.inputs if self.base_form else []), *self.form.inputs]
         self.button.click(lambda *raw: self.panel.launch(self.values(*raw)), inputs=inputs,
                           outputs=self.panel.outputs)
+        self.queue_button.click(lambda *raw: queue_job(self.job, self.values(*raw)), inputs=inputs,
+                                outputs=self.queued)
         self.panel.wire(blocks)
         self.presets.wire(self.form, blocks)

@@ -18,6 +18,7 @@ from core.train.checkpoints import saved_states
 from tabs.form import SchemaForm, section_id
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
+from tabs.queue_view import queue_job
 from tabs.settings_search import REVEAL_JS, SettingsSearch
 from tabs.training_panel import TrainingPanel
 
@@ -130,6 +131,7 @@ def build(blocks: gr.Blocks) -> TrainingPage:
         with gr.Row(elem_classes=["train-actions"]):
             check = gr.Button("Check settings", elem_id="train-check", scale=1)
             start = gr.Button("Start training", variant="primary", elem_id="train-button", scale=2)
+            queue = gr.Button("Add to queue", elem_id="train-queue-button", scale=0, min_width=130)
         report = gr.Markdown(elem_id="train-report")
         changes = gr.HTML(elem_id="train-changes")
         form.render_sections()
@@ -206,6 +208,7 @@ def build(blocks: gr.Blocks) -> TrainingPage:
     conditional = [form.components[n] for n in form.conditional()]
     start_outputs = [*panel.outputs, report, build_cache, *conditional]
     check.click(do_check, inputs=inputs, outputs=[report, build_cache, *conditional])
+    queue.click(lambda *raw: queue_job("train", values_of(raw)), inputs=inputs, outputs=report)
     start.click(do_start, inputs=inputs, outputs=start_outputs)
     resume.click(do_resume, inputs=[state, *inputs], outputs=start_outputs)
     find.click(do_find, inputs=inputs, outputs=[state, report])

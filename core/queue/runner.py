@@ -148,3 +148,12 @@ def ensure_runner() -> int | None:
         except psutil.Error:  # it ended already
             pass
         return proc.pid
+
+
+def resume_queue() -> int | None:
+    """When the GUI starts: a runner for a queue left with work (one killed with the GUI is replaced and adopts
+    the running job); nothing is started for an idle or paused queue."""
+    queue = store.read_queue()
+    if queue.running() or (not queue.paused and any(e.status == "waiting" for e in queue.entries)):
+        return ensure_runner()
+    return None
