@@ -27,7 +27,7 @@ class FilePicker:
         self.labels, self.folder_slots = labels, folder_slots
         home = str(Path.home())
         self.slot = gr.State(None)
-        self.folder = gr.State(None)  # the folder listed (Look in, once checked); set when the picker opens
+        self.folder = gr.State(home)  # the folder listed (Look in, once checked)
         self.selected = gr.State(None)  # what is selected in the explorer
         with gr.Column(visible=False, elem_id=elem_id, elem_classes="picker") as self.box:
             self.title = gr.Markdown(elem_id=f"{elem_id}-title")
@@ -37,11 +37,9 @@ class FilePicker:
                 self.up = gr.Button("⬆ Up", scale=0, min_width=80, size="sm", elem_id=f"{elem_id}-up")
 
             # A new explorer for each folder: gradio 6.31's FileExplorer, given a new root_dir, keeps
-            # showing an empty list. Not on page load: the picker lists nothing until it is opened.
-            @gr.render(inputs=self.folder, triggers=[self.folder.change])
+            # showing an empty list.
+            @gr.render(inputs=self.folder)
             def explorer(folder):
-                if not folder:
-                    return
                 listing = gr.FileExplorer(root_dir=folder, file_count="single", ignore_glob=_hidden(folder),
                                           height=260, max_height=260, show_label=False, key=folder,
                                           elem_id=f"{elem_id}-explorer")

@@ -2,7 +2,7 @@
 the test output), and what must be in the first screen of each."""
 from test_gui_browser import gui_url, laptop_page  # noqa: F401  (fixtures)
 
-TABS = ["dataset", "captioning", "cleaning", "buckets", "training", "models", "tools", "runs"]
+TABS = ["dataset", "captioning", "cleaning", "buckets", "training", "models", "tools", "runs", "queue"]
 
 
 def test_every_tab_at_1366x768(laptop_page, screenshot):  # noqa: F811  (the fixture)
