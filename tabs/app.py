@@ -40,6 +40,7 @@ def follow_workspace(bar: WorkspaceBar) -> None:
 def build_app() -> gr.Blocks:
     form.FORMS.clear()
     page_load.PARTS.clear()
+    queue_view.EDITABLE.clear()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         gr.HTML(f"<b>{TITLE}</b> · prepare datasets and fine-tune Stable Diffusion models", elem_id="app-title",
                 padding=False)
@@ -52,8 +53,8 @@ def build_app() -> gr.Blocks:
             training_page = training.build(blocks)
             models_page = models.build(blocks)
             tools.build(blocks)
-            runs.build(blocks)
-            queue_view.build(blocks, bar)
+            runs_page = runs.build(blocks)
+            queue_view.build(blocks, bar, tabs, runs_page)
         live_panel.build(blocks)
         bar.wire(blocks)
         follow_workspace(bar)

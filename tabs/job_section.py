@@ -9,7 +9,7 @@ from core.jobs.registry import JOBS
 from tabs.form import SchemaForm
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
-from tabs.queue_view import queue_job
+from tabs.queue_view import QueueButton
 
 
 class JobSection:
@@ -29,8 +29,7 @@ class JobSection:
         self.form = SchemaForm(JOBS[job].config, fields=fields)
         with gr.Row(equal_height=True):
             self.button = gr.Button(button_label, variant="primary", elem_id=f"{job}-button")
-            self.queue_button = gr.Button("Add to queue", scale=0, min_width=130, elem_id=f"{job}-queue-button",
-                                          visible=queueable)
+            self.queue = QueueButton(job, visible=queueable)
         self.queued = gr.Markdown(elem_id=f"{job}-queued", elem_classes=["sf-message"])
         if before_panel:
             before_panel()
@@ -47,11 +46,18 @@ class JobSection:
             own = raw[n:]
         return {**values, **self.form.read(*own)}
 
+    def fill(self, values: dict) -> list:
+        """The components (base form's first) showing `values`; the base form's fields this job lacks kept."""
+        base = []
+        if self.base_form:
+            base = [value if name in values else gr.skip()
+                    for name, value in zip(self.base_form.names, self.base_form.show(values))]
+        return [*base, *self.form.show(values)]
+
     def wire(self, blocks: gr.Blocks) -> None:
         inputs = [*(self.base_form.inputs if self.base_form else []), *self.form.inputs]
         self.button.click(lambda *raw: self.panel.launch(self.values(*raw)), inputs=inputs,
                           outputs=self.panel.outputs)
-        self.queue_button.click(lambda *raw: queue_job(self.job, self.values(*raw)), inputs=inputs,
-                                outputs=self.queued)
+        self.queue.wire(inputs, self.values, self.queued, self.fill)
         self.panel.wire(blocks)
         self.presets.wire(self.form, blocks)

@@ -35,6 +35,7 @@ from core.models.library_listing import (
 from tabs.file_picker import FilePicker
 from tabs.form import SchemaForm
 from tabs.job_panel import JobPanel
+from tabs.queue_view import QueueButton
 from tabs.workspace import WorkspaceBar
 
 LIBRARY_SLOT = "library"
@@ -115,10 +116,14 @@ class ModelsPage:
             self.chosen = gr.Markdown("Select a model in the list, then Download.", elem_id="catalogue-chosen")
             self.download = gr.Button("Download", variant="primary", size="md", interactive=False, scale=0,
                                       min_width=340, elem_id="catalogue-download")
+            self.queue = QueueButton("download", interactive=False, name="catalogue")
         with gr.Accordion("Any Hugging Face repository", open=False, elem_id="download-repository"):
             self.repository = SchemaForm(JOBS["download"].config, fields=REPOSITORY_FIELDS, layout="flat")
-            self.download_repository = gr.Button("Download from this repository", variant="primary",
-                                                 elem_id="repository-download")
+            with gr.Row(equal_height=True):
+                self.download_repository = gr.Button("Download from this repository", variant="primary",
+                                                     elem_id="repository-download")
+                self.queue_repository = QueueButton("download", name="repository")
+        self.queued = gr.Markdown(elem_id="download-queued", elem_classes=["sf-message"])
         self.panel = JobPanel("download")
 
     # -- the library --------------------------------------------------------------------------------------------
@@ -181,6 +186,7 @@ class ModelsPage:
         if entry is None:
             return {self.choice: None}
         return {self.choice: entry.id, self.download: gr.Button(f"Download {entry.label}", interactive=True),
+                self.queue.button: gr.Button(interactive=True),
                 self.chosen: f"**{entry.label}** · `{entry.repo_id}` · {size_text(entry.size_gb)} · {entry.note} "
                              f"Licence: {entry.licence}."}
 
@@ -240,11 +246,14 @@ class ModelsPage:
         self.picker.open_with(self.browse, LIBRARY_SLOT, self.folder)
         self.picker.wire(lambda slot, path: {self.folder: path}, [self.folder])
 
-        self.catalogue.select(self.choose, outputs=[self.choice, self.download, self.chosen], **hidden)
+        self.catalogue.select(self.choose, outputs=[self.choice, self.download, self.queue.button, self.chosen],
+                              **hidden)
         self.download.click(lambda entry_id: self.panel.launch({"catalogue": entry_id}, entry_id or ""),
                             inputs=self.choice, outputs=self.panel.outputs)
         self.download_repository.click(lambda *raw: self.panel.launch(self.repository.read(*raw)),
                                        inputs=self.repository.inputs, outputs=self.panel.outputs)
+        self.queue.wire([self.choice], lambda entry_id: {"catalogue": entry_id}, self.queued)
+        self.queue_repository.wire(self.repository.inputs, self.repository.read, self.queued)
         self.panel.wire(blocks)
         self.panel.finished.change(lambda run_dir, entries, kind: self.downloaded(run_dir, entries, kind, bar),
                                    inputs=[self.panel.finished, self.entries, self.kind], outputs=outputs)

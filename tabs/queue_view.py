@@ -17,6 +17,7 @@ from core.queue.chain import CHAIN_STEPS, Step, add_chain
 from core.queue.runner import ensure_runner, runner_holder
 from tabs import page_load
 from tabs.preset_bar import preset_choices
+from tabs.runs import RunsPage
 from tabs.workspace import WorkspaceBar
 
 COLUMNS = ["#", "id", "status", "job", "what it does", "why", "run folder"]
@@ -25,17 +26,71 @@ STEP_LABELS = {"tag": "WD14 tags", "clean": "clean captions", "cache": "cache la
 POLL_S = 2.0
 
 
-def queue_job(job: str, values: dict) -> str:
-    """*Add to queue*: the job with `values` (validated and frozen now) queued and the runner started; what
-    happened, in one message."""
+def queue_job(job: str, values: dict | Callable[[], dict]) -> str:
+    """*Add to queue*: the job with `values` (validated and frozen now; a callable that gives them may raise
+    ConfigError) queued and the runner started; what happened, in one message."""
     try:
-        entry = store.add(job, values)
+        entry = store.add(job, values() if callable(values) else values)
     except ConfigError as err:
         return f"**Not queued: invalid settings**\n\n```\n{err}\n```"
     except store.QueueError as err:
         return f"**Not queued:** {err}"
     ensure_runner()
     return f"Queued as {entry.label()}: {entry.summary}. It starts when the jobs before it are done (Queue tab)."
+
+
+EDITING = "Save to entry {id}"
+EDITABLE: dict[str, QueueButton] = {}  # job -> the form its waiting entries reopen in (build_app clears it)
+
+
+class QueueButton:
+    """*Add to queue* beside a job's Start button (build it in that row). While a waiting entry of the job is
+    reopened in the form (Queue tab: Edit), it saves the form to that entry instead, and *Cancel edit* shows."""
+
+    def __init__(self, job: str, visible: bool = True, interactive: bool = True, name: str = ""):
+        """`name`: the elements' id prefix where a page has two of one job's (the job's name by default)."""
+        self.job = job
+        self.button = gr.Button("Add to queue", scale=0, min_width=170, elem_id=f"{name or job}-queue-button",
+                                visible=visible, interactive=interactive)
+        self.cancel = gr.Button("Cancel edit", scale=0, min_width=120, visible=False,
+                                elem_id=f"{name or job}-queue-cancel")
+        self.editing = gr.State("")  # the id of the entry the form holds ("": none)
+        self.inputs: list = []  # the form an entry reopens in (`wire` with a `fill`)
+        self.fill: Callable[[dict], list] = lambda values: []
+        self.message: gr.Markdown | None = None
+
+    def editing_updates(self, entry_id: str) -> list:
+        """[editing, button, cancel] while `entry_id` is edited ("": not editing)."""
+        return [entry_id, gr.Button(EDITING.format(id=entry_id) if entry_id else "Add to queue"),
+                gr.Button(visible=bool(entry_id))]
+
+    def save(self, entry_id: str, values: dict | Callable[[], dict]) -> list:
+        """[editing, button, cancel, message]: the form queued as a new entry, or saved to the edited one."""
+        if not entry_id:
+            return [gr.skip()] * 3 + [queue_job(self.job, values)]
+        try:
+            entry = store.edit(entry_id, values() if callable(values) else values)
+        except ConfigError as err:
+            return [gr.skip()] * 3 + [f"**Not saved: invalid settings**\n\n```\n{err}\n```"]
+        except store.QueueError as err:
+            return self.editing_updates("") + [f"**Not saved:** {err}. *Add to queue* queues these settings as a "
+                                               "new job."]
+        return self.editing_updates("") + [f"Saved to {entry.label()}: {entry.summary}. It keeps its place in "
+                                           "the queue."]
+
+    def wire(self, inputs: list, read: Callable[..., dict | Callable[[], dict]], message: gr.Markdown,
+             fill: Callable[[dict], list] | None = None) -> None:
+        """`read(*inputs)`: the job's values (or a callable giving them); `fill(values)`: the values of `inputs`
+        showing an entry's settings (None: the job's entries are not edited here)."""
+        outputs = [self.editing, self.button, self.cancel, message]
+        self.button.click(lambda entry_id, *raw: self.save(entry_id, read(*raw)), inputs=[self.editing, *inputs],
+                          outputs=outputs)
+        self.cancel.click(lambda entry_id: self.editing_updates("") + [f"Edit cancelled: entry {entry_id} is "
+                                                                       "unchanged."],
+                          inputs=self.editing, outputs=outputs)
+        if fill is not None:
+            self.inputs, self.fill, self.message = inputs, fill, message
+            EDITABLE[self.job] = self
 
 
 def queue_table() -> tuple[pd.DataFrame, list[str], str, bool, str]:
@@ -75,6 +130,8 @@ class QueueTab:
                 self.down = gr.Button("⬇ Down", elem_id="queue-down", **button)
                 self.remove = gr.Button("Remove", elem_id="queue-remove", **button)
                 self.retry = gr.Button("Re-queue", elem_id="queue-retry", **button)
+                self.edit = gr.Button("Edit", elem_id="queue-edit", **button)
+                self.open_run = gr.Button("Open its run", elem_id="queue-open-run", **button)
                 self.stop = gr.Button("Stop it", variant="stop", elem_id="queue-stop", **button)
             with gr.Row(equal_height=False):
                 self.on_failure = gr.Radio(ON_FAILURE, value="skip", label="When a job fails", scale=2,
@@ -116,7 +173,34 @@ class QueueTab:
             message = f"**Not done:** {err}"
         return [*self.show(), message]
 
-    def wire(self, bar: WorkspaceBar) -> None:
+    def reopen(self, entry_id: str | None, tabs: gr.Tabs, homes: dict[str, gr.Tab]) -> dict:
+        """Edit: a waiting entry's settings in its job's form (in its tab of `homes`), which then saves to it."""
+        entry = store.read_queue().find(entry_id) if entry_id else None
+        if entry is None:
+            return {self.message: "Select an entry in the table first."}
+        if entry.status != "waiting":
+            return {self.message: f"**Not reopened:** {entry.label()} is {entry.status}; only a waiting entry can "
+                                  "be edited (Re-queue puts an ended one back)."}
+        target = EDITABLE.get(entry.job)
+        if target is None:
+            return {self.message: f"**Not reopened:** a {entry.job} entry has no form of its own to edit it in; "
+                                  "remove it and queue it again."}
+        tab = homes[entry.job]
+        return {tabs: gr.Tabs(selected=tab.id), **dict(zip(target.inputs, target.fill(entry.values))),
+                **dict(zip([target.editing, target.button, target.cancel], target.editing_updates(entry.id))),
+                target.message: f"Editing **{entry.label()}**: change its settings, then *"
+                                f"{EDITING.format(id=entry.id)}* (it keeps its place in the queue).",
+                self.message: f"{entry.label()} is open in the {tab.label} tab."}
+
+    def open_entry_run(self, entry_id: str | None, tabs: gr.Tabs, runs: RunsPage) -> dict:
+        entry = store.read_queue().find(entry_id) if entry_id else None
+        if entry is None:
+            return {self.message: "Select an entry in the table first."}
+        if not entry.run_dir or not Path(entry.run_dir).is_dir():
+            return {self.message: f"{entry.label()} has no run folder yet (it has not started)."}
+        return {tabs: gr.Tabs(selected="runs"), **runs.open(entry.run_dir), self.message: ""}
+
+    def wire(self, bar: WorkspaceBar, tabs: gr.Tabs, runs: RunsPage) -> None:
         hidden = {"show_progress": "hidden"}
         page_load.on_load(self.show, self.view)
         self.timer.tick(self.show, outputs=self.view, **hidden)
@@ -161,5 +245,15 @@ class QueueTab:
                                               bar.values["model"], bar.values["output"]], outputs=acted)
 
 
-def build(blocks: gr.Blocks, bar: WorkspaceBar) -> None:
-    QueueTab().wire(bar)
+        edited = [tabs, self.message, *(c for t in EDITABLE.values()
+                                         for c in [*t.inputs, t.editing, t.button, t.cancel, t.message])]
+        homes = {job: page_load.home_tab(target.button, tabs) for job, target in EDITABLE.items()}
+        self.edit.click(lambda entry_id: self.reopen(entry_id, tabs, homes), inputs=self.selected,
+                        outputs=list({c._id: c for c in edited}.values()))
+        self.open_run.click(lambda entry_id: self.open_entry_run(entry_id, tabs, runs), inputs=self.selected,
+                            outputs=[tabs, self.message, runs.table, runs.folders, *runs.run_outputs])
+
+
+def build(blocks: gr.Blocks, bar: WorkspaceBar, tabs: gr.Tabs, runs: RunsPage) -> None:
+    """Last of the tabs: the forms whose entries Edit reopens are all built."""
+    QueueTab().wire(bar, tabs, runs)

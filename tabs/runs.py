@@ -72,39 +72,62 @@ def tensorboard_link(run_dir: str) -> str:
     return f"[Open TensorBoard]({url}) · `{url}` (reachable from this computer only)"
 
 
-def build(blocks: gr.Blocks) -> None:
-    with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
-        gr.Markdown("Every job started from the GUI or the command line (`runs/`). Select a run to read it.")
-        refresh = gr.Button("Refresh", elem_id="runs-refresh")
-        folders = gr.State([])
-        table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table")
-        selected = gr.State(None)
-        header = gr.Markdown(elem_id="run-header")
-        with gr.Row():
-            stop = gr.Button("Stop this run", variant="stop", interactive=False, elem_id="run-stop")
-            tensorboard = gr.Button("Open TensorBoard", interactive=False, elem_id="run-tensorboard")
-        tensorboard_info = gr.Markdown(elem_id="run-tensorboard-link")
-        outputs = gr.Markdown(elem_id="run-outputs")
-        log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False, elem_id="run-log")
-        with gr.Row():
-            config = gr.Code(label="config.json", language="json", interactive=False)
-            result = gr.Code(label="result.json", language="json", interactive=False)
+class RunsPage:
+    """The Runs tab; `open(run_dir)` shows one run (the Queue tab opens an entry's run with it)."""
 
-    def select(folder_list: list[str], evt: gr.SelectData):
-        run_dir = folder_list[evt.index[0]]
+    def __init__(self):
+        with gr.Tab("Runs", id="runs", elem_id="tab-runs"):
+            gr.Markdown("Every job started from the GUI or the command line (`runs/`). Select a run to read it.")
+            self.refresh = gr.Button("Refresh", elem_id="runs-refresh")
+            self.folders = gr.State([])
+            self.table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table")
+            self.selected = gr.State(None)
+            self.header = gr.Markdown(elem_id="run-header")
+            with gr.Row():
+                self.stop = gr.Button("Stop this run", variant="stop", interactive=False, elem_id="run-stop")
+                self.tensorboard = gr.Button("Open TensorBoard", interactive=False, elem_id="run-tensorboard")
+            self.tensorboard_info = gr.Markdown(elem_id="run-tensorboard-link")
+            self.outputs = gr.Markdown(elem_id="run-outputs")
+            self.log = gr.Textbox(label="Log (last lines)", lines=12, max_lines=12, interactive=False,
+                                  elem_id="run-log")
+            with gr.Row():
+                self.config = gr.Code(label="config.json", language="json", interactive=False)
+                self.result = gr.Code(label="result.json", language="json", interactive=False)
+
+    @property
+    def run_outputs(self) -> list:
+        return [self.selected, self.header, self.log, self.config, self.result, self.outputs, self.stop,
+                self.tensorboard, self.tensorboard_info]
+
+    def show_run(self, run_dir: str) -> list:
+        """One run's details, in `run_outputs` order."""
         active = RunFolder(run_dir).read_status().get("state") in ACTIVE_STATES
-        return (run_dir, *run_details(run_dir), gr.update(interactive=active),
-                gr.update(interactive=has_tensorboard_logs(run_dir)), "")
+        return [run_dir, *run_details(run_dir), gr.update(interactive=active),
+                gr.update(interactive=has_tensorboard_logs(run_dir)), ""]
 
-    def stop_selected(run_dir: str | None):
-        return gr.update(interactive=False), stop_run(run_dir) if run_dir else gr.skip()
+    def open(self, run_dir: str) -> dict:
+        """The runs listed again and `run_dir` shown."""
+        table, folders = runs_table()
+        return {self.table: table, self.folders: folders, **dict(zip(self.run_outputs, self.show_run(run_dir)))}
 
-    def open_tensorboard(run_dir: str | None):
-        return tensorboard_link(run_dir) if run_dir else gr.skip()
+    def wire(self) -> None:
+        def select(folder_list: list[str], evt: gr.SelectData):
+            return self.show_run(folder_list[evt.index[0]])
 
-    refresh.click(runs_table, outputs=[table, folders])
-    page_load.on_load(runs_table, [table, folders])
-    table.select(select, inputs=folders,
-                 outputs=[selected, header, log, config, result, outputs, stop, tensorboard, tensorboard_info])
-    stop.click(stop_selected, inputs=selected, outputs=[stop, header])
-    tensorboard.click(open_tensorboard, inputs=selected, outputs=tensorboard_info)
+        def stop_selected(run_dir: str | None):
+            return gr.update(interactive=False), stop_run(run_dir) if run_dir else gr.skip()
+
+        def open_tensorboard(run_dir: str | None):
+            return tensorboard_link(run_dir) if run_dir else gr.skip()
+
+        self.refresh.click(runs_table, outputs=[self.table, self.folders])
+        page_load.on_load(runs_table, [self.table, self.folders])
+        self.table.select(select, inputs=self.folders, outputs=self.run_outputs)
+        self.stop.click(stop_selected, inputs=self.selected, outputs=[self.stop, self.header])
+        self.tensorboard.click(open_tensorboard, inputs=self.selected, outputs=self.tensorboard_info)
+
+
+def build(blocks: gr.Blocks) -> RunsPage:
+    page = RunsPage()
+    page.wire()
+    return page

@@ -18,7 +18,7 @@ from core.train.checkpoints import saved_states
 from tabs.form import SchemaForm, section_id
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
-from tabs.queue_view import queue_job
+from tabs.queue_view import QueueButton
 from tabs.settings_search import REVEAL_JS, SettingsSearch
 from tabs.training_panel import TrainingPanel
 
@@ -131,7 +131,7 @@ def build(blocks: gr.Blocks) -> TrainingPage:
         with gr.Row(elem_classes=["train-actions"]):
             check = gr.Button("Check settings", elem_id="train-check", scale=1)
             start = gr.Button("Start training", variant="primary", elem_id="train-button", scale=2)
-            queue = gr.Button("Add to queue", elem_id="train-queue-button", scale=0, min_width=130)
+            queue = QueueButton("train")
         report = gr.Markdown(elem_id="train-report")
         changes = gr.HTML(elem_id="train-changes")
         form.render_sections()
@@ -153,7 +153,10 @@ def build(blocks: gr.Blocks) -> TrainingPage:
         with gr.Accordion("DreamBooth class images", open=False):
             gr.Markdown("Training generates the class images that class_data_dir lacks before it starts; this "
                         "generates them now, to look at them first.")
-            build_class = gr.Button("Generate the missing class images now", elem_id="train-build-class")
+            with gr.Row(equal_height=True):
+                build_class = gr.Button("Generate the missing class images now", elem_id="train-build-class")
+                queue_class = QueueButton("class_images")
+            class_queued = gr.Markdown(elem_id="train-class-queued", elem_classes=["sf-message"])
             class_panel = JobPanel("class_images", elem_prefix="train-class")
         panel = TrainingPanel()
         stash = gr.State("")  # the class folder set aside while another kind is chosen
@@ -208,7 +211,8 @@ def build(blocks: gr.Blocks) -> TrainingPage:
     conditional = [form.components[n] for n in form.conditional()]
     start_outputs = [*panel.outputs, report, build_cache, *conditional]
     check.click(do_check, inputs=inputs, outputs=[report, build_cache, *conditional])
-    queue.click(lambda *raw: queue_job("train", values_of(raw)), inputs=inputs, outputs=report)
+    queue.wire(inputs, lambda *raw: values_of(raw), report, form.show)
+    queue_class.wire(inputs, lambda *raw: lambda: class_images_values(values_of(raw)), class_queued)
     start.click(do_start, inputs=inputs, outputs=start_outputs)
     resume.click(do_resume, inputs=[state, *inputs], outputs=start_outputs)
     find.click(do_find, inputs=inputs, outputs=[state, report])

@@ -116,6 +116,21 @@ def show_field(page, model, name: str) -> None:
     page.wait_for_selector(f"#{model.__name__}-{name}", state="visible")
 
 
+def cpu_demo_training(page, kit: Path, output_dir: Path, steps: int) -> None:
+    """On the Training tab: the CPU demo preset on a demo kit's model and dataset, `steps` steps into `output_dir`."""
+    page.click("#tab-training-button")
+    page.click("#train-preset input")
+    page.click("ul[role='listbox'] li:has-text('CPU demo')")
+    show_field(page, TrainConfig, "output_name")  # settings outside the first screen sit in sub-tabs by section
+    wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
+    page.wait_for_selector("#train-changes:has-text('Same as preset')")
+    for name, value in (("pretrained_model_name_or_path", kit / "model"), ("train_data_dir", kit / "dataset"),
+                        ("output_dir", output_dir)):
+        show_field(page, TrainConfig, name)
+        fill(page, f"TrainConfig-{name}", str(value))
+    fill(page, "TrainConfig-max_train_steps", str(steps))
+
+
 def wait_log(page, prefix: str, text: str, timeout: int = 30_000) -> None:
     """Wait until the job panel `prefix`'s log shows `text`."""
     page.wait_for_function(f"document.querySelector('#{prefix}-log textarea').value.includes({text!r})",
@@ -203,17 +218,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
 
     kit = tmp_path / "kit é"
     build_demo(kit, arch="sd1", num_images=8, seed=4)
-    page.click("#tab-training-button")
-    page.click("#train-preset input")
-    page.click("ul[role='listbox'] li:has-text('CPU demo')")
-    show_field(page, TrainConfig, "output_name")  # settings outside the first screen sit in sub-tabs by section
-    wait_value(page, "TrainConfig-output_name", "'demo-finetune'")
-    page.wait_for_selector("#train-changes:has-text('Same as preset')")
-    for name, value in (("pretrained_model_name_or_path", kit / "model"), ("train_data_dir", kit / "dataset"),
-                        ("output_dir", tmp_path / "out")):
-        show_field(page, TrainConfig, name)
-        fill(page, f"TrainConfig-{name}", str(value))
-    fill(page, "TrainConfig-max_train_steps", "120")
+    cpu_demo_training(page, kit, tmp_path / "out", steps=120)
     page.wait_for_selector("#train-changes:has-text('4 setting(s) differ')")
 
     page.click("#train-check")
