@@ -1,6 +1,7 @@
 """The job queue with real job processes (cheap scans, jobs that fail on bad input they meet at run time): order,
 failures, chains, reordering while a job runs, frozen settings, a nonsense queue file, locked targets, the GPU rule,
-stop, the command line end to end, and recovery: runners and jobs killed, two runners at once."""
+stop, the command line end to end, and recovery: runners, jobs and the GUI killed (a training resumes from its saved
+state, as if never stopped), two runners at once."""
 import json
 import os
 import subprocess
@@ -447,6 +448,67 @@ def test_an_interrupted_training_resumes_from_its_newest_saved_state(small_datas
     assert "interrupted" in resumed.reason and str(newest) in resumed.reason and len(resumed.previous_runs) == 1
     not_resumed = entry(fresh_id)
     assert not_resumed.status == "interrupted" and "no saved training state" in not_resumed.reason
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its children, as a crash or a power cut would: nothing gets to write a word."""
+    proc = psutil.Process(pid)
+    procs = [proc, *proc.children(recursive=True)]
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
+
+
+def test_a_training_killed_with_its_runner_resumes_from_its_saved_state_as_if_never_stopped(demo_kit, tmp_path,
+                                                                                            runner_process):
+    from trainkit import assert_same_weights, train, train_values
+
+    kit = demo_kit("sd1", 6, 0)
+    reference = tmp_path / "reference"
+    train(train_values(kit, reference, max_train_steps=30), tmp_path / "reference-run")
+    out = tmp_path / "out"
+    queued = store.add("train", train_values(kit, out, max_train_steps=30, save_every_n_steps=3, save_state=True))
+    runner = runner_process()
+    wait_for(lambda: list(out.glob("model-step*-state/training_state.json")), timeout=240, what="a saved state")
+    run_dir = Path(entry(queued.id).run_dir)
+    kill_tree(int((run_dir / "launcher.pid").read_text()))  # the job, mid-run
+    runner.kill()
+    runner.wait(timeout=30)
+    assert not (out / "model.safetensors").exists()
+
+    run_until_empty()  # the next runner (the GUI's start, the command line's queue run)
+    resumed = entry(queued.id)
+    assert resumed.status == "done" and resumed.previous_runs == [str(run_dir)] and resumed.resume_from
+    assert f"resumed from {resumed.resume_from} at step" in (Path(resumed.run_dir) / "log.txt").read_text()
+    assert_same_weights(reference / "model.safetensors", out / "model.safetensors")
+    assert len(queue_runs()) == 2
+
+
+def test_the_gui_and_its_runner_killed_mid_job_a_restarted_gui_goes_on_and_nothing_runs_twice(
+        small_dataset, studio_home, free_port, hold, background_runner):
+    from test_gui_browser import start_gui
+
+    first, second = (store.add("scan", scan(small_dataset)) for _ in range(2))
+    gui = start_gui(free_port(), studio_home / "gui.log")  # its start runs the queue, in a process of its own
+    held = hold(first.id)
+    runner = runner_holder()
+    assert runner and runner["pid"] != gui.pid
+    gui.kill()  # SIGKILL of the GUI: its runner and the job go on
+    gui.wait(timeout=30)
+    assert psutil.pid_exists(runner["pid"]) and held.is_running() and runner_holder()["pid"] == runner["pid"]
+    psutil.Process(runner["pid"]).kill()  # and of the runner (its detached job goes on)
+
+    gui = start_gui(free_port(), studio_home / "gui.log")
+    try:
+        wait_for(lambda: runner_holder() is not None, what="the restarted GUI to start a runner")
+        time.sleep(0.5)
+        assert statuses() == ["running", "waiting"]  # the held job adopted, not started again
+        held.resume()
+        wait_for(lambda: statuses() == ["done", "done"], timeout=90, what="both entries to finish")
+    finally:
+        gui.kill()
+        gui.wait(timeout=30)
+    assert entry(first.id).previous_runs == [] and len(queue_runs()) == 2
 
 
 def test_two_runners_at_once_only_one_runs(small_dataset, hold, runner_process):
