@@ -23,6 +23,7 @@ from tabs.workspace import WorkspaceBar
 COLUMNS = ["#", "id", "status", "job", "what it does", "why", "run folder"]
 ON_FAILURE = [("go on with the next job", "skip"), ("pause the queue", "stop")]
 STEP_LABELS = {"tag": "WD14 tags", "clean": "clean captions", "cache": "cache latents", "train": "train"}
+AS_ON_TAB = ("as set on its tab", "")  # a chain step without a preset: its job's form as it is
 POLL_S = 2.0
 
 
@@ -55,7 +56,8 @@ class QueueButton:
         self.cancel = gr.Button("Cancel edit", scale=0, min_width=120, visible=False,
                                 elem_id=f"{name or job}-queue-cancel")
         self.editing = gr.State("")  # the id of the entry the form holds ("": none)
-        self.inputs: list = []  # the form an entry reopens in (`wire` with a `fill`)
+        self.inputs: list = []  # the form an entry reopens in (`wire` with a `fill`), how it is read and filled
+        self.read: Callable[..., dict] = lambda *raw: {}
         self.fill: Callable[[dict], list] = lambda values: []
         self.message: gr.Markdown | None = None
 
@@ -89,7 +91,7 @@ class QueueButton:
                                                                        "unchanged."],
                           inputs=self.editing, outputs=outputs)
         if fill is not None:
-            self.inputs, self.fill, self.message = inputs, fill, message
+            self.inputs, self.read, self.fill, self.message = inputs, read, fill, message
             EDITABLE[self.job] = self
 
 
@@ -114,7 +116,7 @@ def queue_table() -> tuple[pd.DataFrame, list[str], str, bool, str]:
 
 class QueueTab:
     def __init__(self):
-        with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
+        with gr.Tab("Queue", id="queue", elem_id="tab-queue") as self.tab:
             gr.Markdown("Jobs lined up with *Add to queue* run here one after another, in a process of their own: "
                         "closing the browser or restarting the GUI does not stop them. Select a row to act on it.")
             self.state = gr.Markdown(elem_id="queue-state")
@@ -148,8 +150,8 @@ class QueueTab:
                     self.steps = gr.CheckboxGroup([(STEP_LABELS[s], s) for s in CHAIN_STEPS], value=list(CHAIN_STEPS),
                                                   label="Steps, in this order (each runs when the one before "
                                                         "succeeded)", scale=3, elem_id="queue-chain-steps")
-                    self.presets = {job: gr.Dropdown(preset_choices(job)[0], value=None, scale=1,
-                                                     label=f"{STEP_LABELS[job].capitalize()} preset",
+                    self.presets = {job: gr.Dropdown([AS_ON_TAB, *preset_choices(job)[0]], value="", scale=1,
+                                                     label=f"{STEP_LABELS[job][0].upper()}{STEP_LABELS[job][1:]} settings",
                                                      elem_id=f"queue-chain-{job}-preset") for job in ("tag", "train")}
                     self.chain = gr.Button("Queue them", variant="primary", scale=0, min_width=130,
                                            elem_id="queue-chain-button")
@@ -204,6 +206,8 @@ class QueueTab:
         hidden = {"show_progress": "hidden"}
         page_load.on_load(self.show, self.view)
         self.timer.tick(self.show, outputs=self.view, **hidden)
+        self.tab.select(lambda: [gr.Dropdown(choices=[AS_ON_TAB, *preset_choices(job)[0]]) for job in self.presets],
+                        outputs=list(self.presets.values()), **hidden)  # presets saved since
         self.refresh.click(self.show, outputs=self.view)
 
         def select(ids: list[str], evt: gr.SelectData):
@@ -229,20 +233,27 @@ class QueueTab:
         self.on_failure.input(lambda mode: self.act(lambda _: store.set_on_failure(mode), None, False),
                               inputs=self.on_failure, outputs=acted)
 
-        def queue_chain(steps: list[str], tag_preset: str | None, train_preset: str | None, dataset, model, output):
+        forms = [EDITABLE[job] for job in CHAIN_STEPS if job in EDITABLE]  # each step's form, on its tab
+
+        def queue_chain(steps: list[str], tag_preset: str | None, train_preset: str | None, dataset, model, output,
+                        *raw):
             if not dataset:
                 return [*self.show(), "Choose the dataset folder(s) in the workspace bar first."]
             chosen = {"tag": tag_preset or "", "train": train_preset or ""}
+            on_tab = {}
+            for form in forms:
+                on_tab[form.job], raw = form.read(*raw[:len(form.inputs)]), raw[len(form.inputs):]
             try:
-                entries = add_chain([Step(job, chosen.get(job, "")) for job in CHAIN_STEPS if job in steps],
-                                    list(dataset), model or "", output or "")
+                entries = add_chain([Step(job, chosen.get(job, ""), base=on_tab.get(job, {}))
+                                     for job in CHAIN_STEPS if job in steps], list(dataset), model or "", output or "")
             except (store.QueueError, ConfigError) as err:
                 return [*self.show(), f"**Nothing was queued:** {err}"]
             ensure_runner()
             return [*self.show(), f"Queued {len(entries)} jobs: " + " → ".join(e.label() for e in entries) + "."]
 
         self.chain.click(queue_chain, inputs=[self.steps, *self.presets.values(), bar.values["dataset"],
-                                              bar.values["model"], bar.values["output"]], outputs=acted)
+                                              bar.values["model"], bar.values["output"],
+                                              *(c for form in forms for c in form.inputs)], outputs=acted)
 
 
         edited = [tabs, self.message, *(c for t in EDITABLE.values()

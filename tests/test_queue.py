@@ -182,6 +182,20 @@ def test_an_invalid_chain_step_queues_nothing(small_dataset):
     assert store.read_queue().entries == []
 
 
+def test_a_chain_step_takes_its_base_settings_unless_a_preset_is_named(small_dataset):
+    from core.config.presets import save_preset
+    from core.queue.chain import step_values
+
+    dataset = [str(small_dataset)]
+    base = {"train_data_dir": ["/on/its/tab"], "only_with_tag": "dog"}  # a form's values, as set on its tab
+    assert step_values(Step("clean", base=base), dataset) == {"train_data_dir": dataset, "only_with_tag": "dog"}
+    save_preset("clean", "mine", {"dry_run": True})
+    assert step_values(Step("clean", preset="mine", base=base), dataset) == {"train_data_dir": dataset,
+                                                                            "dry_run": True}
+    assert step_values(Step("clean", preset="mine", values={"only_with_tag": "cat"}), dataset)["only_with_tag"] == \
+        "cat"
+
+
 def test_settings_are_frozen_when_queued(small_dataset, tmp_path):
     from core.config.presets import save_preset
 

@@ -1,8 +1,9 @@
 """A chain (pipeline): one dataset's preparation and training queued in one go, each step after the one before
 (tag -> clean -> cache -> train by default). A step that fails, is stopped or skipped skips every step after it.
 
-Each step's settings: its job's defaults < the preset chosen for it < the dataset, base model and output folder of
-the chain (filled into the fields the schema marks with those workspace slots) < the values given for it.
+Each step's settings: its job's defaults < the preset chosen for it, or else the settings given as its base (the
+GUI gives those of the job's form, as set on its tab) < the dataset, base model and output folder of the chain
+(filled into the fields the schema marks with those workspace slots) < the values given for it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Step:
     job: str
     preset: str = ""  # the name of one of the job's presets (built-in or user)
     values: dict = field(default_factory=dict)  # settings over the preset's and the chain's
+    base: dict = field(default_factory=dict)  # settings in place of a preset's, when no preset is named
 
 
 def preset_values(job: str, name: str) -> dict:
@@ -35,9 +37,7 @@ def step_values(step: Step, dataset: list[str], model: str = "", output: str = "
     """The settings of one step (see the module's doc for the layers)."""
     if step.job not in JOBS:
         raise QueueError(f"unknown job {step.job!r} (jobs: {', '.join(JOBS)})")
-    values = {}
-    if step.preset:
-        values.update(preset_values(step.job, step.preset))
+    values = preset_values(step.job, step.preset) if step.preset else dict(step.base)
     chosen = {"dataset": list(dataset), "model": model, "output": output}
     for slot, name in workspace_fields(JOBS[step.job].config).items():
         if chosen[slot]:
