@@ -47,7 +47,7 @@ def build_app() -> gr.Blocks:
         bar = WorkspaceBar()
         with gr.Tabs() as tabs:
             try_it, demo_panel = dataset.build(blocks)
-            tagger_folder = captioning.build(blocks)
+            caption_fields = captioning.build(blocks)
             cleaning.build(blocks)
             buckets.build(blocks)
             training_page = training.build(blocks)
@@ -59,7 +59,7 @@ def build_app() -> gr.Blocks:
         bar.wire(blocks)
         follow_workspace(bar)
         try_it.wire(demo_panel, bar, tabs, training_page)
-        models_page.wire(blocks, bar, tabs, tagger_folder)
+        models_page.wire(blocks, bar, tabs, caption_fields)
         page_load.wire(blocks, tabs)  # last: every part has said what it shows when first shown
     for fn in blocks.fns.values():  # the page's own events, not an API: no API description (1.1 MB) in the page
         fn.api_visibility = "private"

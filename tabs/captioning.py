@@ -1,8 +1,11 @@
-"""Captioning tab: WD14 tagging and BLIP captioning as stoppable jobs, each with a preview on a few
-images before the whole dataset, and a summary (written, skipped, failed) after a run."""
+"""Captioning tab: WD14 tagging, BLIP captioning and captions from vision-language models as stoppable jobs,
+each with a preview on a few images before the whole dataset, and a summary (written, skipped, failed) after
+a run."""
 from __future__ import annotations
 
 import importlib
+import time
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -23,8 +26,15 @@ WD14_HELP = ("Needs a WD14 tagger folder with **model.onnx** and **selected_tags
 BLIP_HELP = ("Needs a BLIP captioning model saved by transformers (e.g. `Salesforce/blip-image-captioning-large` with "
              "its processor files) in one folder, given as model_dir: the Models tab downloads *BLIP large* in a "
              "click or finds one in your folders.")
+VLM_HELP = ("Captions in natural language from a vision-language model saved by transformers in one folder: "
+            "**Florence-2**, **Qwen2.5-VL** / **Qwen3-VL**, **JoyCaption** (LLaVA), **BLIP-2**, **SmolVLM**, "
+            "**Idefics3** (the family is read from its config.json). The Models tab downloads Florence-2 and "
+            "Qwen2.5-VL in a click. Choose what to ask (a short sentence, a paragraph, tags, the style, or your own "
+            "prompt), preview on a few images, then caption the folder; with a WD14 tagger folder the tags are "
+            "written too, in the same pass.")
 TAGGER_ID = "wd-vit-tagger-v3"  # the catalogue's tagger offered where none is chosen (fast, small)
-PREVIEWERS = {"tag": "core.captions.taggers.wd14:preview_tags", "caption": "core.captions.taggers.blip:preview_captions"}
+PREVIEWERS = {"tag": "core.captions.taggers.wd14:preview_tags", "caption": "core.captions.taggers.blip:preview_captions",
+              "vlm_caption": "core.captions.taggers.vlm:preview_captions"}
 
 
 def preview(job: str, values: dict) -> tuple[list, str]:
@@ -32,16 +42,19 @@ def preview(job: str, values: dict) -> tuple[list, str]:
     module, _, name = PREVIEWERS[job].partition(":")
     try:
         cfg = validate(JOBS[job].config, values, "settings")
+        started = time.perf_counter()
         pairs = getattr(importlib.import_module(module), name)(cfg, PREVIEW_IMAGES)
     except (ConfigError, ValueError, OSError) as err:
         return [], f"**No preview:** {err}"
+    seconds = time.perf_counter() - started
     items = []
     for path, caption in pairs:
         try:
             items.append((thumbnail(path, 384), caption or "(no tags above the thresholds)"))
         except (ImageError, OSError):
             continue
-    return items, f"Preview of {len(items)} image(s): nothing was written."
+    timing = f" {seconds / len(pairs):.2f} s per image (the first preview also loads the model)." if pairs else ""
+    return items, f"Preview of {len(items)} image(s): nothing was written.{timing}"
 
 
 def run_summary(run_dir: str | None) -> str:
@@ -142,10 +155,24 @@ def _captioner(job: str, label: str) -> JobSection:
     return section
 
 
-def build(blocks: gr.Blocks) -> gr.Textbox:
-    """The tab; returns the WD14 tagger's model folder field (the Models tab's "Use as tagger" fills it)."""
+@dataclass
+class ModelFields:
+    """The model folder fields of the tab (the Models tab's "Use as tagger" / "Use as captioner" fill them) and its
+    sub-tabs (their ids: captioning-wd14, captioning-blip, captioning-vlm)."""
+    tagger: gr.Textbox
+    blip: gr.Textbox
+    vlm: gr.Textbox
+    sections: gr.Tabs
+
+    def captioner(self, family: str) -> tuple[gr.Textbox, str]:
+        """The field and sub-tab of a captioner of `family` (core/models/detect.py's names)."""
+        return (self.blip, "captioning-blip") if family == "blip" else (self.vlm, "captioning-vlm")
+
+
+def build(blocks: gr.Blocks) -> ModelFields:
+    """The tab; returns its model folder fields."""
     with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
-        with gr.Tabs():
+        with gr.Tabs() as sections:
             with gr.Tab("WD14 tags", id="captioning-wd14", elem_id="tab-captioning-wd14"):
                 gr.Markdown(WD14_HELP)
                 offer = TaggerOffer()
@@ -153,7 +180,10 @@ def build(blocks: gr.Blocks) -> gr.Textbox:
             with gr.Tab("BLIP captions", id="captioning-blip", elem_id="tab-captioning-blip"):
                 gr.Markdown(BLIP_HELP)
                 captioner = _captioner("caption", "Caption images")
-    tagger.wire(blocks)
-    captioner.wire(blocks)
+            with gr.Tab("Vision-language models", id="captioning-vlm", elem_id="tab-captioning-vlm"):
+                gr.Markdown(VLM_HELP)
+                vlm = _captioner("vlm_caption", "Caption images")
+    for section in (tagger, captioner, vlm):
+        section.wire(blocks)
     offer.wire(tagger.form.components["model_dir"])
-    return tagger.form.components["model_dir"]
+    return ModelFields(*(section.form.components["model_dir"] for section in (tagger, captioner, vlm)), sections)

@@ -32,6 +32,7 @@ from core.models.library_listing import (
     summary,
     uses,
 )
+from tabs.captioning import ModelFields
 from tabs.file_picker import FilePicker
 from tabs.form import SchemaForm
 from tabs.job_panel import JobPanel
@@ -83,6 +84,8 @@ class ModelsPage:
                                               elem_id="model-use-base")
                     self.use_tagger = gr.Button("Use as tagger", variant="primary", size="sm", visible=False,
                                                 elem_id="model-use-tagger")
+                    self.use_captioner = gr.Button("Use as captioner", variant="primary", size="sm", visible=False,
+                                                   elem_id="model-use-captioner")
                 self.message = gr.Markdown(elem_id="model-message")
         with gr.Accordion("Metadata", open=False, visible=False, elem_id="model-metadata-box") as self.metadata_box:
             self.metadata = gr.Dataframe(frame([], ["key", "value"]), interactive=False, max_height=240,
@@ -153,7 +156,8 @@ class ModelsPage:
         return {self.selected: entry,
                 self.details: details(entry) if entry else "Select a model to see what it is and use it.",
                 self.use_base: gr.Button(visible="base_model" in can),
-                self.use_tagger: gr.Button(visible="tagger" in can), self.message: "",
+                self.use_tagger: gr.Button(visible="tagger" in can),
+                self.use_captioner: gr.Button(visible="captioner" in can), self.message: "",
                 self.metadata_box: gr.Accordion(visible=bool(rows), label=f"Metadata ({len(rows)})"),
                 self.metadata: frame(rows, ["key", "value"])}
 
@@ -207,7 +211,8 @@ class ModelsPage:
     # -- wiring -------------------------------------------------------------------------------------------------
     @property
     def selection_outputs(self) -> list:
-        return [self.selected, self.details, self.use_base, self.use_tagger, self.message, self.metadata_box,
+        return [self.selected, self.details, self.use_base, self.use_tagger, self.use_captioner, self.message,
+                self.metadata_box,
                 self.metadata]
 
     @property
@@ -219,8 +224,8 @@ class ModelsPage:
         """The tab opened: scanned the first time."""
         return self.scanned(kind, bar) if entries is None else {self.entries: gr.skip()}
 
-    def wire(self, blocks: gr.Blocks, bar: WorkspaceBar, tabs: gr.Tabs, tagger_folder: gr.Textbox) -> None:
-        """`tagger_folder`: the Captioning tab's WD14 model folder field ("Use as tagger" fills it)."""
+    def wire(self, blocks: gr.Blocks, bar: WorkspaceBar, tabs: gr.Tabs, captioning: ModelFields) -> None:
+        """`captioning`: the Captioning tab's model folder fields ("Use as tagger" / "Use as captioner" fill them)."""
         outputs = [*self.scan_outputs, bar.inputs["model"]]
         hidden = {"show_progress": "hidden"}
         self.tab.select(lambda entries, kind: self.open(entries, kind, bar), inputs=[self.entries, self.kind],
@@ -232,9 +237,20 @@ class ModelsPage:
         self.use_base.click(lambda entry: {**bar.set_values(model=entry.path),
                                            self.message: "Now the workspace's base model: every tab uses it."},
                             inputs=self.selected, outputs=[*bar.outputs, self.message])
-        self.use_tagger.click(lambda entry: {tagger_folder: entry.path, tabs: gr.Tabs(selected="captioning"),
+        self.use_tagger.click(lambda entry: {captioning.tagger: entry.path, tabs: gr.Tabs(selected="captioning"),
+                                             captioning.sections: gr.Tabs(selected="captioning-wd14"),
                                              self.message: "Now the Captioning tab's tagger folder."},
-                              inputs=self.selected, outputs=[tagger_folder, tabs, self.message])
+                              inputs=self.selected, outputs=[captioning.tagger, tabs, captioning.sections,
+                                                             self.message])
+
+        def use_captioner(entry) -> dict:
+            field, section = captioning.captioner(entry.family)
+            return {field: entry.path, tabs: gr.Tabs(selected="captioning"),
+                    captioning.sections: gr.Tabs(selected=section),
+                    self.message: "Now the Captioning tab's model folder."}
+
+        self.use_captioner.click(use_captioner, inputs=self.selected,
+                                 outputs=[captioning.blip, captioning.vlm, tabs, captioning.sections, self.message])
 
         folder_outputs = [*outputs, self.folder, self.folder_message]
         self.add.click(lambda path, kind: self.add_folder(path, kind, bar), inputs=[self.folder, self.kind],

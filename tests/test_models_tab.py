@@ -122,6 +122,7 @@ def test_what_a_model_can_be_used_for():
     assert uses(entry("a", "checkpoint", "sd1")) == {"base_model"}
     assert uses(entry("b", "diffusers", "sd2-v")) == {"base_model"}
     assert uses(entry("c", "tagger", family="wd14")) == {"tagger"}
+    assert uses(entry("c2", "captioner", family="qwen2.5-vl")) == {"captioner"}
     for other in (entry("d", "lora", "sd1"), entry("e", "vae", "sdxl"), entry("f", "checkpoint", "unknown"),
                   entry("g", "diffusers", "unknown", family="FluxPipeline"),
                   entry("h", "checkpoint", "sd1", problem="truncated"), entry("i", "tagger", problem="empty")):

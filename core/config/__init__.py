@@ -19,3 +19,4 @@ from core.config.models import CacheConfig, DemoConfig, LatentSettings, ModelSet
 from core.config.schema import (SCHEMA_VERSION, ConfigError, JobConfig, field_meta,  # noqa: F401
                                 format_validation_error, param, validate, validate_partial)
 from core.config.train import TrainConfig  # noqa: F401
+from core.config.vlm import VlmCaptionConfig  # noqa: F401

@@ -86,6 +86,9 @@ JOBS: dict[str, JobSpec] = {spec.name: spec for spec in [
             "Tag images with a WD14 tagger (ONNX) into caption files.", writes=captions),
     JobSpec("caption", config.BlipCaptionConfig, "core.captions.taggers.blip:run",
             "Caption images in sentences with a BLIP model into caption files.", writes=captions),
+    JobSpec("vlm_caption", config.VlmCaptionConfig, "core.captions.taggers.vlm:run",
+            "Caption images with a vision-language model (Florence-2, Qwen-VL, JoyCaption, BLIP-2...) into caption "
+            "files.", writes=captions),
     JobSpec("clean", config.CleanConfig, "core.captions.cleaning:run",
             "Clean caption files with ordered rules (snapshot first: undoable).", writes=captions, needs_gpu=False),
     JobSpec("undo_clean", config.UndoCleanConfig, "core.captions.cleaning:run_undo",

@@ -3,7 +3,8 @@ of the model library (core/models/library.py), without torch and without reading
 
 Kinds: checkpoint (a whole SD model in the original layout), unet, vae, text_encoder, lora (kohya,
 LyCORIS, diffusers/peft), embedding (textual inversion), diffusers (a pipeline folder), tagger (WD14),
-captioner (BLIP, BLIP-2, Florence-2, Qwen-VL, LLaVA), clip (a CLIP model, for sample scores), unknown.
+captioner (BLIP, BLIP-2, Florence-2, Qwen-VL, LLaVA, SmolVLM, Idefics3), clip (a CLIP model, for sample scores),
+unknown.
 Architectures: sd1, sd2, sdxl, unknown; the library adds "-v" for v-prediction (sd2-v).
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ DIFFUSERS_COMPONENTS = {"UNet2DConditionModel": "unet", "AutoencoderKL": "vae"}
 SDXL_VAE_SCALING = 0.13025
 CAPTIONER_TYPES = {"blip": "blip", "blip-2": "blip-2", "blip_2": "blip-2", "florence2": "florence2",
                    "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "llava": "llava",
-                   "llava_next": "llava", "llava_onevision": "llava"}
+                   "llava_next": "llava", "llava_onevision": "llava", "smolvlm": "smolvlm", "idefics3": "idefics3"}
 TEXT_ENCODER_TYPES = ("clip_text_model", "clip_text_model_with_projection")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf")
 CONFIG_LIMIT = 2**20  # a model's config.json is a few KB

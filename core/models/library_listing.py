@@ -98,13 +98,14 @@ def summary(entries: list[Entry], folder_count: int) -> str:
 
 def uses(entry: Entry) -> set[str]:
     """What a model can be used for here: "base_model" (an SD 1.x / 2.x / SDXL checkpoint or diffusers
-    pipeline), "tagger" (a WD14 tagger folder); nothing for one with a problem."""
+    pipeline), "tagger" (a WD14 tagger folder), "captioner" (BLIP or a vision-language model); nothing for one
+    with a problem."""
     if entry.problem:
         return set()
     if entry.kind in BASE_MODEL_KINDS and entry.arch.removesuffix("-v") in SD_ARCHS:
         return {"base_model"}
-    if entry.kind == "tagger":
-        return {"tagger"}
+    if entry.kind in ("tagger", "captioner"):
+        return {entry.kind}
     return set()
 
 

@@ -16,7 +16,6 @@ unless the text contains it already. Changed files are backed up by core.caption
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,13 +23,12 @@ from typing import NamedTuple
 
 import torch
 
-from core.captions.files import read_caption, write_generated_caption
-from core.captions.taggers.common import caption_images, first_decodable, images_to_do
+from core.captions.taggers.common import caption_images, first_decodable, images_to_do, save_sentence
+from core.captions.taggers.sampling import NucleusSampler, image_seed
 from core.config import BlipCaptionConfig
 from core.dataset.images import open_image
 from core.jobs.protocol import JobContext
 
-APPEND_SEPARATOR = ", "
 SAMPLING_REPETITION_PENALTY = 1.1  # what BLIP's own generate uses when sampling
 MODEL_HINT = ("it must hold a transformers BlipForConditionalGeneration (config.json, model.safetensors) and "
               "its processor (preprocessor_config.json and the tokenizer files), e.g. "
@@ -79,32 +77,6 @@ def _check_model_dir(folder: Path) -> None:
         raise ValueError(f"{folder} holds a {found} model, not a BLIP captioning model; {MODEL_HINT}")
 
 
-def image_seed(seed: int, image_path: str | os.PathLike) -> int:
-    """The sampling seed of one image: the same for the same seed and file, in any batch."""
-    key = f"{seed}|{os.path.normcase(os.path.abspath(image_path))}"
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little") >> 1
-
-
-class NucleusSampler:
-    """A logits processor that samples each row's next token (top-p) from that row's own generator
-    and leaves only that token possible, so greedy decoding picks it. transformers' do_sample
-    draws from the global RNG instead, which ties every caption to its batch."""
-
-    def __init__(self, top_p: float, seeds: list[int]):
-        self.top_p = top_p
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        probs, order = scores.float().softmax(-1).cpu().sort(-1, descending=True)
-        outside = probs.cumsum(-1) - probs >= self.top_p  # the top token always stays
-        probs[outside] = 0
-        picked = [row_order[torch.multinomial(row, 1, generator=g)]
-                  for row, row_order, g in zip(probs, order, self.generators)]
-        chosen = torch.full_like(scores, float("-inf"))
-        chosen[torch.arange(len(picked)), torch.cat(picked).to(scores.device)] = 0
-        return chosen
-
-
 def generate_captions(blip: Blip, cfg: BlipCaptionConfig, paths: list[Path],
                       pixels: torch.Tensor) -> list[str]:
     """The caption to write for each image (prefix and postfix applied)."""
@@ -127,13 +99,6 @@ def pixels_of(blip: Blip, path: Path, max_pixels: int) -> torch.Tensor:
     return blip.processor.image_processor(image, return_tensors="pt")["pixel_values"][0]
 
 
-def save_caption_text(path: Path, text: str, mode: str) -> bool:
-    """Write one caption as `existing_captions` says (see the module docstring); True if changed."""
-    if mode == "append" and text.casefold() in read_caption(path).casefold():
-        return False
-    return write_generated_caption(path, [text], mode, APPEND_SEPARATOR)
-
-
 def run(cfg: BlipCaptionConfig, ctx: JobContext) -> dict:
     """The `caption` job: write a BLIP sentence to the caption file of every image."""
     blip = load_blip(cfg.model_dir)
@@ -143,7 +108,7 @@ def run(cfg: BlipCaptionConfig, ctx: JobContext) -> dict:
             f"{method}, {cfg.min_length}-{cfg.max_length} tokens")
     return caption_images(cfg, ctx, "caption", cfg.batch_size, lambda path: _decoded(blip, cfg, path),
                           lambda items: _captions(blip, cfg, items),
-                          lambda target, text: save_caption_text(target, text, cfg.existing_captions))
+                          lambda target, text: save_sentence(target, text, cfg.existing_captions))
 
 
 def _decoded(blip: Blip, cfg: BlipCaptionConfig, path: Path) -> tuple[Path, torch.Tensor]:

@@ -14,12 +14,22 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable
 
-from core.captions.files import check_caption_path, remove_caption_temps
+from core.captions.files import check_caption_path, read_caption, remove_caption_temps, write_generated_caption
 from core.config import CaptionWriteSettings
 from core.dataset.discovery import caption_path, find_images
 from core.dataset.images import ImageError
 from core.dataset.prefetch import prefetch
 from core.jobs.protocol import JobContext, JobStopped, failure_message
+
+APPEND_SEPARATOR = ", "  # between a caption file's text and a sentence appended to it
+
+
+def save_sentence(path: Path, text: str, mode: str) -> bool:
+    """Write a generated sentence as `existing_captions` says (skip / overwrite / append: after the current text
+    with ", ", unless the text holds it already); backed up and atomic. True if the file changed."""
+    if mode == "append" and text.casefold() in read_caption(path).casefold():
+        return False
+    return write_generated_caption(path, [text], mode, APPEND_SEPARATOR)
 
 
 def images_to_do(cfg: CaptionWriteSettings,
