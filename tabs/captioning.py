@@ -4,6 +4,7 @@ a run."""
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from dataclasses import dataclass
 
@@ -55,6 +56,14 @@ def preview(job: str, values: dict) -> tuple[list, str]:
             continue
     timing = f" {seconds / len(pairs):.2f} s per image (the first preview also loads the model)." if pairs else ""
     return items, f"Preview of {len(items)} image(s): nothing was written.{timing}"
+
+
+def release_preview_model(job: str) -> None:
+    """A run of `job` starts or is queued: the model its previews loaded in this process is freed, if it keeps
+    one (the run loads its own)."""
+    module = sys.modules.get(PREVIEWERS[job].partition(":")[0])
+    if hasattr(module, "release_model"):
+        module.release_model()
 
 
 def run_summary(run_dir: str | None) -> str:
@@ -152,6 +161,8 @@ def _captioner(job: str, label: str) -> JobSection:
     extra["button"].click(lambda *raw: preview(job, section.values(*raw)), inputs=section.form.inputs,
                           outputs=[extra["gallery"], extra["message"]])
     section.panel.finished.change(run_summary, inputs=section.panel.finished, outputs=summary)
+    for button in (section.button, section.queue.button):
+        button.click(lambda: release_preview_model(job), show_progress="hidden")
     return section
 
 

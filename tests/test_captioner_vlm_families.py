@@ -188,3 +188,13 @@ def test_command_line_run_and_a_prompt_florence_cannot_take(models, dataset, tmp
     with pytest.raises(ValueError, match="Florence-2 answers task tokens"):
         caption_run(make_cfg(dataset, models("florence2"), prompt_preset="tags"), tmp_path / "refused")
     assert not list(dataset.rglob("*.txt"))
+
+
+def test_the_model_kept_for_previews_is_freed_when_a_run_starts(models):
+    from core.captions.taggers.vlm import load_vlm
+    from tabs.captioning import release_preview_model
+
+    kept = load_vlm(str(models("idefics3")))
+    assert load_vlm(str(models("idefics3"))) is kept  # previews after the first do not load it again
+    release_preview_model("vlm_caption")  # what the GUI does on Caption images / Add to queue
+    assert load_vlm(str(models("idefics3"))) is not kept

@@ -12,6 +12,7 @@ written by the captioners' rules (skip / overwrite / append, backups, atomic wri
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import re
@@ -113,6 +114,15 @@ def _load_vlm(folder: str, dtype_choice: str, quantization: str) -> Vlm:
     if quantization == "none":
         model = model.to(device)
     return Vlm(model.eval(), processor, FAMILIES[model_type], model_type, device, dtype)
+
+
+def release_model() -> None:
+    """Free the model kept for previews: a run loads its own, in its own process (the GUI calls this when one
+    starts or is queued, so a large model does not hold the GPU twice)."""
+    _load_vlm.cache_clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_processor(folder: str, model_type: str):
