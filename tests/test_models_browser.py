@@ -104,7 +104,8 @@ def test_a_tagger_from_the_captioning_offer_and_a_base_model_from_the_catalogue(
     wait_log(page, "download", "2 file(s) downloaded", timeout=180_000)
     page.wait_for_selector("#download-progress:has-text('KiB (100%)')")  # progress in bytes
     page.wait_for_selector("#download-status:has-text('done')")
-    assert page.locator("#catalogue-table [role=gridcell]:has-text('downloaded')").count() == 2
+    page.wait_for_function("[...document.querySelectorAll('#catalogue-table [role=gridcell]')].filter(cell => "
+                           "cell.innerText.trim() === 'downloaded').length === 2")  # once the library is scanned
     screenshot(page, "models-download")
     page.click("#tab-models-library-button")  # the library was scanned again: the new VAE is selected
     page.wait_for_selector("#model-details:has-text('sdxl-vae-fp16-fix')")

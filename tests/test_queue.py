@@ -499,22 +499,24 @@ def test_a_training_killed_with_its_runner_resumes_from_its_saved_state_as_if_ne
 
 
 def test_the_gui_and_its_runner_killed_mid_job_a_restarted_gui_goes_on_and_nothing_runs_twice(
-        small_dataset, studio_home, free_port, hold, background_runner):
+        small_dataset, studio_home, free_port, hold, runner_process):
     from test_gui_browser import start_gui
 
     first, second = (store.add("scan", scan(small_dataset)) for _ in range(2))
-    gui = start_gui(free_port(), studio_home / "gui.log")  # its start runs the queue, in a process of its own
+    runner = runner_process()  # as a GUI starts it: a process of its own
     held = hold(first.id)
-    runner = runner_holder()
-    assert runner and runner["pid"] != gui.pid
-    gui.kill()  # SIGKILL of the GUI: its runner and the job go on
+    gui = start_gui(free_port(), studio_home / "gui.log")  # it finds the runner and starts no other
+    assert runner_holder()["pid"] == runner.pid
+    gui.kill()  # SIGKILL of the GUI and of the runner, mid-job: the detached job goes on
+    runner.kill()
     gui.wait(timeout=30)
-    assert psutil.pid_exists(runner["pid"]) and held.is_running() and runner_holder()["pid"] == runner["pid"]
-    psutil.Process(runner["pid"]).kill()  # and of the runner (its detached job goes on)
+    runner.wait(timeout=30)
+    assert held.is_running() and runner_holder() is None and statuses() == ["running", "waiting"]
 
-    gui = start_gui(free_port(), studio_home / "gui.log")
+    gui = start_gui(free_port(), studio_home / "gui.log")  # its start resumes the queue
     try:
         wait_for(lambda: runner_holder() is not None, what="the restarted GUI to start a runner")
+        assert runner_holder()["pid"] not in (gui.pid, runner.pid)
         time.sleep(0.5)
         assert statuses() == ["running", "waiting"]  # the held job adopted, not started again
         held.resume()
