@@ -226,7 +226,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.click("#train-button")
     wait_log(page, "train", "training 120 steps", 120_000)
     page.wait_for_selector("#train-checkpoint:has-text('Latest checkpoint')", timeout=120_000)
-    page.wait_for_function("+document.querySelector('#train-loss-summary .chart-summary').dataset.points > 5")
+    page.wait_for_function("+document.querySelector('#train-loss-summary .chart-summary')?.dataset.points > 5")
     page.wait_for_selector("#train-samples img")
     page.click("#train-stop")
     page.wait_for_selector("#train-status:has-text('stopped')", timeout=120_000)
@@ -244,7 +244,7 @@ def test_train_from_the_cpu_demo_preset_stop_and_resume(page, tmp_path):
     page.reload()  # the run's view is rebuilt from its folder
     page.click("#tab-training-button")
     page.wait_for_selector("#train-status:has-text('done')")
-    page.wait_for_function("+document.querySelector('#train-loss-summary .chart-summary').dataset.points > 5")
+    page.wait_for_function("+document.querySelector('#train-loss-summary .chart-summary')?.dataset.points > 5")
     page.wait_for_selector("#train-samples img")
 
 

@@ -69,7 +69,7 @@ def test_the_side_panel_follows_runs_from_any_tab_stops_them_and_announces_their
         page.wait_for_selector("#live-status:has-text('train')")
         live_log_has(page, "training 5000 steps", 180_000)
         page.wait_for_function("+document.querySelector('#live-progress .job-progress')?.dataset.step > 0")
-        page.wait_for_function("+document.querySelector('#live-loss-summary .chart-summary').dataset.points > 3")
+        page.wait_for_function("+document.querySelector('#live-loss-summary .chart-summary')?.dataset.points > 3")
         page.wait_for_selector("#live-samples img", timeout=180_000)
         page.wait_for_selector("#live-loss-chart canvas, #live-loss-chart svg")
         page.screenshot(path=str(shots / "live-2-training-on-runs-tab.png"))

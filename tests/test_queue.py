@@ -484,10 +484,10 @@ def test_a_training_killed_with_its_runner_resumes_from_its_saved_state_as_if_ne
     queued = store.add("train", train_values(kit, out, max_train_steps=30, save_every_n_steps=3, save_state=True))
     runner = runner_process()
     wait_for(lambda: list(out.glob("model-step*-state/training_state.json")), timeout=240, what="a saved state")
+    runner.kill()  # first: a runner that saw its job die would resume it at once
+    runner.wait(timeout=30)
     run_dir = Path(entry(queued.id).run_dir)
     kill_tree(int((run_dir / "launcher.pid").read_text()))  # the job, mid-run
-    runner.kill()
-    runner.wait(timeout=30)
     assert not (out / "model.safetensors").exists()
 
     run_until_empty()  # the next runner (the GUI's start, the command line's queue run)

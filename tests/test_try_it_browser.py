@@ -14,7 +14,7 @@ def test_try_it_trains_the_demo_in_one_click(laptop_page, studio_home, screensho
     clicks += 1
 
     page.wait_for_selector("#live-status:has-text('train')", timeout=300_000)
-    page.wait_for_function("+document.querySelector('#live-loss-summary .chart-summary').dataset.points > 2",
+    page.wait_for_function("+document.querySelector('#live-loss-summary .chart-summary')?.dataset.points > 2",
                            timeout=300_000)
     assert page.is_visible("#tab-training")  # the Training tab was opened for the person
     assert "CPU demo" in page.input_value("#train-preset input")
