@@ -152,6 +152,7 @@ def test_a_chain_skips_what_follows_a_failed_step_and_can_be_queued_again(small_
     assert frozen_config(train).pretrained_model_name_or_path == model and frozen_config(train).max_train_steps == 5
     assert frozen_config(cache).train_data_dir == [str(small_dataset)]
     assert "train:" in train.summary and str(tmp_path / "out") in train.summary
+    assert train.summary.endswith(f"(output name: {train.values['output_name']})")
     run_until_empty()
     assert entry(tag.id).status == "failed" and "WD14 tagger folder not found" in entry(tag.id).reason
     for later in (clean, cache, train):

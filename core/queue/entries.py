@@ -109,8 +109,9 @@ def _paths(value) -> list[str]:
 
 
 def describe(job: str, cfg: JobConfig) -> str:
-    """What the job will do in one line: the job, its dataset and base model, and what it writes where
-    ("train: /data/cats with /models/sd15.safetensors -> model output in /out; latent cache")."""
+    """What the job will do in one line: the job, its dataset and base model, what it writes where and under which
+    name ("train: /data/cats with /models/sd15.safetensors -> model output in /out; latent cache (output name:
+    cats)")."""
     slots = {slot: _paths(getattr(cfg, name)) for slot, name in workspace_fields(type(cfg)).items()}
     dataset, model = slots.get("dataset", []), slots.get("model", [])
     parts = [f"{job}:", *([", ".join(dataset)] if dataset else []), *([f"with {model[0]}"] if model else [])]
@@ -120,6 +121,8 @@ def describe(job: str, cfg: JobConfig) -> str:
         written = [f"into {slots['output'][0]}"]
     if written:
         parts.append("-> " + "; ".join(dict.fromkeys(written)))
+    if getattr(cfg, "output_name", ""):  # two trainings into one folder differ by it
+        parts.append(f"(output name: {cfg.output_name})")
     return " ".join(parts)
 
 
