@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from badcorpus import build_corpus, unlock
 from PIL import Image
+from test_captioner_blip import StopAfterFirstBatch
 
 from core.captions.files import list_caption_backups, read_caption
 from core.captions.taggers.vlm import preview_captions, run
@@ -136,15 +137,6 @@ def test_seeded_sampling_writes_the_same_captions_in_any_batch(models, dataset, 
     assert written("greedy", batch_size=4, max_new_tokens=12) != first  # sampling chose other words
     assert written("again", batch_size=3, **sampling) == first
     assert written("other", batch_size=4, **{**sampling, "seed": 4}) != first
-
-
-class StopAfterFirstBatch(JobContext):
-    """A job context whose STOP file appears once the first batch is reported."""
-
-    def progress(self, step, total):
-        super().progress(step, total)
-        if step:
-            self.run.request_stop()
 
 
 def test_stop_between_batches_then_continue(models, dataset, tmp_path):
