@@ -390,3 +390,16 @@ def test_an_sd_scripts_lora_config_turns_lora_training_on():
     result = checked(import_kohya_values({"network_module": "networks.lora", "network_dim": 32, "network_alpha": 16},
                                          gui=False))
     assert result.values == {"train_lora": True, "network_dim": 32, "network_alpha": 16.0}
+
+
+def test_fused_backward_pass_imports_from_an_sd_scripts_toml_and_a_kohya_ss_json(tmp_path):
+    toml = tmp_path / "sdxl.toml"
+    toml.write_text('[optimizer_arguments]\noptimizer_type = "adafactor"\noptimizer_args = ["scale_parameter=False", '
+                    '"relative_step=False", "warmup_init=False"]\nfused_backward_pass = true\n'
+                    '[training_arguments]\ngradient_accumulation_steps = 1\nfull_bf16 = true\nmixed_precision = "bf16"\n')
+    result = checked(read_kohya_config(toml))
+    assert result.values["fused_backward_pass"] is True and result.values["optimizer_type"] == "Adafactor"
+    assert result.unknown == []
+    validate(TrainConfig, {**result.values, **REQUIRED}, str(toml))
+    gui = checked(import_kohya_values({"fused_backward_pass": "True", "optimizer": "Adafactor"}))
+    assert gui.values == {"fused_backward_pass": True, "optimizer_type": "Adafactor"} and gui.unknown == []

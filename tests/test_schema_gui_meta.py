@@ -80,7 +80,8 @@ DEFAULT_HIDDEN = LORA | {
     "save_last_n_steps", "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "sample_clip_model",
     "validation_seed", "validate_every_n_steps", "validate_every_n_epochs", "auto_stop", "auto_stop_patience",
     "auto_stop_min_delta", "auto_stop_lr_factor", "auto_stop_lr_reductions", "class_prompt", "num_class_images",
-    "prior_loss_weight", "machine_rank", "main_process_ip", "main_process_port"}
+    "prior_loss_weight", "machine_rank", "main_process_ip", "main_process_port", "conditioning_data_dir",
+    "alpha_mask", "fused_backward_pass"}
 
 
 @pytest.mark.parametrize("case, values, shown, hidden", [
@@ -105,6 +106,8 @@ DEFAULT_HIDDEN = LORA | {
                                                           "max_data_loader_n_workers"}),
     ("two machines", {"num_machines": 2}, {"machine_rank", "main_process_ip", "main_process_port"}, set()),
     ("cosine with warm-up", {"lr_scheduler": "cosine"}, {"lr_warmup_steps", "lr_decay_steps"}, set()),
+    ("Adafactor", {"optimizer_type": "Adafactor"}, {"fused_backward_pass"}, set()),
+    ("masked loss", {"masked_loss": True}, {"conditioning_data_dir", "alpha_mask"}, set()),
     ("class folder", {"class_data_dir": "class"}, {"class_prompt", "num_class_images", "prior_loss_weight"}, set()),
     ("fp16 and EMA", {"mixed_precision": "fp16", "use_ema": True},
      {"full_fp16", "ema_decay", "ema_update_every", "ema_on_cpu", "ema_save"}, set()),

@@ -10,7 +10,7 @@ from core.config.captioning import (BlipCaptionConfig, CaptionWriteSettings, Cle
                                     UndoCleanConfig)
 from core.config.conditions import FACTS, AnyOf, When, above, any_of, when, when_not  # noqa: F401
 from core.config.dataset import (BucketConfig, BucketSettings, CaptionSettings, DatasetSettings,  # noqa: F401
-                                 ScanConfig, parse_resolution)
+                                 MaskSettings, MaskSourceSettings, ScanConfig, parse_resolution)
 from core.config.download import DownloadConfig  # noqa: F401
 from core.config.dreambooth import ClassImagesConfig  # noqa: F401
 from core.config.fields import FieldKind, driving_fields, field_kind, why_hidden  # noqa: F401

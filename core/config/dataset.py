@@ -54,7 +54,33 @@ class CaptionSettings(JobConfig):
         return value
 
 
-class ScanConfig(CaptionSettings, DatasetSettings):  # bases in reverse display order
+class MaskSourceSettings(JobConfig):
+    """Where each image's loss mask comes from (sd-scripts' names): a mask folder or the alpha channel."""
+    conditioning_data_dir: str = param(
+        "", "Folder of mask images, one per training image with the same file stem (`cat.png` -> `cat.png` or "
+        "`cat.jpg` here) and the same size: white = train, black = ignore, grey = weight (127: half). The red "
+        "channel is read, as sd-scripts does.", label="Mask folder", widget="dir", group=DATA,
+        applies=when("masked_loss", True))
+    alpha_mask: bool = param(
+        False, "Use each image's alpha channel as its mask (opaque = train, transparent = ignore); images "
+        "without transparency are trained whole.", label="Mask from transparency", group=DATA,
+        applies=when("masked_loss", True))
+
+
+class MaskedLossSettings(JobConfig):
+    """Masked loss: train only on the part of each image that matters (sd-scripts' masked_loss)."""
+    masked_loss: bool = param(
+        False, "Weight the loss of each latent pixel by the image's mask (from the mask folder, or from the "
+        "alpha channel with alpha_mask), so only the subject is learned, not its background. The mask is resized "
+        "and cropped as its image, reduced to latent size (1/8) and cached with the latents.",
+        label="Masked loss", group=DATA)
+
+
+class MaskSettings(MaskSourceSettings, MaskedLossSettings):  # bases in reverse display order
+    """The masked-loss switch and the mask's source (latent cache and trainer)."""
+
+
+class ScanConfig(MaskSourceSettings, CaptionSettings, DatasetSettings):  # bases in reverse display order
     """Scan dataset folders and report formats, sizes, broken images and missing captions."""
     verify_pixels: bool = param(
         True, "Decode every image fully to find truncated files (slower than reading headers only).",

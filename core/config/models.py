@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from core.config.conditions import when
-from core.config.dataset import DATA, BucketSettings, LoaderSettings
+from core.config.dataset import DATA, BucketSettings, LoaderSettings, MaskSettings
 from core.config.schema import JobConfig, param
 from core.filenames import file_stem_problem
 
@@ -75,7 +75,7 @@ class LatentSettings(LoaderSettings):
                                 applies=when("cache_latents", True), ge=1, le=256)
 
 
-class CacheConfig(LatentSettings, VaeSettings, ModelSettings, BucketSettings):  # bases in reverse display order
+class CacheConfig(MaskSettings, LatentSettings, VaeSettings, ModelSettings, BucketSettings):  # bases in reverse display order
     """Encode every image of a dataset with the model's VAE once, so training reads latents."""
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pydantic import model_validator
 
 from core.config.conditions import any_of, when
-from core.config.dataset import DATA, BucketSettings, CaptionSettings
+from core.config.dataset import DATA, BucketSettings, CaptionSettings, MaskSettings
 from core.config.dreambooth import DreamBoothSettings
 from core.config.launch import LaunchSettings
 from core.config.lora import LoraSettings
+from core.config.lycoris import LycorisSettings
 from core.config.models import SAVING, LatentSettings, ModelSettings, PromptSettings, SaveSettings, VaeSettings
 from core.config.optimizer import NoiseLossSettings, OptimizerSettings
 from core.config.schema import param
+from core.config.subsets import SubsetSettings
 from core.config.train_eval import SampleSettings, ValidationSettings
 from core.config.training import TrainingSettings
 
@@ -83,9 +85,9 @@ class TrainSaveSettings(SaveSettings):
                         group=SAVING)
 
 
-class TrainConfig(LaunchSettings, DreamBoothSettings, LoraSettings, ValidationSettings, SampleSettings,
-                  TrainSaveSettings, NoiseLossSettings, OptimizerSettings, LatentSettings, TrainDataSettings,
-                  BucketSettings, TrainModelSettings, TrainingSettings):  # reverse display order
+class TrainConfig(LaunchSettings, DreamBoothSettings, LycorisSettings, LoraSettings, ValidationSettings, SampleSettings,
+                  TrainSaveSettings, NoiseLossSettings, OptimizerSettings, MaskSettings, LatentSettings, TrainDataSettings,
+                  SubsetSettings, BucketSettings, TrainModelSettings, TrainingSettings):  # reverse display order
     """Fine-tune a Stable Diffusion model (SD 1.x / 2.x / XL) on a captioned dataset."""
 
     @model_validator(mode="after")

@@ -63,8 +63,16 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return _read(path, max_pixels, decode=True)[1]
 
 
-def _read(path: str | os.PathLike, max_pixels: int,
-          decode: bool) -> tuple[ImageInfo, Image.Image | None]:
+def open_image_and_alpha(path: str | os.PathLike,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, Image.Image | None]:
+    """(the RGB image as `open_image` gives it, its alpha channel as an "L" image taken before the
+    transparency went onto white; None when the image has no transparency), from one decode."""
+    _, rgb, alpha = _read(path, max_pixels, decode=True, with_alpha=True)
+    return rgb, alpha
+
+
+def _read(path: str | os.PathLike, max_pixels: int, decode: bool,
+          with_alpha: bool = False) -> tuple[ImageInfo, Image.Image | None] | tuple:
     path = Path(path)
     _check_file(path)
     try:
@@ -73,10 +81,12 @@ def _read(path: str | os.PathLike, max_pixels: int,
             fmt, mode = im.format or "unknown", im.mode
             if decode:
                 im.load()
-                rgb = to_rgb(_apply_orientation(im))
+                oriented = _apply_orientation(im)
+                alpha = alpha_channel(oriented) if with_alpha else None
+                rgb = to_rgb(oriented)
                 size = rgb.size
             else:
-                rgb, size = None, _oriented_size(im)
+                rgb, alpha, size = None, None, _oriented_size(im)
     except ImageError:
         raise
     except PermissionError:
@@ -91,7 +101,8 @@ def _read(path: str | os.PathLike, max_pixels: int,
         raise ImageError(path, "not enough memory to decode it") from None
     except Exception as exc:  # image plugins raise many types on damaged data
         raise ImageError(path, _decode_failure(exc)) from None
-    return ImageInfo(path, size[0], size[1], fmt, mode), rgb
+    info = ImageInfo(path, size[0], size[1], fmt, mode)
+    return (info, rgb, alpha) if with_alpha else (info, rgb)
 
 
 def _check_file(path: Path) -> None:
@@ -146,6 +157,16 @@ def _apply_orientation(im: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(im)
     except Exception:
         return im
+
+
+def alpha_channel(im: Image.Image) -> Image.Image | None:
+    """The alpha channel ("L", 255 = opaque) of an image with transparency (an alpha mode or a
+    transparent palette/colour entry); None for an image without."""
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        if im.mode in _SIXTEEN_BIT_MODES:
+            im = _to_8bit_gray(im)
+        return im.convert("RGBA").getchannel("A")
+    return None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -13,9 +13,13 @@ One file per image, `<image file name>.latents.safetensors` beside the image (th
 with a hash where it would be too long for the drive: core.fsutil.fitting_name), or
 `<stem>-<hash of the image's absolute path>.latents.safetensors` in `latents_dir` (so images of
 different folders never collide). Tensors: `latents` [C, H/8, W/8] float32, and `latents_flipped`
-(the horizontally flipped crop) with flip_aug. The metadata records what made the file (VAE
-identity, image size and mtime, bucket, resize, crop, compute dtype); a file whose recipe differs
-from the current one is rebuilt, a matching one is skipped. Files are written atomically, so a
+(the horizontally flipped crop) with flip_aug, and `mask` [1, H/8, W/8] float32 with masked_loss (the
+image's loss mask resized and cropped as the image and reduced to latent size, core.dataset.masks; the
+flipped latents use it flipped). The metadata records what made the file (VAE identity, image size and
+mtime, bucket, resize, crop, compute dtype, and the mask's source: the alpha channel, or the mask file's
+path, size and mtime); a file whose recipe differs from the current one is rebuilt, a matching one is
+skipped. A file made without a mask is stale when masked_loss wants one; one with a mask serves a run
+without masked loss too (its latents are the same). Files are written atomically, so a
 stopped run leaves only complete files and the next run continues where it stopped.
 """
 from __future__ import annotations
@@ -35,8 +39,9 @@ import numpy as np
 import torch
 
 from core.config import CacheConfig
-from core.dataset.buckets import BucketAssignment, plan_buckets, training_image
+from core.dataset.buckets import BucketAssignment, plan_buckets
 from core.dataset.images import ImageError
+from core.dataset.masks import MaskSource, mask_finder, mask_to_size, training_sample
 from core.dataset.prefetch import prefetch
 from core.fsutil import DISK_FULL, atomic_path, fitting_name
 from core.jobs.protocol import JobContext, JobStopped, failure_message
@@ -67,19 +72,32 @@ def noise_seed(image_path: str | os.PathLike, flipped: bool) -> int:
 
 
 def recipe(assignment: BucketAssignment, stat: os.stat_result, vae_identity: str,
-           dtype: torch.dtype) -> dict[str, str]:
-    """What a cache file is made from, as the JSON strings stored in its metadata."""
+           dtype: torch.dtype, mask: MaskSource | None = None) -> dict[str, str]:
+    """What a cache file is made from, as the JSON strings stored in its metadata; with a mask source,
+    its "mask" entry too (OSError when the mask file is gone)."""
     values = {"format": CACHE_FORMAT, "vae": vae_identity, "image_bytes": stat.st_size,
               "image_mtime_ns": stat.st_mtime_ns, "original": list(assignment.original),
               "bucket": list(assignment.bucket), "resized": list(assignment.resized),
               "crop": list(assignment.crop), "dtype": str(dtype).removeprefix("torch.")}
+    if mask is not None:
+        values["mask"] = mask_recipe(mask)
     return {key: json.dumps(value) for key, value in values.items()}
+
+
+def mask_recipe(mask: MaskSource) -> dict:
+    """The "mask" entry of a recipe: the alpha channel (the image's own size and mtime cover it), or the
+    mask file with its size and mtime."""
+    if mask.alpha:
+        return {"source": "alpha"}
+    stat = os.stat(mask.path)
+    return {"source": "file", "path": str(mask.path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def is_cache_valid(path: str | os.PathLike, expected: dict[str, str], flip: bool,
                    downscale: int = 8) -> bool:
     """True when the file exists, is readable, matches `expected` (a `recipe`), has latents of the
-    bucket's size, and has flipped latents if `flip` is wanted. Reads the header only."""
+    bucket's size, flipped latents if `flip` is wanted and a mask if the recipe has one. Reads the
+    header only."""
     from safetensors import safe_open
 
     try:
@@ -91,6 +109,8 @@ def is_cache_valid(path: str | os.PathLike, expected: dict[str, str], flip: bool
         return False
     if any(meta.get(key) != expected[key] for key in RECIPE_KEYS):
         return False
+    if "mask" in expected and (meta.get("mask") != expected["mask"] or "mask" not in keys):
+        return False
     width, height = json.loads(expected["bucket"])
     if shape is None or list(shape[1:]) != [height // downscale, width // downscale]:
         return False
@@ -98,7 +118,7 @@ def is_cache_valid(path: str | os.PathLike, expected: dict[str, str], flip: bool
 
 
 def load_cached(path: str | os.PathLike) -> dict:
-    """{"latents": tensor, ["latents_flipped": tensor,] "meta": {name: parsed value}}."""
+    """{"latents": tensor, ["latents_flipped": tensor,] ["mask": tensor,] "meta": {name: parsed value}}."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
@@ -139,13 +159,15 @@ def encode_batch(vae, pixels: torch.Tensor, seeds: list[int], device: torch.devi
 
 
 def save_cache(path: Path, latents: torch.Tensor, flipped: torch.Tensor | None,
-               meta: dict[str, str]) -> None:
+               meta: dict[str, str], mask: torch.Tensor | None = None) -> None:
     """Write one cache file atomically."""
     from safetensors.torch import save_file
 
     tensors = {"latents": latents.contiguous().clone()}
     if flipped is not None:
         tensors["latents_flipped"] = flipped.contiguous().clone()
+    if mask is not None:
+        tensors["mask"] = mask.contiguous().clone()
     with atomic_path(path, saved_bytes(tensors.values())) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -155,13 +177,15 @@ class Item:
     """One image to encode."""
     assignment: BucketAssignment
     cache: Path
+    mask: MaskSource | None = None
 
 
-def decode(item: Item, max_pixels: int) -> tuple[torch.Tensor, os.stat_result]:
-    """The image's training crop as pixels, and its file stat (taken before reading)."""
+def decode(item: Item, max_pixels: int) -> tuple[torch.Tensor, torch.Tensor | None, os.stat_result]:
+    """The image's training crop as pixels, its mask cropped alike (None without a mask source), and its
+    file stat (taken before reading)."""
     stat = os.stat(item.assignment.path)
-    image = training_image(item.assignment, max_pixels)
-    return pixels_of(image), stat
+    image, mask = training_sample(item.assignment, item.mask, max_pixels)
+    return pixels_of(image), mask, stat
 
 
 def batches_by_bucket(items: list[Item], batch_size: int) -> list[list[Item]]:
@@ -239,16 +263,22 @@ def stale_items(cfg: CacheConfig, assignments: list[BucketAssignment], vae_ident
                 dtype: torch.dtype, counts: Counts, scale: int) -> list[Item]:
     """Images whose cache is missing or stale; valid ones are counted as skipped."""
     todo = []
+    masks = mask_finder(cfg)
     for assignment in assignments:
         cache = cache_path_for(assignment.path, cfg)
         try:
-            expected = recipe(assignment, os.stat(assignment.path), vae_identity, dtype)
+            mask = masks.find(assignment.path)
+        except ImageError as err:
+            counts.fail(err.reason, assignment.path)
+            continue
+        try:
+            expected = recipe(assignment, os.stat(assignment.path), vae_identity, dtype, mask)
         except OSError:
-            expected = None  # the image is gone: decoding reports it
+            expected = None  # the image or its mask is gone: decoding reports it
         if expected and is_cache_valid(cache, expected, cfg.flip_aug, scale):
             counts.skipped += 1
         else:
-            todo.append(Item(assignment, cache))
+            todo.append(Item(assignment, cache, mask))
     return todo
 
 
@@ -271,10 +301,10 @@ def encode_all(cfg: CacheConfig, ctx: JobContext, vae, info, device, dtype,
                     else:
                         ready.append((item, *result))
                 if ready:
-                    for item, latents, flipped, meta in encode_ready(cfg, vae, info, device,
-                                                                     dtype, ready, counts):
+                    for item, latents, flipped, meta, mask in encode_ready(cfg, vae, info, device,
+                                                                           dtype, ready, counts):
                         writes.append((item, writer.submit(save_cache, item.cache, latents,
-                                                           flipped, meta)))
+                                                           flipped, meta, mask)))
                 while writes and (writes[0][1].done() or len(writes) > 2 * cfg.vae_batch_size):
                     _finish_write(*writes.popleft(), counts)
                 counts.report()
@@ -285,29 +315,35 @@ def encode_all(cfg: CacheConfig, ctx: JobContext, vae, info, device, dtype,
 
 
 def encode_ready(cfg: CacheConfig, vae, info, device, dtype, ready: list, counts: Counts) -> list:
-    """Encode one batch of decoded images; [(item, latents, flipped, meta)] to write.
-    Images whose latents are not finite (fp16 overflow) are reported and left out."""
-    pixels = torch.stack([pixels for _, pixels, _ in ready])
-    paths = [item.assignment.path for item, _, _ in ready]
+    """Encode one batch of decoded images; [(item, latents, flipped, meta, mask at latent size or None)]
+    to write. Images whose latents are not finite (fp16 overflow) are reported and left out."""
+    pixels = torch.stack([pixels for _, pixels, _, _ in ready])
+    paths = [item.assignment.path for item, _, _, _ in ready]
     latents = encode_batch(vae, pixels, [noise_seed(p, False) for p in paths], device, dtype)
     flipped = None
     if cfg.flip_aug:
         flipped = encode_batch(vae, pixels.flip(-1), [noise_seed(p, True) for p in paths],
                                device, dtype)
     out = []
-    for i, (item, _, stat) in enumerate(ready):
+    for i, (item, _, mask, stat) in enumerate(ready):
         one_flipped = flipped[i] if flipped is not None else None
         if not torch.isfinite(latents[i]).all() or (
                 one_flipped is not None and not torch.isfinite(one_flipped).all()):
             counts.fail(f"the VAE produced NaN/inf in {str(dtype).removeprefix('torch.')}: "
                         "set no_half_vae (or use a fixed fp16 VAE)", item.assignment.path)
             continue
-        meta = {**recipe(item.assignment, stat, info.identity, dtype),
-                "flip": json.dumps(one_flipped is not None),
-                "scaling_factor": json.dumps(info.scaling_factor), "scaled": "false",
-                "sample": json.dumps("posterior sample, noise seeded per image"),
-                "image": json.dumps(str(item.assignment.path))}
-        out.append((item, latents[i], one_flipped, meta))
+        try:
+            meta = {**recipe(item.assignment, stat, info.identity, dtype, item.mask),
+                    "flip": json.dumps(one_flipped is not None),
+                    "scaling_factor": json.dumps(info.scaling_factor), "scaled": "false",
+                    "sample": json.dumps("posterior sample, noise seeded per image"),
+                    "image": json.dumps(str(item.assignment.path))}
+        except OSError as exc:  # the mask file went away after it was read
+            counts.fail(f"its mask {item.mask.path}: {exc.strerror or exc}", item.assignment.path)
+            continue
+        if mask is not None:
+            mask = mask_to_size(mask.unsqueeze(0), latents.shape[-2:])[0]
+        out.append((item, latents[i], one_flipped, meta, mask))
     return out
 
 

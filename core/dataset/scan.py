@@ -1,7 +1,10 @@
-"""The scan job: what is in a dataset, what is broken, what is missing a caption.
+"""The scan job: what is in a dataset, what is broken, what is missing a caption or a mask.
 
 Writes `report.json` in the run folder (the Dataset tab reads it). A bad image is reported
 with its reason and skipped; a stopped scan still writes its partial report ("complete": false).
+With a mask folder (conditioning_data_dir) or alpha_mask, each readable image's mask is checked
+(core.dataset.masks.mask_problem: missing, unreadable, of another size, empty) and listed in
+"mask_problems"; each image entry names its "mask" (a file, "alpha", or null).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from core.config import ScanConfig
 from core.dataset.buckets import size_problem
 from core.dataset.discovery import DatasetImage, check_folders, find_images
 from core.dataset.images import ImageError, ImageInfo, probe_image
+from core.dataset.masks import MaskFinder, MaskSource, mask_problem
 from core.fsutil import atomic_write_json
 from core.jobs.protocol import JobContext, JobStopped
 
@@ -57,6 +61,7 @@ def run(cfg: ScanConfig, ctx: JobContext) -> dict:
     ctx.log(f"scanning {len(images)} image files in {len(roots)} folder(s)")
     readable: list[tuple[DatasetImage, ImageInfo, str]] = []
     broken: list[dict] = []
+    masks, mask_sources, mask_problems = MaskFinder(cfg.conditioning_data_dir, cfg.alpha_mask), {}, []
     complete = True
     try:
         for i, image in enumerate(images):
@@ -72,12 +77,14 @@ def run(cfg: ScanConfig, ctx: JobContext) -> dict:
             if _unplannable(ctx, broken, image.path, info, cfg):
                 continue
             readable.append((image, info, _caption_of(ctx, image, cfg.caption_extension)))
+            if masks.active:
+                _check_mask(ctx, masks, image.path, info, cfg.max_image_pixels, mask_sources, mask_problems)
         ctx.progress(len(images), len(images))
     except JobStopped:
         complete = False
         ctx.log(f"stopped after {len(readable) + len(broken)} of {len(images)} images; "
                 "the report is partial")
-    report = build_report(cfg, roots, images, readable, broken, invalid, complete)
+    report = build_report(cfg, roots, images, readable, broken, invalid, complete, mask_sources, mask_problems)
     atomic_write_json(ctx.run.scan_report_file, report)
     summary = summarize(report)
     _log_summary(ctx, summary)
@@ -86,11 +93,13 @@ def run(cfg: ScanConfig, ctx: JobContext) -> dict:
 
 def build_report(cfg: ScanConfig, roots: list[Path], images: list[DatasetImage],
                  readable: list[tuple[DatasetImage, ImageInfo, str]], broken: list[dict],
-                 invalid: list[dict], complete: bool) -> dict:
-    """The report.json document (its shape is what the Dataset tab reads)."""
+                 invalid: list[dict], complete: bool, mask_sources: dict[Path, MaskSource] | None = None,
+                 mask_problems: list[dict] | None = None) -> dict:
+    """The report.json document (its shape is what the Dataset tab reads); the mask entries only when a
+    mask source is set."""
     sizes = Counter(size_bin(info.width, info.height) for _, info, _ in readable)
     aspects = Counter(aspect_bin(info.width, info.height) for _, info, _ in readable)
-    return {
+    report = {
         "complete": complete,
         "folders": [str(root) for root in roots],
         "caption_extension": cfg.caption_extension,
@@ -109,15 +118,24 @@ def build_report(cfg: ScanConfig, roots: list[Path], images: list[DatasetImage],
         "images": [_image_entry(image, info, caption, cfg.caption_extension)
                    for image, info, caption in readable],
     }
+    if cfg.conditioning_data_dir.strip() or cfg.alpha_mask:
+        report["masks"] = {"folder": cfg.conditioning_data_dir.strip(), "alpha": cfg.alpha_mask}
+        report["mask_problems"] = mask_problems or []
+        for (image, _, _), entry in zip(readable, report["images"]):
+            entry["mask"] = _mask_entry((mask_sources or {}).get(image.path))
+    return report
 
 
 def summarize(report: dict) -> dict:
-    """The job's small result: counts only."""
-    return {"complete": report["complete"], "total_files": report["total_files"],
-            "readable": report["readable"], "broken": len(report["broken"]),
-            "missing_captions": len(report["missing_captions"]),
-            "empty_captions": len(report["empty_captions"]),
-            "effective_images": report["effective_images"]}
+    """The job's small result: counts only (of mask problems when masks were checked)."""
+    summary = {"complete": report["complete"], "total_files": report["total_files"],
+               "readable": report["readable"], "broken": len(report["broken"]),
+               "missing_captions": len(report["missing_captions"]),
+               "empty_captions": len(report["empty_captions"]),
+               "effective_images": report["effective_images"]}
+    if "mask_problems" in report:
+        summary["mask_problems"] = len(report["mask_problems"])
+    return summary
 
 
 def _caption_of(ctx: JobContext, image: DatasetImage, extension: str) -> str:
@@ -126,6 +144,25 @@ def _caption_of(ctx: JobContext, image: DatasetImage, extension: str) -> str:
     if caption.problem:
         ctx.skipped(path, caption.problem)
     return caption_status(caption)
+
+
+def _check_mask(ctx: JobContext, masks: MaskFinder, path: Path, info: ImageInfo, max_pixels: int,
+                sources: dict[Path, MaskSource], problems: list[dict]) -> None:
+    """Find and check one image's mask: its source goes to `sources`, what is wrong with it to `problems`."""
+    try:
+        source = masks.find(path)
+    except ImageError as err:
+        problem = err.reason
+    else:
+        sources[path] = source
+        problem = mask_problem(path, source, (info.width, info.height), max_pixels)
+    if problem:
+        problems.append({"path": str(path), "reason": problem})
+        ctx.warning(problem, path)
+
+
+def _mask_entry(source: MaskSource | None) -> str | None:
+    return None if source is None else "alpha" if source.alpha else str(source.path)
 
 
 def _unplannable(ctx: JobContext, broken: list[dict], path: Path, info: ImageInfo, cfg: ScanConfig) -> bool:
@@ -171,4 +208,6 @@ def _log_summary(ctx: JobContext, s: dict) -> None:
     ctx.log(f"scan {state}: {s['total_files']} image files, {s['readable']} readable, "
             f"{s['broken']} broken")
     ctx.log(f"captions: {s['missing_captions']} missing, {s['empty_captions']} empty")
+    if s.get("mask_problems"):
+        ctx.log(f"masks: {s['mask_problems']} missing, unreadable, of the wrong size or empty")
     ctx.log(f"effective images (with repeats): {s['effective_images']}")

@@ -16,6 +16,11 @@ repeat, example) as one integer, and the item's flip (probability `flip_p`, only
 `flip_aug`) and caption shuffle and dropouts come from a generator seeded by (seed, key) alone.
 `TrainDataset[i]` for a plain example index i is epoch 0, repeat 0.
 
+Masked loss (core.dataset.masks): each example knows its mask source (`Example.mask`, found by the
+settings' MaskFinder, so settings of its own folder can give another); with masked_loss every item has a
+"mask" (the cache's, or resized, cropped and flipped with the pixels; all ones for an image without a
+source, such as a class image) and a batch has "masks".
+
 Pitfalls with accelerate (1.15), which wraps a custom batch sampler in `BatchSamplerShard`:
 - The sampler has no `batch_size` attribute on purpose: with one, `BatchSamplerShard` drops
   every round of batches that ends in a partial one (ours are shuffled into the middle).
@@ -40,6 +45,7 @@ from core.dataset.discovery import caption_path
 from core.dataset.images import ImageError
 from core.dataset.latents import cache_path_for, load_cached, pixels_of
 from core.dataset.latents import run as run_cache
+from core.dataset.masks import MaskSource, mask_finder, training_sample
 from core.models.text import process_caption
 from core.train.class_images import class_images_in
 from core.train.class_images import run as run_class_images
@@ -58,6 +64,8 @@ class Example:
     repeats: int = 1
     assignment: BucketAssignment | None = None  # resize and crop; needed to train from pixels
     loss_weight: float = 1.0  # prior_loss_weight for class images
+    mask: MaskSource | None = None  # masked_loss: where its mask is (None: the whole image is trained)
+    options: TrainConfig | None = None  # its subset's settings (captions, flip), when not the run's (core.train.subsets)
 
 
 def cache_config(cfg: TrainConfig) -> CacheConfig:
@@ -96,7 +104,8 @@ def class_image_count(cfg: TrainConfig) -> int:
 
 def class_data_config(cfg: TrainConfig) -> TrainConfig:
     """The trainer's settings with the class folder (subfolders included) as the dataset."""
-    return cfg.model_copy(update={"train_data_dir": [cfg.class_data_dir], "recursive": True})
+    return cfg.model_copy(update={"train_data_dir": [cfg.class_data_dir], "recursive": True,
+                                  "conditioning_data_dir": ""})  # class images have no masks in the mask folder
 
 
 def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
@@ -111,8 +120,14 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
     default_caption = cfg.instance_prompt if default_caption is None else default_caption
     assignments, _ = plan_buckets(cfg, ctx)
     caches = cache_config(cfg) if cfg.cache_latents else None
+    masks = mask_finder(cfg)
     examples = []
     for a in assignments:
+        try:
+            mask = masks.find(a.path)
+        except ImageError as err:
+            ctx.skipped(err.path, err.reason)
+            continue
         caption = caption_path(a.path, cfg.caption_extension)
         text = read_caption_detailed(caption)
         if text.problem:
@@ -122,7 +137,7 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
                         a.path)
         cache = cache_path_for(a.path, caches) if caches else None
         examples.append(Example(Path(a.path), tuple(a.bucket), text.text if text.encoding else default_caption,
-                                cache, a.repeats, a, loss_weight))
+                                cache, a.repeats, a, loss_weight, mask))
     if caches:
         present = [e for e in examples if e.cache.is_file()]
         if examples and not present:
@@ -141,12 +156,19 @@ def class_examples(cfg: TrainConfig, ctx, instance_samples: int) -> list[Example
     examples = build_examples(class_data_config(cfg), ctx, cfg.class_prompt, cfg.prior_loss_weight)
     if not examples:
         raise ValueError(f"class_data_dir {cfg.class_data_dir}: no usable images (see the warnings above)")
+    return [e for e in balance_class_examples(examples, instance_samples, ctx, cfg.prior_loss_weight) if e.repeats]
+
+
+def balance_class_examples(examples: list[Example], instance_samples: int, ctx,
+                           prior_loss_weight: float) -> list[Example]:
+    """The class images with the repeats that give `instance_samples` class samples per epoch
+    (`balanced_repeats`, 0 for an image left out), reported in the log and a warning for those left out."""
     repeats = balanced_repeats([e.repeats for e in examples], instance_samples)
     unused = repeats.count(0)
     refuse_or_warn(class_image_problems(unused, len(examples)), ctx.warning)
     ctx.log(f"prior preservation: {len(examples) - unused} class images, {sum(repeats)} class samples per epoch "
-            f"with {instance_samples} training samples, prior_loss_weight {cfg.prior_loss_weight}")
-    return [replace(e, repeats=r) for e, r in zip(examples, repeats) if r]
+            f"with {instance_samples} training samples, prior_loss_weight {prior_loss_weight}")
+    return [replace(e, repeats=r) for e, r in zip(examples, repeats)]
 
 
 def balanced_repeats(repeats: list[int], target: int) -> list[int]:
@@ -249,7 +271,7 @@ class TrainDataset(Dataset):
 
     def _item(self, key: int, index: int) -> dict:
         example, rng = self.examples[index], self.rng(key)
-        cfg = self.cfg
+        cfg = example.options or self.cfg
         # Drawn first (even without flip_aug), so it does not depend on the caption's length.
         flip = rng.random() < cfg.flip_p
         item = {"index": index, "key": key, "loss_weight": example.loss_weight, "caption": process_caption(
@@ -258,14 +280,24 @@ class TrainDataset(Dataset):
             caption_tag_dropout_rate=cfg.caption_tag_dropout_rate,
             caption_prefix=cfg.caption_prefix, caption_suffix=cfg.caption_suffix,
             keep_tokens_separator=cfg.keep_tokens_separator)}
+        mask = None
         if example.cache is not None:
             cached = load_cached(example.cache)
-            flipped = self.cfg.flip_aug and flip and "latents_flipped" in cached
+            flipped = cfg.flip_aug and flip and "latents_flipped" in cached
             item["latents"] = cached["latents_flipped" if flipped else "latents"]
+            if example.mask is not None:
+                if "mask" not in cached:
+                    raise ImageError(example.image, f"its latent cache {example.cache} has no mask: build the "
+                                                    "cache again with masked_loss on")
+                mask = cached["mask"]
         else:
-            flipped = self.cfg.flip_aug and flip
-            pixels = pixels_of(training_image(example.assignment, self.cfg.max_image_pixels))
-            item["pixels"] = pixels.flip(-1) if flipped else pixels
+            flipped = cfg.flip_aug and flip
+            image, mask = training_sample(example.assignment, example.mask, self.cfg.max_image_pixels)
+            item["pixels"] = pixels_of(image).flip(-1) if flipped else pixels_of(image)
+        if self.cfg.masked_loss:  # the run's setting: a batch mixes subsets, and every item needs a mask
+            shape = (item["latents"] if "latents" in item else item["pixels"]).shape[-2:]
+            mask = torch.ones(1, *shape) if mask is None else mask
+            item["mask"] = mask.flip(-1) if flipped else mask
         item["time_ids"] = size_conditioning(example.assignment, flipped)
         return item
 
@@ -296,15 +328,16 @@ def size_conditioning(assignment: BucketAssignment, flipped: bool) -> torch.Tens
 
 
 def collate(items: list[dict]) -> dict:
-    """A batch: stacked "latents" or "pixels" and SDXL "time_ids", lists of "captions", "indices"
-    and "keys", the samples' "loss_weights", and the (path, reason) of images "skipped" for them."""
+    """A batch: stacked "latents" or "pixels", SDXL "time_ids" and (masked_loss) "masks", lists of
+    "captions", "indices" and "keys", the samples' "loss_weights", and the (path, reason) of images
+    "skipped" for them."""
     batch = {"captions": [item["caption"] for item in items],
              "skipped": [skipped for item in items for skipped in item.get("skipped", ())],
              "indices": [item["index"] for item in items], "keys": [item["key"] for item in items],
              "loss_weights": torch.tensor([item["loss_weight"] for item in items], dtype=torch.float32)}
-    for name in ("latents", "pixels", "time_ids"):
-        if name in items[0]:
-            batch[name] = torch.stack([item[name] for item in items])
+    for name, key in (("latents", "latents"), ("pixels", "pixels"), ("time_ids", "time_ids"), ("masks", "mask")):
+        if key in items[0]:
+            batch[name] = torch.stack([item[key] for item in items])
     return batch
 
 

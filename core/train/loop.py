@@ -19,30 +19,24 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from core.config import TrainConfig
-from core.jobs.protocol import JobContext, JobStopped
+from core.jobs.protocol import JobContext
 from core.models.sd import SDModel, load_sd_model
 from core.train import checkpoints
+from core.train.block_lr import block_ranks, unet_lr_weights
 from core.train.checkpoints import Position
 from core.train.conditioning import PromptEncoder, static_captions
-from core.train.data import (
-    build_examples,
-    class_data_config,
-    class_examples,
-    class_image_count,
-    make_dataloader,
-    prepare_class_images,
-    prepare_latent_cache,
-    readable_examples,
-)
+from core.train.data import make_dataloader
 from core.train.ema import EMA
+from core.train.fused import fuse_into_backward
 from core.train.loss import snr
 from core.train.milestones import Decision, Milestones
 from core.train.noise import apply_zero_terminal_snr
 from core.train.optimizers import make_optimizer, parse_optimizer_args, scaled_lr
 from core.train.samples import load_clip, run_prompts
 from core.train.schedules import make_scheduler, steps_of
-from core.train.start_checks import data_problems, refuse_or_warn, settings_problems
+from core.train.start_checks import refuse_or_warn, settings_problems
 from core.train.step import loss_of_batch, weight_dtype
+from core.train.subsets import prepare_data
 from core.train.trainable import (
     add_lora_adapters,
     param_groups,
@@ -51,7 +45,7 @@ from core.train.trainable import (
     text_encoder_rates,
     text_encoder_stop_step,
 )
-from core.train.validation import Plateau, split_validation
+from core.train.validation import Plateau
 
 
 @dataclass(kw_only=True)
@@ -102,10 +96,11 @@ def train_loop(t: Training) -> Decision:
         for batch in epoch_batches(t):
             with accelerator.accumulate(*t.modules.values()), accelerator.autocast():
                 loss = loss_of_batch(batch, t.model, t.unet, t.prompts, cfg, t.dtype, accelerator.device, t.all_snr)
-                accelerator.backward(loss)
-                if cfg.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(t.trained_params, cfg.max_grad_norm)
-                t.optimizer.step()
+                accelerator.backward(loss)  # with fused_backward_pass, it also clipped and stepped (core/train/fused.py)
+                if not cfg.fused_backward_pass:
+                    if cfg.max_grad_norm and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(t.trained_params, cfg.max_grad_norm)
+                    t.optimizer.step()
                 t.lr_scheduler.step()
                 t.optimizer.zero_grad(set_to_none=True)
             position.batch_in_epoch += 1
@@ -170,8 +165,8 @@ def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
     eval_prompts = eval_prompt_encoder(cfg, ctx, model, examples + validation, device, dtype)
 
     optimizer = make_optimizer(cfg.optimizer_type, param_groups(trained, _lr(cfg, cfg.learning_rate), {
-        part: _lr(cfg, rate) for part, rate in te_rates.items()}), _lr(cfg, cfg.learning_rate),
-        parse_optimizer_args(cfg.optimizer_args))
+        part: _lr(cfg, rate) for part, rate in te_rates.items()}, unet_lr_weights(model, cfg)),
+        _lr(cfg, cfg.learning_rate), parse_optimizer_args(cfg.optimizer_args))
     dataloader = accelerator.prepare(dataloader)
     max_steps, num_epochs = total_steps(cfg, len(dataloader))  # batches of this process, once sharded
     n = accelerator.num_processes  # accelerate steps the scheduler once per process for each update
@@ -181,6 +176,11 @@ def set_up(cfg: TrainConfig, ctx: JobContext) -> Training:
     *prepared, optimizer, lr_scheduler = accelerator.prepare(*(getattr(model, p) for p in trained), optimizer,
                                                              lr_scheduler)
     modules = dict(zip(trained, prepared))
+    if cfg.fused_backward_pass:
+        fuse_into_backward(optimizer, cfg.max_grad_norm)
+        ctx.log("fused backward pass: each weight is updated as soon as its gradient is computed"
+                + (f"; max_grad_norm {cfg.max_grad_norm:g} clips each weight's gradient on its own"
+                   if cfg.max_grad_norm else ""))
     prompts = eval_prompts.running([modules.get(part, getattr(model, part)) for part in text_encoder_parts(model)],
                                    trains=True) if te_rates else eval_prompts
     if cfg.full_fp16:
@@ -239,7 +239,7 @@ def choose_trained(cfg: TrainConfig, ctx: JobContext, model, device, dtype) -> t
     trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
     if cfg.train_lora:
         trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
-                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip)
+                                    cfg.network_dropout, cfg.lora_targets, cfg.clip_skip, block_ranks(model, cfg))
     place_modules(model, cfg, trained, device, dtype)
     if problem := use_xformers(model.unet, device):
         ctx.warning(problem)
@@ -274,38 +274,6 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
     if cfg.max_train_epochs:
         return cfg.max_train_epochs * updates_per_epoch, cfg.max_train_epochs
     return cfg.max_train_steps, math.ceil(cfg.max_train_steps / updates_per_epoch)
-
-
-def prepare_data(cfg: TrainConfig, ctx: JobContext, accelerator):
-    """(training examples, validation examples): the missing DreamBooth class images generated and the
-    latent caches built (by the main process), the validation images split off or read from
-    validation_data_dir, the class images added to the training examples."""
-    configs = [cfg]
-    if cfg.validation_data_dir.strip():
-        configs.append(cfg.model_copy(update={"train_data_dir": [cfg.validation_data_dir]}))
-    if cfg.prior_preservation:
-        configs.append(class_data_config(cfg))
-    if accelerator.is_main_process:
-        class_folder_full = prepare_class_images(cfg, ctx)
-        if class_folder_full and cfg.cache_latents:
-            for c in configs:
-                prepare_latent_cache(c, ctx)
-    accelerator.wait_for_everyone()
-    if cfg.prior_preservation and class_image_count(cfg) < cfg.num_class_images:
-        ctx.log("stopped while generating class images; start the run again to go on")
-        raise JobStopped()
-    examples = build_examples(cfg, ctx)
-    validation = build_examples(configs[1], ctx) if cfg.validation_data_dir.strip() else None
-    refuse_or_warn(data_problems(cfg, len(examples), None if validation is None else len(validation)), ctx.warning)
-    if validation is None:
-        examples, validation = split_validation(examples, cfg.validation_split, cfg.validation_seed)
-    if validation and not cfg.cache_latents:
-        validation = readable_examples(validation, ctx, cfg.max_image_pixels)
-    if cfg.prior_preservation:
-        examples += class_examples(cfg, ctx, sum(e.repeats for e in examples))
-    if validation:
-        ctx.log(f"validation: {len(validation)} images held out")
-    return examples, validation
 
 
 def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None:

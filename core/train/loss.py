@@ -1,8 +1,9 @@
 """Loss variants and per-sample loss weights for training (kohya sd-scripts behaviour).
 
 elementwise_loss gives the per-element loss (l2 / huber / smooth_l1 / l1) before reduction;
-reduce_loss takes the mean over the non-batch dims, multiplies per-sample weights (dataset
-loss weights x min_snr_weight x debiased_weight) and takes the batch mean.
+apply_masked_loss weights it per latent pixel by the samples' masks (masked_loss); reduce_loss takes the
+mean over the non-batch dims, multiplies per-sample weights (dataset loss weights x min_snr_weight x
+debiased_weight) and takes the batch mean.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import get_args
 import torch
 
 from core.config.choices import HuberSchedule
+from core.dataset.masks import mask_to_size
 
 LOSS_TYPES = ("l2", "huber", "smooth_l1", "l1")
 HUBER_SCHEDULES = get_args(HuberSchedule)
@@ -84,6 +86,14 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str,
         c = c.view(-1, *([1] * (pred.ndim - 1)))
     root = torch.sqrt((pred - target) ** 2 + c ** 2) - c
     return 2 * c * root if loss_type == "huber" else 2 * root
+
+
+def apply_masked_loss(loss: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The per-element loss (B, C, h, w) times the masks (B, 1, H, W) in [0, 1], reduced to (h, w) by area
+    interpolation and shared by all channels: sd-scripts' apply_masked_loss. The mean that follows
+    (reduce_loss) runs over every element, masked or not, as in sd-scripts: a sample whose mask keeps half
+    of it weighs about half."""
+    return loss * mask_to_size(masks.to(loss.device, loss.dtype), loss.shape[-2:])
 
 
 def reduce_loss(loss: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,10 +26,12 @@ from core.config import ConfigError, TrainConfig, validate
 from core.dataset.buckets import BucketAssignment, plan_buckets
 from core.dataset.discovery import caption_path, check_folders
 from core.dataset.latents import cache_path_for, choose_precision, is_cache_valid, recipe
+from core.dataset.masks import MaskFinder, mask_finder
 from core.jobs.locks import busy_message, conflicts
 from core.jobs.registry import JOBS
 from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
 from core.train.start_checks import Problem, class_image_problems, data_problems, settings_problems
+from core.train.subsets import subset_sources
 
 SOURCE = "settings"
 BIG_MODEL_BYTES = 500 * 2**20  # real SD models are GBs; the demo kit's tiny ones a few MB
@@ -92,10 +94,13 @@ def check_training(values: dict) -> Preflight:
     except ConfigError as err:
         return Preflight([schema_problem(line) for line in str(err).splitlines()])
     problems, _ = settings_problems(cfg, cfg.num_processes)  # the GUI starts num_processes processes
-    data, assignments = check_dataset(cfg)
+    if cfg.uses_subsets:
+        data, assignments, missing = check_subsets(cfg)
+    else:
+        data, assignments = check_dataset(cfg)
+        missing = count_stale_latents(cfg, assignments) if cfg.cache_latents else 0
     class_problems, class_images = check_class_images(cfg, assignments)
     problems += [*data, *class_problems, *check_device(cfg), *busy_problems(cfg)]
-    missing = count_stale_latents(cfg, assignments) if cfg.cache_latents else 0
     wanted = cfg.num_class_images if cfg.prior_preservation else 0
     return Preflight(problems, len(assignments), missing, cfg.cache_latents, class_images, wanted)
 
@@ -138,6 +143,41 @@ def check_dataset(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignmen
                                 f"{cfg.caption_extension} caption file and train with an empty caption: "
                                 "caption them first, or check caption_extension", "warning"))
     return problems, assignments
+
+
+def check_subsets(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignment], int]:
+    """(problems, the training images with their subset's repeats, images whose latent cache is missing or stale)
+    of the dataset subsets (the table's or dataset_config's; class_data_dir is check_class_images')."""
+    field = "dataset_config" if cfg.dataset_config.strip() else "subsets"
+    try:
+        found = subset_sources(cfg)
+    except ConfigError as err:
+        return [Problem(field, str(err))], [], 0
+    problems, training, missing, class_repeats = [], [], 0, []
+    for source in found:
+        folder = source.cfg.train_data_dir[0]
+        if missing_folder := _folder_problems(field, [folder], ""):
+            problems += missing_folder
+            continue
+        assignments, skipped = plan_buckets(source.cfg)
+        if skipped:
+            problems.append(Problem(field, f"{folder}: {_skipped_message(skipped)}", "warning"))
+        if not assignments:
+            problems.append(Problem(field, f"{folder}: no usable images", "warning"))
+        assignments = [replace(a, repeats=source.num_repeats) for a in assignments]
+        if source.is_reg:
+            class_repeats += [a.repeats for a in assignments]
+        else:
+            training += assignments
+        missing += count_stale_latents(source.cfg, assignments) if cfg.cache_latents else 0
+    if problems:
+        return problems, training, missing
+    problems += data_problems(cfg.model_copy(update={"train_data_dir": [s.cfg.train_data_dir[0] for s in found]}),
+                              len(training), None)
+    if class_repeats and training:
+        unused = balanced_repeats(class_repeats, sum(a.repeats for a in training)).count(0)
+        problems += class_image_problems(unused, len(class_repeats))
+    return problems, training, missing
 
 
 def _folder_problems(field: str, folders: list[str], advice: str) -> list[Problem]:
@@ -210,10 +250,12 @@ def count_stale_latents(cfg: TrainConfig, assignments: list[BucketAssignment]) -
     # The compute dtype, as the job picks it for an SD 1.x/2.x VAE (SDXL, whose own VAE it runs in
     # fp32 on CUDA, is refused by check_model).
     _, dtype = choose_precision(False, cfg.no_half_vae)
-    return sum(not _cache_current(a, cache_path_for(a.path, caches), dtype, cfg.flip_aug) for a in assignments)
+    masks = mask_finder(caches)
+    return sum(not _cache_current(a, cache_path_for(a.path, caches), dtype, cfg.flip_aug, masks) for a in assignments)
 
 
-def _cache_current(assignment: BucketAssignment, cache: Path, dtype: torch.dtype, flip: bool) -> bool:
+def _cache_current(assignment: BucketAssignment, cache: Path, dtype: torch.dtype, flip: bool,
+                   masks: MaskFinder) -> bool:
     """As the cache job decides, but trusting the VAE identity recorded in the file."""
     from safetensors import safe_open
 
@@ -221,6 +263,7 @@ def _cache_current(assignment: BucketAssignment, cache: Path, dtype: torch.dtype
         with safe_open(str(cache), framework="pt") as f:
             vae_identity = json.loads((f.metadata() or {})["vae"])
         stat = os.stat(assignment.path)
-    except Exception:  # missing, unreadable or without a recipe, or the image is gone: rebuilt
+        expected = recipe(assignment, stat, vae_identity, dtype, masks.find(assignment.path))
+    except Exception:  # missing, unreadable or without a recipe, the image or its mask is gone: rebuilt
         return False
-    return is_cache_valid(cache, recipe(assignment, stat, vae_identity, dtype), flip)
+    return is_cache_valid(cache, expected, flip)

@@ -77,9 +77,23 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int
     AdafactorSchedule instead (a constant proxy reporting the lr Adafactor uses), as kohya does.
     """
     if is_self_scheduling(optimizer):
-        from transformers.optimization import AdafactorSchedule
-        return AdafactorSchedule(optimizer)
+        return adafactor_proxy(optimizer)
     lr_lambda(name, 0, total_steps, warmup_steps, num_cycles, power, decay_steps, drops)  # validate now
     return LambdaLR(optimizer, functools.partial(
         lr_lambda, name, total_steps=total_steps, warmup_steps=warmup_steps, num_cycles=num_cycles,
         power=power, decay_steps=decay_steps, drops=tuple(drops)))
+
+
+def adafactor_proxy(optimizer: torch.optim.Optimizer) -> LambdaLR:
+    """transformers' AdafactorSchedule, reporting the lr of each group whose first parameter has been
+    updated (transformers' asks for one that holds a gradient now: with fused_backward_pass none outlives
+    the backward, and it would report 0)."""
+    from transformers.optimization import AdafactorSchedule
+
+    class AdafactorProxy(AdafactorSchedule):
+        def get_lr(self):
+            opt = self.optimizer
+            return [opt._get_lr(group, opt.state[group["params"][0]]) for group in opt.param_groups
+                    if opt.state.get(group["params"][0])] or self.base_lrs
+
+    return AdafactorProxy(optimizer)

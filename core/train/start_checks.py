@@ -15,6 +15,7 @@ from typing import Literal
 from core.config import TrainConfig
 from core.models.loading import existing_path
 from core.models.sd import BaseModelKind, inspect_base_model
+from core.train.block_lr import block_problems
 from core.train.checkpoints import (
     BEST_SUFFIX,
     EMA_SUFFIX,
@@ -24,6 +25,7 @@ from core.train.checkpoints import (
     numbered_saves,
     saved_states,
 )
+from core.train.fused import FUSED_OPTIMIZERS
 from core.train.optimizers import parse_optimizer_args, sets_own_step_size
 from core.train.samples import PromptError, clip_folder_problem, run_prompts
 
@@ -62,12 +64,31 @@ def settings_problems(cfg: TrainConfig, processes: int) -> tuple[list[Problem], 
             existing_path(cfg.vae)
         except ValueError as exc:
             problems.append(Problem("vae", f"{exc}; or leave vae empty to use the model's own"))
-    problems += [*output_problems(cfg), *resume_problems(cfg), *sample_problems(cfg), *optimizer_problems(cfg)]
+    problems += [*output_problems(cfg), *resume_problems(cfg), *sample_problems(cfg), *optimizer_problems(cfg),
+                 *fused_backward_problems(cfg, processes)]
+    problems += mask_problems(cfg)
     if processes != cfg.num_processes:
         problems.append(Problem("num_processes", f"num_processes is {cfg.num_processes} but this run has {processes} "
                                 "process(es): several processes start through `accelerate launch` (the GUI does "
                                 "it; copy its command)", "warning"))
     return problems, kind
+
+
+def mask_problems(cfg: TrainConfig) -> list[Problem]:
+    """masked_loss needs one mask source: the mask folder (an existing folder) or the alpha channel."""
+    if not cfg.masked_loss:
+        return []
+    folder = cfg.conditioning_data_dir.strip()
+    if folder and cfg.alpha_mask:
+        return [Problem("alpha_mask", "masks come from the mask folder (conditioning_data_dir) or from the alpha "
+                        "channel (alpha_mask), not both: turn alpha_mask off or clear conditioning_data_dir")]
+    if not folder and not cfg.alpha_mask:
+        return [Problem("masked_loss", "masked loss needs masks: set conditioning_data_dir (a folder of mask "
+                        "images named as the training images) or turn on alpha_mask (the images' transparency)")]
+    if folder and not Path(os.path.expanduser(folder)).is_dir():
+        return [Problem("conditioning_data_dir", f"the mask folder {folder} does not exist: choose the folder "
+                        "that holds the masks")]
+    return []
 
 
 def data_problems(cfg: TrainConfig, images: int, validation_images: int | None) -> list[Problem]:
@@ -119,6 +140,7 @@ def model_kind_problems(cfg: TrainConfig, kind: BaseModelKind) -> list[Problem]:
     if kind.arch == "sdxl" and cfg.clip_skip > 1:
         problems.append(Problem("clip_skip", "SDXL always uses the penultimate layer of its text encoders: clip_skip "
                                 "is ignored (set it to 1)", "warning"))
+    problems += block_problems(cfg, kind.arch)
     if kind.arch != "sdxl":
         for name in ("learning_rate_te1", "learning_rate_te2"):
             if getattr(cfg, name) is not None:
@@ -215,3 +237,32 @@ def optimizer_problems(cfg: TrainConfig) -> list[Problem]:
     return [Problem("optimizer_type", f"Adafactor in relative-step mode sets its own step size, so "
                     f"{' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} ignored: add optimizer_args "
                     "relative_step=False and scale_parameter=False to use them", "warning")]
+
+
+def fused_backward_problems(cfg: TrainConfig, processes: int) -> list[Problem]:
+    """Settings under which fused_backward_pass (core/train/fused.py) cannot work, each naming its field."""
+    if not cfg.fused_backward_pass:
+        return []
+    off = "or turn off fused_backward_pass"
+    problems = []
+    if cfg.optimizer_type not in FUSED_OPTIMIZERS:
+        problems.append(Problem("optimizer_type", f"fused_backward_pass works with optimizer_type "
+                                f"{' or '.join(FUSED_OPTIMIZERS)} only (as in sd-scripts), not {cfg.optimizer_type}: "
+                                f"choose Adafactor, {off}"))
+    if cfg.gradient_accumulation_steps > 1:
+        problems.append(Problem("gradient_accumulation_steps", "fused_backward_pass updates each weight in the "
+                                "backward pass of every batch, so gradients cannot be summed over several: set "
+                                f"gradient_accumulation_steps to 1 (a larger train_batch_size instead), {off}"))
+    if cfg.train_lora:
+        problems.append(Problem("train_lora", "fused_backward_pass is for full fine-tuning (as in sd-scripts): a "
+                                f"LoRA's gradients are small, so it would save next to no memory; {off}"))
+    if cfg.mixed_precision == "fp16":
+        problems.append(Problem("mixed_precision", "fused_backward_pass cannot use fp16's gradient scaler (it checks "
+                                f"all gradients together before a step): choose bf16 or no, {off}"))
+    if processes > 1 or cfg.distributed:
+        field = "accelerate_config_file" if processes == 1 and cfg.num_processes == 1 and cfg.num_machines == 1 \
+            else "num_processes"
+        problems.append(Problem(field, "fused_backward_pass runs in one process without an accelerate config (several "
+                                "GPUs, DeepSpeed and FSDP reduce or split the gradients after it has used them): "
+                                f"train with num_processes 1 and no accelerate_config_file, {off}"))
+    return problems

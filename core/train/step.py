@@ -6,7 +6,15 @@ from __future__ import annotations
 import torch
 
 from core.config import TrainConfig
-from core.train.loss import debiased_weight, elementwise_loss, huber_c_for, min_snr_weight, reduce_loss, snr
+from core.train.loss import (
+    apply_masked_loss,
+    debiased_weight,
+    elementwise_loss,
+    huber_c_for,
+    min_snr_weight,
+    reduce_loss,
+    snr,
+)
 from core.train.noise import offset_noise, perturbed_noise, pyramid_noise, sample_timesteps
 
 
@@ -65,6 +73,8 @@ def loss_of_batch(batch: dict, model, unet, encode, cfg: TrainConfig, dtype, dev
     target = training_target(scheduler, latents, noise, timesteps)
     huber_c = huber_c_for(timesteps, scheduler, cfg.huber_c, cfg.huber_schedule) if cfg.loss_type != "l2" else None
     loss = elementwise_loss(prediction.float(), target.float(), cfg.loss_type, huber_c)
+    if "masks" in batch:  # masked_loss: each latent pixel weighted by the image's mask
+        loss = apply_masked_loss(loss, batch["masks"])
     return reduce_loss(loss, loss_weights(cfg, scheduler, timesteps, all_snr, batch.get("loss_weights")))
 
 
