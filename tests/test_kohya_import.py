@@ -121,8 +121,7 @@ def test_kohya_ss_gui_json(tmp_path):
                  "stop_text_encoder_training 20 (% of the run) -> stop_text_encoder_training 0.2",
                  "optimizer adamw8bit -> optimizer_type AdamW8bit", "max_resolution 768 -> 768,768",
                  "save_precision float -> fp32", "save_model_as ckpt -> safetensors",
-                 "LoRA settings not supported here are not imported (LyCORIS, conv or block settings, separate "
-                 "U-Net lr)",
+                 "LoRA settings not supported here are not imported (LyCORIS, conv settings, separate U-Net lr)",
                  "xformers: ignored (used automatically when installed, else PyTorch SDPA)",
                  "cache_latents_to_disk: ignored (the latent cache is always on disk)"):
         assert note in result.notes
@@ -392,6 +391,25 @@ def test_an_sd_scripts_lora_config_turns_lora_training_on():
     assert result.values == {"train_lora": True, "network_dim": 32, "network_alpha": 16.0}
 
 
+def test_sd_scripts_network_args_and_kohya_ss_fields_give_the_block_weights(tmp_path):
+    path = tmp_path / "block.toml"
+    path.write_text('[additional_network_arguments]\nnetwork_module = "networks.lora"\nnetwork_dim = 8\n'
+                    'network_args = ["down_lr_weight=sine+0.5", "mid_lr_weight=2", "up_lr_weight=0,0,1", '
+                    '"block_lr_zero_threshold=0.1", "block_dims=' + ",".join(["4"] * 25) + '"]\n')
+    result = read_kohya_config(path)
+    assert result.values == {"train_lora": True, "network_dim": 8, "down_lr_weight": "sine+0.5",
+                             "mid_lr_weight": "2", "up_lr_weight": "0,0,1", "block_lr_zero_threshold": 0.1,
+                             "block_dims": ",".join(["4"] * 25)}
+    assert result.unknown == []
+    gui = import_kohya_values({"LoRA_type": "Standard", "down_lr_weight": "1,1,1,1,1,1,1,1,1,1,1,0",
+                               "block_alphas": "", "conv_block_dims": ",".join(["2"] * 23), "up_lr_weight": "zeros"})
+    assert gui.values == {"down_lr_weight": "1,1,1,1,1,1,1,1,1,1,1,0", "conv_block_dims": ",".join(["2"] * 23),
+                          "up_lr_weight": "zeros"}
+    bad = import_kohya_values({"network_args": ["down_lr_weight=sawtooth", "block_dims=1,2"]}, gui=False)
+    assert not bad.values and sorted(bad.unknown) == ["block_dims=1,2", "down_lr_weight=sawtooth"]
+    assert any("down_lr_weight sawtooth: not imported" in note and "cosine, sine" in note for note in bad.notes)
+
+
 def test_fused_backward_pass_imports_from_an_sd_scripts_toml_and_a_kohya_ss_json(tmp_path):
     toml = tmp_path / "sdxl.toml"
     toml.write_text('[optimizer_arguments]\noptimizer_type = "adafactor"\noptimizer_args = ["scale_parameter=False", '
@@ -403,3 +421,20 @@ def test_fused_backward_pass_imports_from_an_sd_scripts_toml_and_a_kohya_ss_json
     validate(TrainConfig, {**result.values, **REQUIRED}, str(toml))
     gui = checked(import_kohya_values({"fused_backward_pass": "True", "optimizer": "Adafactor"}))
     assert gui.values == {"fused_backward_pass": True, "optimizer_type": "Adafactor"} and gui.unknown == []
+
+
+@pytest.mark.parametrize("raw, expected, note", [
+    ({"masked_loss": True, "conditioning_data_dir": "/data/masks"},
+     {"masked_loss": True, "conditioning_data_dir": "/data/masks"}, None),
+    ({"masked_loss": "true", "alpha_mask": "true"}, {"masked_loss": True, "alpha_mask": True}, None),
+    # sd-scripts weights the loss by the alpha channel whenever alpha_mask is on, masked_loss or not
+    ({"alpha_mask": True}, {"masked_loss": True, "alpha_mask": True}, "alpha_mask on -> masked_loss on"),
+    ({"alpha_mask": True, "masked_loss": False}, {"masked_loss": True, "alpha_mask": True},
+     "alpha_mask on -> masked_loss on"),
+    ({"alpha_mask": False, "masked_loss": False}, {"masked_loss": False, "alpha_mask": False}, None),
+])
+def test_masked_loss_settings_import(raw, expected, note):
+    for gui in (True, False):
+        result = checked(import_kohya_values(raw, gui=gui))
+        assert result.values == expected and result.unknown == []
+        assert any(n.startswith(note) for n in result.notes) if note else not result.notes

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, get_args, get_origin
 from pydantic import TypeAdapter, ValidationError
 
 from core.config import ConfigError, TrainConfig, parse_resolution, validate_partial
+from core.config.dataset_toml import read_dataset_config
 
 
 @dataclass
@@ -95,7 +96,20 @@ def _lora_module(value: Any) -> bool:
     return True
 
 
+def _dataset_subsets(value: Any) -> list:
+    """sd-scripts' dataset_config: the subsets of the TOML it names, read now (so they can be edited)."""
+    if not isinstance(value, str):
+        raise ValueError("expected the path of a dataset config .toml")
+    try:
+        found = read_dataset_config(value)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+    return [subset.model_dump(exclude_none=True) for subset in found.subsets]
+
+
 RULES: dict[str, Rule] = {
+    "dataset_config": Rule("subsets", _dataset_subsets, hint=" (its subsets, in the subsets table; train_data_dir "
+                           "is not used with them, as in sd-scripts; a batch_size in the file is not imported)"),
     "network_module": Rule("train_lora", _lora_module),
     "train_data_dir": Rule("train_data_dir", _folders),
     "image_folder": Rule("train_data_dir", _folders),  # kohya_ss fine-tune tab
@@ -137,10 +151,9 @@ IGNORED: dict[str, tuple[bool | None, str]] = {
 LATER: tuple[tuple[tuple[str, ...], frozenset[str], str], ...] = (
     (("network_", "lora_", "lycoris_", "conv_"),
      frozenset({"unet_lr", "dim_from_weights", "factor", "use_cp", "use_tucker", "use_scalar", "rank_dropout",
-                "rank_dropout_scale", "module_dropout", "block_dims", "block_alphas", "block_lr_zero_threshold",
-                "down_lr_weight", "mid_lr_weight", "up_lr_weight", "decompose_both", "train_norm",
+                "rank_dropout_scale", "module_dropout", "decompose_both", "train_norm",
                 "train_on_input", "dora_wd", "bypass_mode", "constrain", "rescaled", "unit", "scale_weight_norms"}),
-     "LoRA settings not supported here are not imported (LyCORIS, conv or block settings, separate U-Net lr)"),
+     "LoRA settings not supported here are not imported (LyCORIS, conv settings, separate U-Net lr)"),
     ((), frozenset({"no_token_padding"}),
      "no_token_padding is not supported: captions are always padded to max_token_length"),
 )
@@ -216,6 +229,7 @@ def import_kohya_values(raw: dict | list[tuple[str, Any]], gui: bool = True,
     sd-scripts (steps, a prompt file). ConfigError, naming `source`, only when they nest too deep."""
     pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
     _check_depth([value for _, value in pairs], source)
+    pairs = _network_args(pairs)
     rules = RULES | GUI_RULES if gui else RULES
     result = KohyaImport()
     found: dict[str, list[tuple[str, Any, Any, Rule]]] = {}  # target -> [(key, raw, typed, rule)]
@@ -241,8 +255,40 @@ def import_kohya_values(raw: dict | list[tuple[str, Any]], gui: bool = True,
         result.notes.append("optimizer_args: not imported (they belong to the optimizer that was not)")
     for target, candidates in found.items():
         _choose(target, candidates, result)
+    _alpha_mask_means_masked_loss(result)
     result.unknown.sort()
     return result
+
+
+def _alpha_mask_means_masked_loss(result: KohyaImport) -> None:
+    """sd-scripts masks the loss whenever the images bring alpha masks, masked_loss or not; here masked_loss
+    is the switch and alpha_mask the mask's source."""
+    if result.values.get("alpha_mask") and not result.values.get("masked_loss"):
+        result.values["masked_loss"] = True
+        result.notes.append("alpha_mask on -> masked_loss on (sd-scripts weights the loss by the alpha channel "
+                            "whenever alpha_mask is on)")
+
+
+def _network_args(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """sd-scripts' `network_args` ("key=value" items, a list or one space-separated text): the items whose
+    key is a field here (down_lr_weight, block_dims, ...) become pairs of their own in its place; the
+    others stay in network_args."""
+    out = []
+    for key, value in pairs:
+        items = value.split() if isinstance(value, str) else value
+        if key != "network_args" or not isinstance(items, list):
+            out.append((key, value))
+            continue
+        rest = []
+        for item in items:
+            name, eq, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+            if eq and name.strip() in TrainConfig.model_fields:
+                out.append((name.strip(), text.strip()))
+            else:
+                rest.append(item)
+        if rest:
+            out.append((key, rest))
+    return out
 
 
 def _set_aside(key: str, value: Any, result: KohyaImport) -> None:
