@@ -4,12 +4,13 @@ kept) with one line per section that says why."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Callable, Literal
 
 import gradio as gr
 from pydantic import BaseModel
 
 from core.config import FACTS, FieldKind, driving_fields, field_kind, field_meta, why_hidden
+from tabs.table_editor import TableEditor, records_of, rows_of
 
 GRID = "sf-grid"  # tabs/static/form.css lays these rows out as a grid of 2-4 columns
 
@@ -35,6 +36,8 @@ def _component(model_name: str, name: str, field, kind: FieldKind, value, label:
     wide = kind.kind in ("list", "path", "text")
     common = {"label": label, "info": f"`{name}` · {field.description}", "elem_id": f"{model_name}-{name}",
               "elem_classes": ["sf-field", "sf-wide"] if wide else ["sf-field"], "visible": visible}
+    if kind.kind == "table":
+        return TableEditor(kind.record, value, label, common["info"], common["elem_id"], visible).frame
     if kind.kind == "bool":
         return gr.Checkbox(value=value, **common)
     if kind.kind == "choice":
@@ -64,9 +67,11 @@ class SchemaForm:
     `bound`: workspace slot (dataset / model / output) -> the component of the field declared with it."""
 
     def __init__(self, model: type[BaseModel], values: dict | None = None, fields: list[str] | None = None,
-                 layout: Literal["accordions", "tabs", "flat"] = "accordions", render: bool = True):
-        """`fields`: render only these parameters (another form on the page holds the rest)."""
-        self.model, self.layout = model, layout
+                 layout: Literal["accordions", "tabs", "flat"] = "accordions", render: bool = True,
+                 extras: dict[str, Callable] | None = None):
+        """`fields`: render only these parameters (another form on the page holds the rest). `extras`: field ->
+        a function called with its component right after it is rendered (the page's own controls beside it)."""
+        self.model, self.layout, self.extras = model, layout, extras or {}
         self.prefix = model.__name__  # of every elem_id: {prefix}-{field}, {prefix}-section-{section id}
         self.names = list(fields or model.model_fields)
         self.defaults = model.model_construct().model_dump(mode="json")
@@ -114,6 +119,8 @@ class SchemaForm:
                 self.components[name] = _component(
                     self.prefix, name, self.model.model_fields[name], self.kinds[name], self.initial[name],
                     self.metas[name]["label"], name not in self._hidden_now)
+                if name in self.extras:
+                    self.extras[name](self.components[name])
 
     def render_essentials(self, exclude: tuple[str, ...] = ()) -> None:
         """The essential fields (those not in `exclude`) in one grid, outside their sections."""
@@ -204,7 +211,8 @@ class SchemaForm:
 
     def _read_some(self, names: list[str], raw) -> list:
         return [[line.strip() for line in value.splitlines() if line.strip()]
-                if self.kinds[name].kind == "list" and isinstance(value, str) else value
+                if self.kinds[name].kind == "list" and isinstance(value, str)
+                else records_of(self.kinds[name].record, value) if self.kinds[name].kind == "table" else value
                 for name, value in zip(names, raw)]
 
     def read(self, *raw) -> dict:
@@ -215,4 +223,5 @@ class SchemaForm:
         """A values dict (defaults filled in) -> component values in `inputs` order."""
         full = {**self.defaults, **values}
         return ["\n".join(map(str, full[n])) if self.kinds[n].kind == "list" and isinstance(full[n], list)
-                else full[n] for n in self.names]
+                else rows_of(self.kinds[n].record, full[n]) if self.kinds[n].kind == "table" else full[n]
+                for n in self.names]

@@ -20,6 +20,7 @@ from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
 from tabs.queue_view import QueueButton
 from tabs.settings_search import REVEAL_JS, SettingsSearch
+from tabs.subsets_toml import toml_controls
 from tabs.training_panel import TrainingPanel
 
 
@@ -119,7 +120,8 @@ def named_fields(form: SchemaForm, values: dict, report: str) -> dict:
 def build(blocks: gr.Blocks) -> TrainingPage:
     with gr.Tab("Training", id="training", elem_id="tab-training"):
         presets = PresetBar("train")
-        form = SchemaForm(TrainConfig, layout="tabs", render=False)
+        form = SchemaForm(TrainConfig, layout="tabs", render=False, extras={
+            "subsets": lambda table: toml_controls(table, form.components["train_batch_size"])})
         with gr.Row(elem_classes=["train-kind-row"]):
             with gr.Column(scale=5, min_width=400):
                 kind = gr.Radio(KINDS, value=kind_of(form.initial["train_lora"], form.initial["class_data_dir"]),

@@ -11,19 +11,20 @@ from pydantic import BaseModel
 from core.config.conditions import FACTS, why_not
 from core.config.schema import field_meta
 
-Kind = Literal["bool", "int", "float", "choice", "multi_choice", "list", "path", "text"]
+Kind = Literal["bool", "int", "float", "choice", "multi_choice", "list", "table", "path", "text"]
 PATH_WIDGETS = ("dir", "file")
 
 
 @dataclass(frozen=True)
 class FieldKind:
     """`kind`: bool, int, float, choice (one of `choices`), multi_choice (some of `choices`), list
-    (of text or numbers, one per line), path (a folder or file: `widget` says which), text.
-    `optional`: the annotation is `X | None`, and an empty input means None."""
+    (of text or numbers, one per line), table (a list of `record`s, one a row), path (a folder or file: `widget`
+    says which), text. `optional`: the annotation is `X | None`, and an empty input means None."""
     kind: Kind
     optional: bool = False
     choices: tuple = ()
     widget: str | None = None
+    record: type[BaseModel] | None = None
 
 
 def _without_none(annotation) -> tuple[object, bool]:
@@ -54,6 +55,8 @@ def field_kind(model: type[BaseModel], name: str) -> FieldKind:
             return FieldKind("multi_choice", optional, choices)
         if item in (str, int, float):
             return FieldKind("list", optional, widget=widget)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return FieldKind("table", optional, record=item)
     if annotation is str:
         return FieldKind("path" if widget in PATH_WIDGETS else "text", optional, widget=widget)
     raise TypeError(f"{model.__name__}.{name}: no input kind for the annotation {annotation!r}")

@@ -48,6 +48,14 @@ def _empty_is_none(text: str) -> str | None:
     return None if text == "" else text
 
 
+def _json_rows(text: str) -> list:
+    """argparse type for a table field: a JSON list of objects, one per row."""
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise ValueError(text)
+    return rows
+
+
 def _add_flag(params: argparse._ArgumentGroup, name: str, kind: FieldKind, help_text: str) -> None:
     """One flag per parameter; a flag not given leaves no attribute (an optional one may be given empty)."""
     flag, unset = f"--{name}", argparse.SUPPRESS
@@ -55,6 +63,10 @@ def _add_flag(params: argparse._ArgumentGroup, name: str, kind: FieldKind, help_
         params.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset, help=help_text)
     elif kind.kind in LIST_KINDS:
         params.add_argument(flag, nargs="+", default=unset, metavar="VALUE", help=help_text)
+    elif kind.kind == "table":
+        params.add_argument(flag, default=unset, type=_json_rows, metavar="JSON",
+                            help=f"{help_text} As JSON: a list of objects with the keys "
+                                 f"{', '.join(kind.record.model_fields)}.")
     elif kind.kind == "choice":
         params.add_argument(flag, default=unset, help=help_text, type=_choice_of(kind.choices), choices=kind.choices,
                             metavar="{" + ",".join(map(str, kind.choices)) + "}")

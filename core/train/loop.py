@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from core.config import TrainConfig
+from core.config.lycoris import LYCORIS_MODULE
 from core.jobs.protocol import JobContext
 from core.models.sd import SDModel, load_sd_model
 from core.train import checkpoints
@@ -29,6 +30,7 @@ from core.train.data import make_dataloader
 from core.train.ema import EMA
 from core.train.fused import fuse_into_backward
 from core.train.loss import snr
+from core.train.lycoris import add_lycoris_adapters
 from core.train.milestones import Decision, Milestones
 from core.train.noise import apply_zero_terminal_snr
 from core.train.optimizers import make_optimizer, parse_optimizer_args, scaled_lr
@@ -237,7 +239,9 @@ def choose_trained(cfg: TrainConfig, ctx: JobContext, model, device, dtype) -> t
     """(learning rate of each trained text encoder, trained parameters by part), the modules placed."""
     te_rates = text_encoder_rates(model, cfg)
     trained = set_trainable(model, cfg.train_unet, list(te_rates), cfg.unet_blocks, cfg.clip_skip)
-    if cfg.train_lora:
+    if cfg.train_lora and cfg.network_module == LYCORIS_MODULE:
+        trained = add_lycoris_adapters(model, cfg, list(te_rates))
+    elif cfg.train_lora:
         trained = add_lora_adapters(model, list(te_rates), cfg.network_dim, cfg.network_alpha,
                                     cfg.network_dropout, cfg.lora_targets, cfg.clip_skip, block_ranks(model, cfg))
     place_modules(model, cfg, trained, device, dtype)
