@@ -16,6 +16,7 @@ from core.captions.files import (
     save_caption,
 )
 from core.dataset.images import ImageError, thumbnail
+from core.dataset.masks import MaskSource, mask_overlay
 from core.jobs.run_folder import RunFolder
 from tabs.charts import bar_frame, bar_plot, bar_summary
 from tabs.job_panel import JobPanel
@@ -42,6 +43,10 @@ def report_markdown(report: dict | None) -> str:
         f"{len(report['missing_captions'])} · **empty captions:** {len(report['empty_captions'])} "
         f"(caption extension `{report['caption_extension']}`)",
     ]
+    if "mask_problems" in report:
+        source = f"mask folder `{report['masks']['folder']}`" if report["masks"]["folder"] else "alpha channels"
+        lines.append(f"**Masks** ({source}): {len(report['mask_problems'])} missing, unreadable, of the wrong size "
+                     "or empty")
     if report.get("invalid_folders"):
         lines.append("**Invalid folders:** " + "; ".join(
             f"`{f['path']}`: {f['reason']}" for f in report["invalid_folders"]))
@@ -65,6 +70,7 @@ def problems_table(report: dict | None) -> pd.DataFrame:
         rows += [[b["path"], f"unreadable: {b['reason']}"] for b in report["broken"]]
         rows += [[p, "caption file missing"] for p in report["missing_captions"]]
         rows += [[p, "caption is empty"] for p in report["empty_captions"]]
+        rows += [[m["path"], f"mask: {m['reason']}"] for m in report.get("mask_problems", [])]
     return pd.DataFrame(rows, columns=["path", "problem"])
 
 
@@ -111,7 +117,22 @@ def select_image(shown: list[dict], evt: gr.SelectData):
     text, _, note = read_caption_detailed(Path(caption_path))
     header = f"`{entry['path']}` · {entry['width']}×{entry['height']} {entry['format']} · " \
              f"repeats {entry['repeats']}\n\ncaption file: `{caption_path}`" + (f" ({note})" if note else "")
-    return entry, header, text, backup_choices(caption_path), ""
+    overlay, mask_note = mask_preview(entry)
+    return entry, header + mask_note, text, backup_choices(caption_path), "", overlay
+
+
+def mask_preview(entry: dict) -> tuple:
+    """The image with the part its mask ignores tinted (an Image update, hidden without a mask), and a line
+    for the header naming the mask."""
+    if not entry.get("mask"):
+        return gr.Image(value=None, visible=False), ""
+    source = MaskSource.from_report(entry["mask"], entry["path"])
+    where = "its alpha channel" if source.alpha else f"`{source.path}`"
+    try:
+        overlay = mask_overlay(entry["path"], source)
+    except ImageError as exc:
+        return gr.Image(value=None, visible=False), f"\n\nmask: {where}, not shown: {exc.reason}"
+    return gr.Image(value=overlay, visible=True, format="png"), f"\n\nmask: {where} (tinted: the part the loss ignores)"
 
 
 def save_selected(entry: dict | None, text: str):
@@ -168,6 +189,8 @@ def build(blocks: gr.Blocks) -> tuple[TryIt, JobPanel]:
                                  elem_id="dataset-gallery")
             selected = gr.State(None)
             selected_info = gr.Markdown()
+            mask_image = gr.Image(label="Mask over the image (tinted: ignored by masked loss)", type="pil",
+                                  format="png", interactive=False, visible=False, height=320, elem_id="mask-overlay")
             caption = gr.Textbox(label="Caption", lines=3, elem_id="caption-editor")
             with gr.Row():
                 save = gr.Button("Save caption", elem_id="caption-save")
@@ -193,7 +216,8 @@ def build(blocks: gr.Blocks) -> tuple[TryIt, JobPanel]:
         .then(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])
     for trigger in (image_filter.change, page.submit):
         trigger(gallery_page, inputs=[report_state, image_filter, page], outputs=[gallery, shown, page, page_info])
-    gallery.select(select_image, inputs=shown, outputs=[selected, selected_info, caption, backups, caption_message])
+    gallery.select(select_image, inputs=shown,
+                   outputs=[selected, selected_info, caption, backups, caption_message, mask_image])
     save.click(save_selected, inputs=[selected, caption], outputs=[backups, caption_message])
     restore.click(restore_selected, inputs=[selected, backups], outputs=[caption, backups, caption_message])
     return try_it, demo.panel

@@ -36,8 +36,14 @@ class MaskSource:
     path: Path
     alpha: bool = False
 
-    def describe(self) -> str:
-        return "alpha channel" if self.alpha else str(self.path)
+    def as_report(self) -> str:
+        """How the scan report names it: "alpha", or the mask file's path."""
+        return "alpha" if self.alpha else str(self.path)
+
+    @classmethod
+    def from_report(cls, value: str, image: str | os.PathLike) -> MaskSource:
+        """The source of `image` that `as_report` named `value`."""
+        return cls(Path(image), alpha=True) if value == "alpha" else cls(Path(value))
 
 
 class MaskFinder:

@@ -162,7 +162,7 @@ def _check_mask(ctx: JobContext, masks: MaskFinder, path: Path, info: ImageInfo,
 
 
 def _mask_entry(source: MaskSource | None) -> str | None:
-    return None if source is None else "alpha" if source.alpha else str(source.path)
+    return None if source is None else source.as_report()
 
 
 def _unplannable(ctx: JobContext, broken: list[dict], path: Path, info: ImageInfo, cfg: ScanConfig) -> bool:
