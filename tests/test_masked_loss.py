@@ -172,15 +172,15 @@ def dataset_images(data) -> list:
     return sorted(p for p in data.rglob("*") if is_image_file(p))
 
 
-def masked_dataset(tmp_path, kit, half=True):
-    """The demo dataset with a mask folder: each mask black on its left half (or grey all over)."""
+def masked_dataset(tmp_path, kit, half=True, value=127):
+    """The demo dataset with a mask folder: each mask black on its left half (or `value` all over)."""
     data = shutil.copytree(kit / "dataset", tmp_path / "dataset", ignore=shutil.ignore_patterns("*.latents.*"))
     masks = tmp_path / "masks"
     masks.mkdir()
     for image in dataset_images(data):
         with Image.open(image) as im:
             width, height = im.size
-        mask = np.full((height, width), 255 if half else 127, dtype=np.uint8)
+        mask = np.full((height, width), 255 if half else value, dtype=np.uint8)
         if half:
             mask[:, : width // 2] = 0
         Image.fromarray(mask).save(masks / f"{image.stem}.png")
@@ -377,6 +377,17 @@ def test_training_with_masked_loss_finishes(kit, tmp_path, cache_latents):
     assert result["steps"] == 3 and (out / "model.safetensors").is_file()
     losses = [e["value"] for e in events(tmp_path / "run") if e["event"] == "metric" and e["name"] == "loss"]
     assert len(losses) == 3 and all(0 < v < float("inf") for v in losses)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"masked loss: {len(dataset_images(data))} images with masks from the mask folder {masks}" in log
+
+
+def test_training_with_black_masks_has_zero_loss(kit, tmp_path):
+    """Every mask black: nothing is trained, every step's loss is exactly 0 (the masks reach the loss)."""
+    data, masks = masked_dataset(tmp_path, kit, half=False, value=0)
+    result = train(train_values(kit, tmp_path / "out", train_data_dir=[str(data)], masked_loss=True,
+                                conditioning_data_dir=str(masks), max_train_steps=2), tmp_path / "run")
+    losses = [e["value"] for e in events(tmp_path / "run") if e["event"] == "metric" and e["name"] == "loss"]
+    assert result["steps"] == 2 and losses == [0.0, 0.0]
 
 
 def test_dataset_tab_lists_mask_problems_and_shows_the_mask_over_the_image(tmp_path):
@@ -406,3 +417,17 @@ def test_dataset_tab_lists_mask_problems_and_shows_the_mask_over_the_image(tmp_p
     assert (overlay[:, 34:] == (0, 255, 0)).all()  # kept: the image itself
     hidden, note = mask_preview(entries[str(data / "missing.png")])
     assert not hidden.visible and note == ""
+
+
+def test_check_settings_counts_a_cache_without_masks_as_stale(kit, tmp_path):
+    from core.train.preflight import count_stale_latents
+
+    data, masks = masked_dataset(tmp_path, kit)
+    plain = cache_cfg(kit, data, tmp_path)
+    cache_run(plain, tmp_path / "r1")
+    cfg = item_values(kit, data, masks, tmp_path)
+    assignments, _ = plan_buckets(cfg)
+    assert count_stale_latents(cfg.model_copy(update={"masked_loss": False}), assignments) == 0
+    assert count_stale_latents(cfg, assignments) == len(assignments)
+    cache_run(cache_cfg(kit, data, tmp_path, masked_loss=True, conditioning_data_dir=str(masks)), tmp_path / "r2")
+    assert count_stale_latents(cfg, assignments) == 0

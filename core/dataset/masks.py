@@ -60,6 +60,9 @@ class MaskFinder:
     def active(self) -> bool:
         return self.folder is not None or self.alpha
 
+    def describe(self) -> str:
+        return f"the mask folder {self.folder}" if self.folder is not None else "their alpha channels"
+
     def files(self) -> dict[str, Path]:
         """The mask folder's images by file stem (the first in name order when two share a stem)."""
         if self._files is None:

@@ -146,6 +146,8 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
             if not e.cache.is_file():
                 ctx.skipped(e.image, "no latent cache file (the cache job could not encode it)")
         examples = present
+    if masks.active:
+        ctx.log(f"masked loss: {len(examples)} images with masks from {masks.describe()}")
     return examples
 
 
