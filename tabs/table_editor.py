@@ -65,7 +65,7 @@ class TableEditor:
         with gr.Column(elem_classes=["sf-field", "sf-wide", "sf-table"], visible=visible):
             self.frame = gr.Dataframe(
                 value=rows_of(record, value), headers=columns_of(record), datatype=datatypes(record),
-                column_count=(len(blank), "fixed"), row_count=(0, "dynamic"), type="array", interactive=True,
+                column_count=len(blank), type="array", interactive=True,
                 label=label, elem_id=elem_id, wrap=True, show_search="none")
             gr.Markdown(info, elem_classes=["sf-table-info"])
             with gr.Row():

@@ -17,8 +17,9 @@ FIELDS = [(job, name) for job, spec in JOBS.items() for name in spec.config.mode
 @pytest.mark.parametrize("job, name", FIELDS)
 def test_every_field_of_every_job_has_a_kind(job, name):
     kind = field_kind(JOBS[job].config, name)
-    assert kind.kind in ("bool", "int", "float", "choice", "multi_choice", "list", "path", "text")
+    assert kind.kind in ("bool", "int", "float", "choice", "multi_choice", "list", "table", "path", "text")
     assert bool(kind.choices) == (kind.kind in ("choice", "multi_choice"))
+    assert (kind.record is not None) == (kind.kind == "table")
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -64,7 +65,10 @@ def samples(field, kind: FieldKind) -> list:
     values = [n for n in [field.default, *numbers] if n is not None and within_bounds(field, n)] if numbers else {
         "bool": [True, False], "choice": list(kind.choices),
         "multi_choice": [[], list(kind.choices[:1]), list(kind.choices)], "list": [[], ["1"], ["2", "30"]],
-        "path": ["", "some folder/a b"], "text": ["", "a, b ||| c"]}[kind.kind]
+        "path": ["", "some folder/a b"], "text": ["", "a, b ||| c"],
+        "table": [[], [{"image_dir": "some folder/a b", "num_repeats": 3, "shuffle_caption": True, "keep_tokens": 0,
+                        "caption_dropout_rate": 0.25, "resolution": "64,96"}, {"image_dir": "b", "is_reg": True}]],
+    }[kind.kind]
     return values + [None] * kind.optional
 
 
@@ -72,6 +76,8 @@ def cli_argv(name: str, kind: FieldKind, value) -> list[str]:
     """How the value is written on the command line (an empty list only with --set)."""
     if kind.kind == "bool":
         return [f"--{name}" if value else f"--no-{name}"]
+    if kind.kind == "table":
+        return [f"--{name}", json.dumps(value)]
     if isinstance(value, list):
         return [f"--{name}", *value] if value else ["--set", f"{name}=[]"]
     return [f"--{name}", "" if value is None else str(value)]

@@ -239,9 +239,10 @@ def test_unsupported_optimizer_goes_to_unknown_with_its_arguments():
     ({"caption_dropout_rate": 1.5}, ["caption_dropout_rate=1.5"], "caption_dropout_rate 1.5: not imported"),
     ({"resolution": "big"}, ["resolution=big"], "resolution big: not imported (expected WIDTH,HEIGHT"),
     ({"no_token_padding": True}, ["no_token_padding=true"], "no_token_padding is not supported"),
-    ({"unet_lr": 1e-4, "conv_dim": 8}, ["conv_dim=8", "unet_lr=0.0001"], "LoRA settings not supported here"),
-    ({"network_module": "lycoris.kohya"}, ["network_module=lycoris.kohya"], "network_module lycoris.kohya: not "
-     "imported (only networks.lora"),
+    ({"unet_lr": 1e-4, "rank_dropout_scale": True}, ["rank_dropout_scale=true", "unet_lr=0.0001"],
+     "LoRA settings not supported here"),
+    ({"network_module": "networks.dylora"}, ["network_module=networks.dylora"], "network_module networks.dylora: "
+     "not imported (only networks.lora (LoRA) and lycoris.kohya (LyCORIS)"),
 ])
 def test_values_we_cannot_take_are_listed_with_a_note(raw, unknown, note):
     result = checked(import_kohya_values(raw))
@@ -335,7 +336,7 @@ def test_values_nested_just_below_the_limit_are_listed(tmp_path):
     ({"sample_prompts": ["/data/prompts.txt"]}, 'sample_prompts ["/data/prompts.txt"]: not imported (expected the '
      "path of a prompt file)"),
     ({"network_module": ["networks.lora"]}, 'network_module ["networks.lora"]: not imported (only networks.lora '
-     "(LoRA) is supported here, not LyCORIS or other network modules)"),
+     "(LoRA) and lycoris.kohya (LyCORIS) are supported here, not other network modules)"),
 ])
 def test_values_of_the_wrong_type_are_listed_with_what_was_expected(raw, note):
     """The GUI showed these as a traceback (TypeError) or imported them wrong ({"a": 1} as the folder "a")."""
@@ -388,7 +389,34 @@ def test_regularization_images_become_prior_preservation_with_a_hint_about_the_c
 def test_an_sd_scripts_lora_config_turns_lora_training_on():
     result = checked(import_kohya_values({"network_module": "networks.lora", "network_dim": 32, "network_alpha": 16},
                                          gui=False))
-    assert result.values == {"train_lora": True, "network_dim": 32, "network_alpha": 16.0}
+    assert result.values == {"network_module": "networks.lora", "train_lora": True, "network_dim": 32,
+                             "network_alpha": 16.0}
+
+
+def test_an_sd_scripts_lycoris_config_gives_the_network_and_its_network_args(tmp_path):
+    path = tmp_path / "lycoris.toml"
+    path.write_text('[additional_network_arguments]\nnetwork_module = "lycoris.kohya"\nnetwork_dim = 8\n'
+                    'network_alpha = 4\nnetwork_args = ["algo=lokr", "conv_dim=4", "conv_alpha=2", "factor=8", '
+                    '"dora_wd=True", "preset=attn-mlp", "rank_dropout=0.1", "use_cp=False", "dropout=0.1", '
+                    '"bogus=1"]\n')
+    result = checked(read_kohya_config(path))
+    assert result.values == {"network_module": "lycoris.kohya", "train_lora": True, "network_dim": 8,
+                             "network_alpha": 4.0, "algo": "lokr", "conv_dim": 4, "conv_alpha": 2.0, "factor": 8,
+                             "dora_wd": True, "network_dropout": 0.1,
+                             "network_args": ["preset=attn-mlp", "rank_dropout=0.1", "use_tucker=False"]}
+    assert result.unknown == ["bogus=1"]
+    validate(TrainConfig, {**result.values, **REQUIRED}, str(path))
+    assert checked(import_kohya_values({"network_module": "lycoris.kohya", "network_args": "algo=lora"},
+                                       gui=False)).values["algo"] == "locon"  # the library's lora is LoCon
+
+
+def test_a_kohya_ss_lycoris_type_gives_the_network_and_the_options_its_form_sets():
+    result = checked(import_kohya_values({"LoRA_type": "LyCORIS/iA3", "network_dim": 8, "LyCORIS_preset": "full",
+                                          "module_dropout": 0.1, "use_tucker": False, "rank_dropout": 0}))
+    assert result.values == {"train_lora": True, "network_module": "lycoris.kohya", "algo": "ia3",
+                             "network_dim": 8, "network_args": ["module_dropout=0.1"]}
+    assert result.unknown == []
+    assert "LoRA_type=Standard" in checked(import_kohya_values({"LoRA_type": "Standard"})).unknown
 
 
 def test_sd_scripts_network_args_and_kohya_ss_fields_give_the_block_weights(tmp_path):
@@ -397,7 +425,8 @@ def test_sd_scripts_network_args_and_kohya_ss_fields_give_the_block_weights(tmp_
                     'network_args = ["down_lr_weight=sine+0.5", "mid_lr_weight=2", "up_lr_weight=0,0,1", '
                     '"block_lr_zero_threshold=0.1", "block_dims=' + ",".join(["4"] * 25) + '"]\n')
     result = read_kohya_config(path)
-    assert result.values == {"train_lora": True, "network_dim": 8, "down_lr_weight": "sine+0.5",
+    assert result.values == {"network_module": "networks.lora", "train_lora": True, "network_dim": 8,
+                             "down_lr_weight": "sine+0.5",
                              "mid_lr_weight": "2", "up_lr_weight": "0,0,1", "block_lr_zero_threshold": 0.1,
                              "block_dims": ",".join(["4"] * 25)}
     assert result.unknown == []
@@ -438,3 +467,31 @@ def test_masked_loss_settings_import(raw, expected, note):
         result = checked(import_kohya_values(raw, gui=gui))
         assert result.values == expected and result.unknown == []
         assert any(n.startswith(note) for n in result.notes) if note else not result.notes
+
+
+def test_a_config_naming_a_dataset_config_imports_its_subsets(tmp_path):
+    for name in ("alice", "reg"):
+        (tmp_path / name).mkdir()
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text("[general]\nshuffle_caption = true\n[[datasets]]\nresolution = 512\n"
+                       "[[datasets.subsets]]\nimage_dir = 'alice'\nnum_repeats = 10\nclass_tokens = 'sks girl'\n"
+                       "[[datasets.subsets]]\nimage_dir = 'reg'\nis_reg = true\n", encoding="utf-8")
+    expected = [{"image_dir": str(tmp_path / "alice"), "num_repeats": 10, "is_reg": False, "class_tokens": "sks girl",
+                 "shuffle_caption": True, "resolution": "512,512"},
+                {"image_dir": str(tmp_path / "reg"), "num_repeats": 1, "is_reg": True, "shuffle_caption": True,
+                 "resolution": "512,512"}]
+    gui = tmp_path / "kohya_ss.json"
+    gui.write_text(json.dumps({"dataset_config": str(dataset), "train_data_dir": "", "learning_rate": "1e-4"}))
+    sd_scripts = tmp_path / "run.toml"
+    sd_scripts.write_text(f"[training_arguments]\ndataset_config = '{dataset.as_posix()}'\n", encoding="utf-8")
+    for path in (gui, sd_scripts):
+        result = checked(read_kohya_config(path))
+        assert [s.model_dump(exclude_none=True) for s in result.values["subsets"]] == expected
+        assert result.unknown == []
+        assert any(note.startswith("dataset_config") and "subsets table" in note for note in result.notes)
+        cfg = validate(TrainConfig, {**REQUIRED, **result.values, "train_data_dir": []}, str(path))
+        assert [s.num_repeats for s in cfg.subsets] == [10, 1] and cfg.subsets[1].is_reg
+
+    missing = import_kohya_values({"dataset_config": str(tmp_path / "gone.toml")})
+    assert "subsets" not in missing.values and [entry.split("=")[0] for entry in missing.unknown] == ["dataset_config"]
+    assert "file not found" in missing.notes[0]
