@@ -11,7 +11,7 @@ from core.config.conditions import Condition
 
 SCHEMA_VERSION = 2  # presets and run configs of older versions are migrated (core/config/presets.py)
 
-Widget = Literal["dir", "dirs", "file", "files", "text", "textarea"]
+Widget = Literal["dir", "dirs", "file", "files", "text", "textarea", "block_weights"]
 
 
 WorkspaceSlot = Literal["dataset", "model", "output"]

@@ -16,6 +16,7 @@ Target presets, per part (a module is adapted when its name ends with one of the
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -49,12 +50,18 @@ def target_modules(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
             and any(name == s or name.endswith("." + s) for s in suffixes)]
 
 
-def _inject(model: nn.Module, names: list[str], rank: int, alpha: float, dropout: float) -> None:
+def _inject(model: nn.Module, names: list[str], rank: int, alpha: float, dropout: float,
+            ranks: dict[str, tuple[int, float]] | None = None) -> None:
     from peft import LoraConfig
 
+    ranks = {n: ranks.get(n, (rank, alpha)) for n in names} if ranks else {}
+    if ranks:  # the most common rank and alpha as the config's: peft matches each pattern against each module
+        rank, alpha = (Counter(values).most_common(1)[0][0] for values in zip(*ranks.values()))
     model.requires_grad_(False)
     model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                 init_lora_weights="gaussian", target_modules=names))
+                                 init_lora_weights="gaussian", target_modules=names,
+                                 rank_pattern={n: r for n, (r, _) in ranks.items() if r != rank},
+                                 alpha_pattern={n: a for n, (_, a) in ranks.items() if a != alpha}))
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
 
@@ -64,15 +71,18 @@ def _suffixes(targets: str, part: str) -> tuple[str, ...]:
 
 
 def add_lora(parts: dict[str, nn.Module], rank: int = 16, alpha: float = 16.0, dropout: float = 0.0,
-             targets: str = "attention") -> dict[str, list[str]]:
+             targets: str = "attention", ranks: dict[str, dict[str, tuple[int, float]]] | None = None
+             ) -> dict[str, list[str]]:
     """Add a LoRA adapter (up weights zero: outputs unchanged) to each of `parts` (the U-Net and
-    any text encoders); freeze everything else in them. Returns the adapted module names per part."""
+    any text encoders); freeze everything else in them. `ranks`: part -> module -> its own (rank,
+    alpha) (block_dims; rank 0: no adapter). Returns the adapted module names per part."""
     if targets not in TARGETS:
         raise ValueError(f"unknown LoRA targets {targets!r}; expected one of {sorted(TARGETS)}")
     adapted = {}
     for part, model in parts.items():
-        adapted[part] = target_modules(model, _suffixes(targets, part))
-        _inject(model, adapted[part], rank, alpha, dropout)
+        own = (ranks or {}).get(part, {})
+        adapted[part] = [n for n in target_modules(model, _suffixes(targets, part)) if own.get(n, (rank,))[0] > 0]
+        _inject(model, adapted[part], rank, alpha, dropout, {n: own[n] for n in adapted[part] if n in own})
     return adapted
 
 
@@ -82,8 +92,9 @@ def _peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(model, adapter_name=ADAPTER)
 
 
-def _adapter_alpha(model: nn.Module) -> float:
-    return float(model.peft_config[ADAPTER].lora_alpha)
+def _module_alpha(model: nn.Module, module: str) -> float:
+    """The alpha peft gave an adapted module (its LoraConfig's alpha, or its alpha_pattern entry)."""
+    return float(model.get_submodule(module).lora_alpha[ADAPTER])
 
 
 def kohya_prefixes(sdxl: bool) -> dict[str, str]:
@@ -101,17 +112,32 @@ def kohya_name(prefix: str, module: str) -> str:
 
 def lora_state_dict_kohya(parts: dict[str, nn.Module], sdxl: bool = False,
                           alpha: float | None = None) -> dict[str, torch.Tensor]:
-    """The adapters of `parts` as a kohya state dict; `alpha` defaults to the one each adapter was
-    made with."""
+    """The adapters of `parts` as a kohya state dict; `alpha` defaults to the one each module was
+    made with (block_alphas may give modules their own)."""
     out = {}
     prefixes = kohya_prefixes(sdxl)
     for part, model in parts.items():
-        model_alpha = _adapter_alpha(model) if alpha is None else alpha
         for key, value in _peft_state_dict(model).items():
             module, kind = key.rsplit(".lora_", 1)
             name = kohya_name(prefixes[part], module)
             out[f"{name}.lora_{'down' if kind == 'A.weight' else 'up'}.weight"] = value.detach().contiguous()
-            out[f"{name}.alpha"] = torch.tensor(model_alpha)
+            out[f"{name}.alpha"] = torch.tensor(_module_alpha(model, module) if alpha is None else alpha)
+    return out
+
+
+def one_alpha(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A kohya state dict whose modules have different alphas (block_alphas) with the most common one for
+    all: each other module's lora_up is scaled by its alpha / that alpha, so every update stays the same.
+    diffusers' load_lora_weights (0.42) gives every module of a kohya SD file one alpha."""
+    alphas = {key: value for key, value in state_dict.items() if key.endswith(".alpha")}
+    if len({value.item() for value in alphas.values()}) < 2:
+        return state_dict
+    common = Counter(value.item() for value in alphas.values()).most_common(1)[0][0]
+    out = dict(state_dict)
+    for key, value in alphas.items():
+        up = key.removesuffix(".alpha") + ".lora_up.weight"
+        out[up] = (state_dict[up].float() * (value.item() / common)).to(state_dict[up].dtype)
+        out[key] = torch.tensor(common)
     return out
 
 
@@ -134,7 +160,7 @@ def save_lora(path: str | Path, parts: dict[str, nn.Module], sdxl: bool = False,
     from safetensors.torch import save_file
 
     path = Path(path)
-    state_dict = lora_state_dict_kohya(parts, sdxl, alpha) if fmt == "kohya" else None
+    state_dict = one_alpha(lora_state_dict_kohya(parts, sdxl, alpha)) if fmt == "kohya" else None
     with atomic_path(path, saved_bytes(state_dict.values()) if state_dict else None) as tmp:
         if fmt == "kohya":
             save_file(state_dict, str(tmp), metadata=kohya_metadata(state_dict, metadata))

@@ -2,6 +2,7 @@
 samples, model saves (raw, EMA, best) with resumable states, and honouring a stop request."""
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
@@ -9,6 +10,7 @@ from typing import Literal
 import torch
 
 from core.config import TrainConfig
+from core.config.block_weights import BLOCK_SETTINGS
 from core.jobs.protocol import JobContext
 from core.models.lora import save_lora
 from core.models.sd import save_sd_model
@@ -165,4 +167,10 @@ def _metadata(cfg: TrainConfig, position: Position) -> dict:
             "train_text_encoder", "train_batch_size", "gradient_accumulation_steps", "optimizer_type", "lr_scheduler",
             "mixed_precision", "clip_skip", "max_token_length", "max_resolution", "seed", "use_ema")
     return {"ss_training_steps": position.global_step, "ss_epoch": position.epoch,
-            **{f"ss_{k}": getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}}
+            **{f"ss_{k}": getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}, **_network_args(cfg)}
+
+
+def _network_args(cfg: TrainConfig) -> dict:
+    """sd-scripts' ss_network_args (JSON) of a LoRA with block settings."""
+    args = {name: str(getattr(cfg, name)) for name in BLOCK_SETTINGS if getattr(cfg, name)}
+    return {"ss_network_args": json.dumps(args)} if cfg.train_lora and args else {}

@@ -77,9 +77,20 @@ def set_trainable(model, train_unet: bool, text_encoders: list[str], unet_blocks
     return trained
 
 
-def param_groups(trained: dict[str, list[torch.nn.Parameter]], lr: float, te_rates: dict[str, float]) -> list[dict]:
-    """Optimizer groups: the U-Net at `lr`, each text encoder at its rate (U-Net first)."""
-    return [{"params": params, "lr": lr if part == "unet" else te_rates[part]} for part, params in trained.items()]
+def param_groups(trained: dict[str, list[torch.nn.Parameter]], lr: float, te_rates: dict[str, float],
+                 unet_blocks: dict[int, tuple[int, float]] | None = None) -> list[dict]:
+    """Optimizer groups: the U-Net at `lr`, each text encoder at its rate (U-Net first). `unet_blocks`
+    (block-weighted LoRA: U-Net parameter id -> (block, lr weight)): one U-Net group per block at lr x weight."""
+    groups = []
+    for part, params in trained.items():
+        if part == "unet" and unet_blocks:
+            by_block: dict[tuple[int, float], list[torch.nn.Parameter]] = {}
+            for p in params:
+                by_block.setdefault(unet_blocks[id(p)], []).append(p)
+            groups += [{"params": ps, "lr": lr * weight} for (_, weight), ps in sorted(by_block.items())]
+        else:
+            groups.append({"params": params, "lr": lr if part == "unet" else te_rates[part]})
+    return groups
 
 
 def text_encoder_stop_step(value: float, total_steps: int) -> int | None:
@@ -90,10 +101,11 @@ def text_encoder_stop_step(value: float, total_steps: int) -> int | None:
 
 
 def add_lora_adapters(model, text_encoders: list[str], rank: int, alpha: float, dropout: float, targets: str,
-                      clip_skip: int) -> dict[str, list[torch.nn.Parameter]]:
+                      clip_skip: int, ranks: dict | None = None) -> dict[str, list[torch.nn.Parameter]]:
     """LoRA mode: adapters on the U-Net (and the named text encoders), everything else frozen;
-    returns the adapter parameters by part (those of layers that never reach the loss stay frozen)."""
-    add_lora({part: getattr(model, part) for part in ("unet", *text_encoders)}, rank, alpha, dropout, targets)
+    returns the adapter parameters by part (those of layers that never reach the loss stay frozen).
+    `ranks`: modules' own (rank, alpha), as add_lora takes them (block_lr.block_ranks)."""
+    add_lora({part: getattr(model, part) for part in ("unet", *text_encoders)}, rank, alpha, dropout, targets, ranks)
     trained = {"unet": [p for p in model.unet.parameters() if p.requires_grad]}
     for part in text_encoders:
         reached = {id(p) for p in reached_parameters(model, part, clip_skip)}
