@@ -169,7 +169,7 @@ def test_an_existing_output_is_never_replaced(sd1, tmp_path):
     (lambda p: p, "no such LoRA file"),
     (lambda p: _write(p, b"not safetensors"), "not a readable .safetensors"),
     (lambda p: _save(p, {"lora_unet_x.hada_w1_a": torch.zeros(2, 2), "lora_unet_x.hada_w1_b": torch.zeros(2, 2)}),
-     "LyCORIS LoHa"),
+     "1 of 1 LyCORIS modules match no module of the model .*lora_unet_x"),
     (lambda p: _save(p, {"model.diffusion_model.out.2.weight": torch.zeros(2)}), "not a LoRA file"),
     (lambda p: _save(p, {"lora_unet_no_such_block.lora_down.weight": torch.zeros(RANK, 32),
                          "lora_unet_no_such_block.lora_up.weight": torch.zeros(32, RANK)}),

@@ -8,10 +8,11 @@ from core.config.schema import param
 
 
 class MergeLoraConfig(SaveSettings, ModelSettings):  # bases in reverse display order
-    """Merge one or more LoRA files (kohya, sd-scripts SDXL or diffusers format) into a base model."""
+    """Merge one or more LoRA or LyCORIS files (kohya, sd-scripts SDXL, diffusers, LyCORIS) into a base model."""
     lora_models: list[str] = param(
         [], "LoRA .safetensors files to merge, one per line, in order (kohya / AUTOMATIC1111 files, "
-        "sd-scripts SDXL files, or diffusers files).", label="LoRA files", widget="files", group="LoRA")
+        "sd-scripts SDXL files, diffusers files, or LyCORIS files: LoCon, LoHa, LoKr, (IA)^3, DoRA).",
+        label="LoRA files", widget="files", group="LoRA")
     ratios: list[float] = param(
         [], "Multiplier of each LoRA, one per line in the same order (empty: 1 for each). 0.5 adds half its "
         "effect, a negative value subtracts it.", label="LoRA strengths", group="LoRA")

@@ -198,7 +198,8 @@ def read_lora(path: str | Path, sdxl: bool) -> dict[str, torch.Tensor]:
     """A LoRA file as a kohya state dict for merge_lora_into: kohya / A1111 / sd-scripts files as
     they are, diffusers files (`unet.` / `text_encoder.` prefixed peft `lora_A` / `lora_B` keys, alpha
     from the adapter metadata diffusers writes) renamed; `sdxl` picks the text encoders' names.
-    ValueError naming the file for anything else (LyCORIS LoHa/LoKr/OFT, DoRA, not a LoRA)."""
+    ValueError naming the file for anything else (LyCORIS LoHa/LoKr/(IA)^3/OFT/DoRA files are read by
+    core.models.lycoris_net.read_lycoris)."""
     path = Path(path).expanduser()
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: only .safetensors LoRA files can be merged (a pickled .pt/.ckpt LoRA can "
@@ -209,10 +210,6 @@ def read_lora(path: str | Path, sdxl: bool) -> dict[str, torch.Tensor]:
         state_dict, metadata = load_lora_kohya(path)
     except Exception as err:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable .safetensors file ({err})") from err
-    for key in state_dict:
-        if marks := set(key.split(".")) & LYCORIS_MARKS.keys():
-            raise ValueError(f"{path}: a LyCORIS {LYCORIS_MARKS[marks.pop()]} file ({key}); only LoRA / LoCon "
-                             "files can be merged")
     if any(key.endswith(".lora_down.weight") for key in state_dict):
         return state_dict
     if any(key.endswith((".lora_A.weight", ".lora_B.weight")) for key in state_dict):

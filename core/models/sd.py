@@ -54,6 +54,7 @@ class SDModel:
     scheduler: object = None   # the model's inference scheduler, saved with it
     text_encoder_2: object = None  # SDXL only (CLIPTextModelWithProjection)
     tokenizer_2: object = None
+    network: object = None     # a LyCORIS run's network (core/models/lycoris_net.py), saved instead of a LoRA
 
 
 @dataclass(frozen=True)

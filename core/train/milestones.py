@@ -13,11 +13,13 @@ from core.config import TrainConfig
 from core.config.block_weights import BLOCK_SETTINGS
 from core.jobs.protocol import JobContext
 from core.models.lora import save_lora
+from core.models.lycoris_net import save_network
 from core.models.sd import save_sd_model
 from core.train import checkpoints
 from core.train.checkpoints import BEST_SUFFIX, EMA_SUFFIX, Position, model_file
 from core.train.conditioning import PromptEncoder
 from core.train.ema import EMA
+from core.train.lycoris import network_metadata
 from core.train.samples import SamplePrompt, generate_samples
 from core.train.trainable import lora_parts
 from core.train.validation import Plateau, scale_learning_rates, validation_loss
@@ -97,7 +99,10 @@ class Milestones:
     def _write_model(self, suffix: str) -> None:
         cfg, position, model = self.cfg, self.position, self.model
         path = model_file(cfg, suffix)
-        if cfg.train_lora:
+        if cfg.train_lora and model.network is not None:
+            save_network(path, model.network, {**{k: str(v) for k, v in _metadata(cfg, position).items()},
+                                               **network_metadata(cfg)})
+        elif cfg.train_lora:
             save_lora(path, lora_parts(model), model.arch == "sdxl",
                       metadata={k: str(v) for k, v in _metadata(cfg, position).items()}, fmt=cfg.lora_save_format)
         else:
