@@ -431,3 +431,18 @@ def test_check_settings_counts_a_cache_without_masks_as_stale(kit, tmp_path):
     assert count_stale_latents(cfg, assignments) == len(assignments)
     cache_run(cache_cfg(kit, data, tmp_path, masked_loss=True, conditioning_data_dir=str(masks)), tmp_path / "r2")
     assert count_stale_latents(cfg, assignments) == 0
+
+
+def test_check_settings_warns_about_images_without_a_mask(kit, tmp_path):
+    from core.train.preflight import check_dataset
+
+    data, masks = masked_dataset(tmp_path, kit)
+    first = dataset_images(data)[0]
+    (masks / f"{first.stem}.png").unlink()
+    problems, assignments = check_dataset(item_values(kit, data, masks, tmp_path))
+    [warning] = [p for p in problems if p.field == "conditioning_data_dir"]
+    assert warning.severity == "warning"
+    assert f"1 of {len(assignments)} images have no mask in {masks}" in warning.message
+    assert first.name in warning.message
+    problems, _ = check_dataset(item_values(kit, data, masks, tmp_path).model_copy(update={"masked_loss": False}))
+    assert not [p for p in problems if p.field == "conditioning_data_dir"]

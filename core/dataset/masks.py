@@ -77,6 +77,9 @@ class MaskFinder:
         """The image's mask source; ImageError (for the image) when the mask folder has no mask for it."""
         image = Path(image)
         if self.folder is not None:
+            if not self.folder.is_dir():
+                raise ImageError(image, f"the mask folder (conditioning_data_dir) {self.folder} does not exist: "
+                                        "choose the folder that holds the masks")
             path = self.files().get(image.stem)
             if path is None:
                 raise ImageError(image, f"no mask for it in the mask folder (conditioning_data_dir) {self.folder}: "

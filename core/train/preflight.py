@@ -142,7 +142,22 @@ def check_dataset(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignmen
         problems.append(Problem("caption_extension", f"{uncaptioned} of {len(assignments)} images have no "
                                 f"{cfg.caption_extension} caption file and train with an empty caption: "
                                 "caption them first, or check caption_extension", "warning"))
+    problems += missing_mask_problems(cfg, assignments)
     return problems, assignments
+
+
+def missing_mask_problems(cfg: TrainConfig, assignments: list[BucketAssignment]) -> list[Problem]:
+    """With masked_loss and a mask folder: a warning for the images that have no mask there (they are skipped)."""
+    masks = mask_finder(cfg)
+    if masks.folder is None or not masks.folder.is_dir():
+        return []  # no folder (start_checks reports a missing one)
+    missing = [a.path for a in assignments if a.path.stem not in masks.files()]
+    if not missing:
+        return []
+    return [Problem("conditioning_data_dir", f"{len(missing)} of {len(assignments)} images have no mask in "
+                    f"{masks.folder} (a mask image with the same file stem), e.g. {missing[0].name}: they are "
+                    "skipped; add their masks, or run the Dataset tab's scan with this folder for the list",
+                    "warning")]
 
 
 def check_subsets(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignment], int]:
@@ -154,6 +169,9 @@ def check_subsets(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignmen
     except ConfigError as err:
         return [Problem(field, str(err))], [], 0
     problems, training, missing, class_repeats = [], [], 0, []
+    if cfg.train_data_dir:
+        problems.append(Problem("train_data_dir", f"not used: the {field} give the images (as sd-scripts ignores "
+                                "train_data_dir with a dataset config); clear it to silence this", "warning"))
     for source in found:
         folder = source.cfg.train_data_dir[0]
         if missing_folder := _folder_problems(field, [folder], ""):
@@ -170,7 +188,7 @@ def check_subsets(cfg: TrainConfig) -> tuple[list[Problem], list[BucketAssignmen
         else:
             training += assignments
         missing += count_stale_latents(source.cfg, assignments) if cfg.cache_latents else 0
-    if problems:
+    if any(p.severity == "error" for p in problems):
         return problems, training, missing
     problems += data_problems(cfg.model_copy(update={"train_data_dir": [s.cfg.train_data_dir[0] for s in found]}),
                               len(training), None)
