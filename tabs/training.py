@@ -202,6 +202,9 @@ def build(blocks: gr.Blocks) -> TrainingPage:
             cfg = validate(TrainConfig, values, "settings")
         except ConfigError as err:
             return {cache_panel.status: f"**Invalid settings:**\n\n```\n{err}\n```"}
+        if cfg.uses_subsets:
+            return {cache_panel.status: "With dataset subsets, *Start training* builds each subset's latent cache "
+                                        "(with its own bucket settings) before it trains."}
         return cache_panel.launch({key: getattr(cfg, key) for key in CacheConfig.model_fields})
 
     def do_build_class(*raw):

@@ -267,7 +267,7 @@ def test_zero_repeats_are_left_out_as_in_sd_scripts(tmp_path):
 
 def test_settings_name_the_subset_and_need_one_source(tmp_path):
     folder = make_folder(tmp_path / "alice", 1)
-    with pytest.raises(ConfigError, match="train_data_dir: give at least one folder"):
+    with pytest.raises(ConfigError, match="field 'train_data_dir': give at least one folder"):
         validate(TrainConfig, run_values(tmp_path), "test")
     with pytest.raises(ConfigError, match="both set"):
         validate(TrainConfig, run_values(tmp_path, subsets=[{"image_dir": str(folder)}], dataset_config="x.toml"),

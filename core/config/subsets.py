@@ -6,7 +6,8 @@ its dataset, `[general]` and the command line. The bucket settings (resolution .
 dataset's in sd-scripts: subsets with the same ones form one dataset (core.train.subsets)."""
 from __future__ import annotations
 
-from pydantic import field_validator, model_validator
+from pydantic import ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.config.dataset import DATA, _non_empty_paths, parse_resolution
 from core.config.schema import JobConfig, param
@@ -95,12 +96,31 @@ class SubsetSettings(JobConfig):
     def _check_dirs(cls, value: list[str]) -> list[str]:
         return _non_empty_paths(value) if value else []
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _some_folder(cls, data, handler):
+        """No train_data_dir and no subsets: an error on train_data_dir, reported with the other fields' errors (an
+        "after" check would wait until they are fixed)."""
+        missing = isinstance(data, dict) and not data.get("train_data_dir") and not data.get("subsets") and \
+            not str(data.get("dataset_config") or "").strip()
+        problem = InitErrorDetails(type=PydanticCustomError("value_error", "Value error, give at least one folder "
+                                                            "(or dataset subsets: subsets or dataset_config)"),
+                                   loc=("train_data_dir",), input=data.get("train_data_dir", []) if missing else None)
+        try:
+            model = handler(data)
+        except ValidationError as err:
+            if missing and not any(e["loc"][:1] == ("train_data_dir",) for e in err.errors()):
+                found = [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {}))
+                         for e in err.errors()]
+                raise ValidationError.from_exception_data(err.title, [*found, problem]) from None
+            raise
+        if missing:
+            raise ValidationError.from_exception_data(cls.__name__, [problem])
+        return model
+
     @model_validator(mode="after")
     def _one_source(self):
         if self.subsets and self.dataset_config.strip():
             raise ValueError("subsets and dataset_config are both set: use one (import the TOML into the subsets "
                              "table, or clear the table)")
-        if not self.uses_subsets and not getattr(self, "train_data_dir", True):
-            raise ValueError("train_data_dir: give at least one folder (or dataset subsets: subsets / "
-                             "dataset_config)")
         return self
