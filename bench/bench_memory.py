@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Row, bench_env, print_rows  # noqa: E402
+from bench.common import Row, bench_env, current_rss, peak_rss, print_rows  # noqa: E402
 
 QUICK = ["--images", "40"]
 
@@ -37,31 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def current_rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def peak_rss() -> int:
-    """High-water resident memory of this process, in bytes.
-
-    On Linux VmHWM is read, not getrusage's ru_maxrss: that one survives exec, so a child
-    started from a big parent reports the parent's size."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    try:
-        import resource
-    except ImportError:  # Windows
-        import psutil
-
-        return psutil.Process().memory_info().peak_wset
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
 def draw_small_dataset(folder: Path, count: int, side: int) -> None:

@@ -163,8 +163,9 @@ def test_refused_where_it_cannot_work_naming_the_field(kit, tmp_path, settings, 
 
 
 def test_allowed_with_adafactor_in_one_process_and_text_encoder_or_bf16(kit, tmp_path):
-    cfg = validate(TrainConfig, train_values(kit, tmp_path / "out", fused_backward_pass=True, optimizer_type="Adafactor",
-                                             mixed_precision="bf16", full_bf16=True, train_text_encoder=True), "test")
+    values = train_values(kit, tmp_path / "out", fused_backward_pass=True, optimizer_type="Adafactor",
+                          mixed_precision="bf16", full_bf16=True, train_text_encoder=True)
+    cfg = validate(TrainConfig, values, "test")
     assert not fused_backward_problems(cfg, 1)
 
 
