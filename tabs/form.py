@@ -10,6 +10,7 @@ import gradio as gr
 from pydantic import BaseModel
 
 from core.config import FACTS, FieldKind, driving_fields, field_kind, field_meta, why_hidden
+from tabs.block_sliders import BlockSliders
 from tabs.table_editor import TableEditor, records_of, rows_of
 
 GRID = "sf-grid"  # tabs/static/form.css lays these rows out as a grid of 2-4 columns
@@ -82,6 +83,7 @@ class SchemaForm:
         for name in self.names:
             self.sections.setdefault(self.metas[name]["group"], []).append(name)
         self.components: dict[str, gr.components.Component] = {}
+        self.companions: dict[str, list] = {}  # field -> what its widget added, shown and hidden with it
         self.notes: dict[str, tuple[gr.Markdown, list[str]]] = {}  # section -> its note and the fields it lists
         self.more: dict[str, gr.Accordion] = {}  # section -> its folded "More settings"
         self.tabs: gr.Tabs | None = None
@@ -121,6 +123,9 @@ class SchemaForm:
                     self.metas[name]["label"], name not in self._hidden_now)
                 if name in self.extras:
                     self.extras[name](self.components[name])
+                if self.kinds[name].widget == "block_weights":
+                    self.companions[name] = [BlockSliders(self.components[name], name, self.facts,
+                                                          name not in self._hidden_now).row]
 
     def render_essentials(self, exclude: tuple[str, ...] = ()) -> None:
         """The essential fields (those not in `exclude`) in one grid, outside their sections."""
@@ -168,13 +173,17 @@ class SchemaForm:
         """The updates for `values` (the form's values plus the workspace facts): each conditional field shown or
         hidden (its value untouched), then each section's note; in `condition_outputs` order."""
         hidden = self.hidden(values)
-        return ([gr.update(visible=n not in hidden) for n in self.conditional()] +
+        return ([gr.update(visible=n not in hidden) for n in self.conditional() for _ in self._with_companions(n)] +
                 [gr.update(value=text, visible=bool(text)) for text in (self.note(ns, hidden) for _, ns in
                                                                         self.notes.values())])
 
     @property
     def condition_outputs(self) -> list:
-        return [*(self.components[n] for n in self.conditional()), *(note for note, _ in self.notes.values())]
+        return [*(c for n in self.conditional() for c in self._with_companions(n)),
+                *(note for note, _ in self.notes.values())]
+
+    def _with_companions(self, name: str) -> list:
+        return [self.components[name], *self.companions.get(name, [])]
 
     def _wire_conditions(self) -> None:
         if not self.conditional():

@@ -245,3 +245,55 @@ def test_a_zero_weight_block_does_not_change_in_a_run(kit, tmp_path):
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert {k.split(".")[0] for k in changed} == {"down_blocks", "mid_block", "up_blocks"}
+
+
+def test_sliders_follow_the_field_and_the_model_and_write_numbers_back():
+    from tabs.block_sliders import field_text, slider_updates
+
+    sd = slider_updates("sine", "down", {"model_arch": "sd1"})
+    assert len(sd) == 12 and all(u["visible"] for u in sd)
+    assert [u["label"] for u in sd[:2]] == ["IN00", "IN01"] and sd[11]["value"] == pytest.approx(1.0)
+    xl = slider_updates("sine", "down", {"model_arch": "sdxl"})
+    assert [u["visible"] for u in xl] == [True] * 9 + [False] * 3 and xl[8]["value"] == pytest.approx(1.0)
+    mid = slider_updates("", "mid", {"model_arch": "sdxl"})
+    assert [(u["label"], u["value"]) for u in mid] == [("M00", 1.0), ("M01", 1.0), ("M02", 1.0)]
+    assert [u["visible"] for u in slider_updates("", "mid", None)] == [True, False, False]  # no model yet: SD
+    assert slider_updates("0,3", "up", None)[1]["value"] == 2.0  # beyond the sliders' range: at their end
+    assert slider_updates("sawtooth", "up", None) == [{"__type__": "update"}] * 12  # left as typed
+    assert field_text("down", {"model_arch": "sdxl"}, *([0.5] * 9 + [1.0] * 3)) == ",".join(["0.5"] * 9)
+    assert field_text("mid", None, 0.25, 1, 1) == "0.25"
+
+
+def test_the_training_form_has_slider_rows_that_hide_with_their_field_and_presets_round_trip(studio_home):
+    import gradio as gr
+
+    from core.config.presets import find_preset
+    from tabs.form import SchemaForm
+    from tabs.preset_bar import PresetBar
+
+    with gr.Blocks() as blocks:
+        bar = PresetBar("train")
+        form = SchemaForm(TrainConfig, layout="tabs")
+        bar.wire(form, blocks)
+    rows = {name: form.companions[name][0] for name in ("down_lr_weight", "mid_lr_weight", "up_lr_weight")}
+    assert rows["down_lr_weight"].elem_id == "TrainConfig-down_lr_weight-sliders"
+    sliders = {name: [b for b in blocks.blocks.values() if isinstance(b, gr.Slider)
+                      and b.elem_id.startswith(f"TrainConfig-{name}-")] for name in rows}
+    assert [len(s) for s in sliders.values()] == [12, 3, 12]
+    assert [s.label for s in sliders["mid_lr_weight"]] == ["M00", None, None]  # SD until a model is chosen
+    hidden = dict(zip(form.condition_outputs, form.apply({"train_lora": False})))
+    assert hidden[rows["up_lr_weight"]]["visible"] is False and hidden[form.components["up_lr_weight"]]["visible"] is False
+    shown = dict(zip(form.condition_outputs, form.apply({"train_lora": True, "network_module": "networks.lora"})))
+    assert shown[rows["up_lr_weight"]]["visible"] is True
+
+    blocks_values = {"train_lora": True, "down_lr_weight": "sine+0.25", "mid_lr_weight": "0.5",
+                     "up_lr_weight": "1,1,0,,0.5", "block_lr_zero_threshold": 0.1, "block_dims": ",".join(["8"] * 25),
+                     "conv_block_alphas": ",".join(["1.5"] * 23)}
+    raw = form.show(blocks_values)
+    assert "Saved" in bar.do_save_as("Blocks", *raw)[1]
+    path = find_preset("train", "Blocks").path
+    first = path.read_bytes()
+    loaded = bar.do_load("Blocks")[:-1]
+    assert "Saved" in bar.do_save("Blocks", *loaded)[1]
+    assert path.read_bytes() == first
+    assert {k: find_preset("train", "Blocks").values[k] for k in blocks_values} == blocks_values

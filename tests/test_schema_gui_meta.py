@@ -6,6 +6,7 @@ import pytest
 from trainkit import events, train, train_values
 
 from core.config import FACTS, TrainConfig, driving_fields, field_meta, validate, why_hidden
+from core.config.block_weights import BLOCK_SETTINGS
 from core.config.conditions import above, any_of, when, when_not, why_not
 from core.config.search import search_fields
 from core.jobs.registry import JOBS
@@ -70,8 +71,10 @@ def _hidden(values: dict) -> set[str]:
     return {n for n in TrainConfig.model_fields if why_hidden(TrainConfig, n, full)}
 
 
-LORA = {"network_dim", "network_alpha", "network_dropout", "lora_targets", "lora_save_format"}
-DEFAULT_HIDDEN = LORA | {
+LORA = {"network_dim", "network_alpha", "network_dropout", "lora_targets", "lora_save_format", "network_module",
+        *BLOCK_SETTINGS}
+LYCORIS = {"algo", "conv_dim", "conv_alpha", "factor", "dora_wd", "network_args"}
+DEFAULT_HIDDEN = LORA | LYCORIS | {
     "full_fp16", "full_bf16", "learning_rate_te", "learning_rate_te1", "learning_rate_te2",
     "stop_text_encoder_training", "ema_decay", "ema_update_every", "ema_on_cpu", "ema_save",
     "huber_c", "huber_schedule", "noise_offset_random_strength", "multires_noise_discount",
@@ -87,6 +90,11 @@ DEFAULT_HIDDEN = LORA | {
 @pytest.mark.parametrize("case, values, shown, hidden", [
     ("defaults, no model chosen", {}, set(), set()),
     ("LoRA", {"train_lora": True}, LORA, {"save_model_as", "save_precision", "unet_blocks"}),
+    ("LyCORIS LoKr", {"train_lora": True, "network_module": "lycoris.kohya", "algo": "lokr"}, LORA | LYCORIS,
+     {"save_model_as", "save_precision", "unet_blocks", "lora_targets", "lora_save_format", *BLOCK_SETTINGS}),
+    ("LyCORIS (IA)^3", {"train_lora": True, "network_module": "lycoris.kohya", "algo": "ia3"}, LORA | LYCORIS,
+     {"save_model_as", "save_precision", "unet_blocks", "lora_targets", "lora_save_format", "conv_dim",
+      "conv_alpha", "factor", "dora_wd", *BLOCK_SETTINGS}),
     ("huber loss", {"loss_type": "huber"}, {"huber_c", "huber_schedule"}, set()),
     ("smooth_l1 loss", {"loss_type": "smooth_l1"}, {"huber_c", "huber_schedule"}, set()),
     ("SDXL model", {"model_arch": "sdxl"}, set(), {"clip_skip"}),
@@ -158,7 +166,8 @@ def test_search_finds_by_name_label_or_help(query, first):
 def test_search_ranks_names_and_labels_before_help_and_returns_what_the_form_shows():
     found = search_fields(TrainConfig, "rank")
     names = [m.name for m in found]
-    assert names[:2] == ["network_dim", "machine_rank"] and "network_alpha" in names[2:]  # alpha: help only
+    assert names[0] == "network_dim"  # names and labels, then help only (alpha)
+    assert {"machine_rank", "block_dims", "conv_block_dims"} <= set(names[1:names.index("network_alpha")])
     assert found[0].label == "LoRA rank" and found[0].group == "LoRA" and not found[0].advanced
     assert "rank" in found[0].help.lower()
     assert all("gamma" in (m.name + m.label + m.help).lower() and "snr" in (m.name + m.label + m.help).lower()
