@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from core.config import ConfigError, TrainConfig, parse_resolution, validate_partial
 from core.config.dataset_toml import read_dataset_config
+from core.config.lycoris import kohya_network_pairs
 
 
 @dataclass
@@ -90,10 +91,11 @@ def _text_encoder_rate(value: Any) -> Any:
     return None if _is_zero(value) else value
 
 
-def _lora_module(value: Any) -> bool:
-    if not isinstance(value, str) or value.strip() != "networks.lora":
-        raise ValueError("only networks.lora (LoRA) is supported here, not LyCORIS or other network modules")
-    return True
+def _network_module(value: Any) -> str:
+    if not isinstance(value, str) or value.strip() not in ("networks.lora", "lycoris.kohya"):
+        raise ValueError("only networks.lora (LoRA) and lycoris.kohya (LyCORIS) are supported here, not other "
+                         "network modules")
+    return value.strip()
 
 
 def _dataset_subsets(value: Any) -> list:
@@ -110,7 +112,7 @@ def _dataset_subsets(value: Any) -> list:
 RULES: dict[str, Rule] = {
     "dataset_config": Rule("subsets", _dataset_subsets, hint=" (its subsets, in the subsets table; train_data_dir "
                            "is not used with them, as in sd-scripts; a batch_size in the file is not imported)"),
-    "network_module": Rule("train_lora", _lora_module),
+    "network_module": Rule("network_module", _network_module),
     "train_data_dir": Rule("train_data_dir", _folders),
     "image_folder": Rule("train_data_dir", _folders),  # kohya_ss fine-tune tab
     "resolution": Rule("max_resolution", _resolution),
@@ -229,7 +231,7 @@ def import_kohya_values(raw: dict | list[tuple[str, Any]], gui: bool = True,
     sd-scripts (steps, a prompt file). ConfigError, naming `source`, only when they nest too deep."""
     pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
     _check_depth([value for _, value in pairs], source)
-    pairs = _network_args(pairs)
+    pairs = kohya_network_pairs(_network_args(pairs))
     rules = RULES | GUI_RULES if gui else RULES
     result = KohyaImport()
     found: dict[str, list[tuple[str, Any, Any, Rule]]] = {}  # target -> [(key, raw, typed, rule)]
