@@ -446,3 +446,30 @@ def test_check_settings_warns_about_images_without_a_mask(kit, tmp_path):
     assert first.name in warning.message
     problems, _ = check_dataset(item_values(kit, data, masks, tmp_path).model_copy(update={"masked_loss": False}))
     assert not [p for p in problems if p.field == "conditioning_data_dir"]
+
+
+def test_start_checks_read_each_subsets_own_mask_settings(kit, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    folder = str(kit / "dataset" / "5_demo")
+
+    def problems(*subsets, **run):
+        values = train_values(kit, tmp_path, train_data_dir=[], masked_loss=True, subsets=list(subsets), **run)
+        return [(p.field, p.message.split(":")[0]) for p in mask_problems(validate(TrainConfig, values, "test"))]
+
+    assert problems({"image_dir": folder, "conditioning_data_dir": str(masks)}) == []
+    assert problems({"image_dir": folder}, alpha_mask=True) == []
+    assert problems({"image_dir": folder}) == [("masked_loss", "masked loss needs masks")]
+    assert problems({"image_dir": folder, "alpha_mask": True, "conditioning_data_dir": str(masks)}) == [
+        ("alpha_mask", f"subset {folder}")]
+
+
+def test_a_subsets_own_mask_folder_reaches_the_loss(kit, tmp_path):
+    """A run without a mask folder of its own, one subset with black masks: every step's loss is 0."""
+    data, masks = masked_dataset(tmp_path, kit, half=False, value=0)
+    subsets = [{"image_dir": str(folder), "conditioning_data_dir": str(masks)}
+               for folder in sorted(p for p in data.iterdir() if p.is_dir())]
+    result = train(train_values(kit, tmp_path / "out", train_data_dir=[], subsets=subsets, masked_loss=True,
+                                max_train_steps=2), tmp_path / "run")
+    losses = [e["value"] for e in events(tmp_path / "run") if e["event"] == "metric" and e["name"] == "loss"]
+    assert result["steps"] == 2 and losses == [0.0, 0.0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from core.config import TrainConfig
+from core.config import ConfigError, TrainConfig
 from core.models.loading import existing_path
 from core.models.sd import BaseModelKind, inspect_base_model
 from core.train.block_lr import block_problems
@@ -75,20 +75,32 @@ def settings_problems(cfg: TrainConfig, processes: int) -> tuple[list[Problem], 
 
 
 def mask_problems(cfg: TrainConfig) -> list[Problem]:
-    """masked_loss needs one mask source: the mask folder (an existing folder) or the alpha channel."""
+    """masked_loss needs masks: each folder of images (the run's, or each dataset subset with its own settings) takes
+    them from one source, the mask folder (an existing folder) or the alpha channel, and at least one has a source."""
     if not cfg.masked_loss:
         return []
-    folder = cfg.conditioning_data_dir.strip()
-    if folder and cfg.alpha_mask:
-        return [Problem("alpha_mask", "masks come from the mask folder (conditioning_data_dir) or from the alpha "
-                        "channel (alpha_mask), not both: turn alpha_mask off or clear conditioning_data_dir")]
-    if not folder and not cfg.alpha_mask:
-        return [Problem("masked_loss", "masked loss needs masks: set conditioning_data_dir (a folder of mask "
-                        "images named as the training images) or turn on alpha_mask (the images' transparency)")]
-    if folder and not Path(os.path.expanduser(folder)).is_dir():
-        return [Problem("conditioning_data_dir", f"the mask folder {folder} does not exist: choose the folder "
-                        "that holds the masks")]
-    return []
+    configs = [("", cfg)]
+    if cfg.uses_subsets:
+        from core.train.subsets import subset_sources  # imported here: core.train.subsets imports this module
+        try:
+            configs = [(f"subset {source.name}: ", source.cfg) for source in subset_sources(cfg)]
+        except ConfigError:
+            return []  # the subsets' own check reports it
+    problems = []
+    for where, c in configs:
+        folder = c.conditioning_data_dir.strip()
+        if folder and c.alpha_mask:
+            problems.append(Problem("alpha_mask", f"{where}masks come from the mask folder (conditioning_data_dir) "
+                                    "or from the alpha channel (alpha_mask), not both: turn alpha_mask off or clear "
+                                    "conditioning_data_dir"))
+        elif folder and not Path(os.path.expanduser(folder)).is_dir():
+            problems.append(Problem("conditioning_data_dir", f"{where}the mask folder {folder} does not exist: choose "
+                                    "the folder that holds the masks"))
+    if not any(c.conditioning_data_dir.strip() or c.alpha_mask for _, c in configs):
+        problems.append(Problem("masked_loss", "masked loss needs masks: set conditioning_data_dir (a folder of mask "
+                                "images named as the training images) or turn on alpha_mask (the images' "
+                                "transparency)"))
+    return problems
 
 
 def data_problems(cfg: TrainConfig, images: int, validation_images: int | None) -> list[Problem]:
