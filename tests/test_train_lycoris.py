@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_lora_merge import model_parts, te_outs, unet_out
+from trainkit import train, train_values
 
 from core.config import ConfigError, MergeLoraConfig, TrainConfig, validate
 from core.config.schema import field_meta
@@ -18,8 +20,6 @@ from core.jobs.protocol import JobContext
 from core.models import lycoris_net
 from core.models.lora_merge import run as run_merge
 from core.models.sd import load_sd_model
-from core.train.trainable import text_encoder_parts
-from trainkit import train, train_values
 
 LYCORIS = {"train_lora": True, "network_module": "lycoris.kohya", "network_dim": 4, "network_alpha": 2.0,
            "learning_rate": 1e-2, "train_batch_size": 1, "train_text_encoder": True}
@@ -56,25 +56,9 @@ def trained(kits, tmp_path_factory):
     return get
 
 
-def parts_of(model) -> dict:
-    return {part: getattr(model, part) for part in ("unet", *text_encoder_parts(model))}
-
-
 def outputs(model) -> list[torch.Tensor]:
     """The U-Net's and the text encoders' outputs for fixed inputs."""
-    config = model.unet.config
-    g = torch.Generator().manual_seed(1)
-    sample, context = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 8, config.cross_attention_dim, generator=g)
-    extra = {}
-    if config.addition_embed_type == "text_time":
-        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g),
-                                      "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
-    ids = torch.tensor([[49406, 320, 1125, 539, 49407]])
-    with torch.no_grad():
-        return [model.unet(sample, 10, encoder_hidden_states=context, **extra).sample,
-                *(getattr(model, part)(ids, output_hidden_states=True).hidden_states[-2]
-                  for part in text_encoder_parts(model))]
+    return [unet_out(model.unet), *te_outs(model)]
 
 
 def assert_close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
@@ -110,10 +94,10 @@ def test_each_algorithm_trains_saves_loads_and_merges(kits, trained, arch, name)
     # cannot rebuild (IA)^3 modules (its IA3Module.make_module_from_state_dict takes no on_input), which
     # lycoris_net.load_modules makes as that function would.
     if name == "ia3":
-        modules = lycoris_net.load_modules(parts_of(base), weights)
+        modules = lycoris_net.load_modules(model_parts(base), weights)
     else:
         LycorisNetworkKohya.apply_preset(lycoris_net.NO_TARGETS)  # the loader first builds a network it drops
-        network, _ = create_network_from_weights(1.0, path, None, lycoris_net.text_encoder_arg(parts_of(base)),
+        network, _ = create_network_from_weights(1.0, path, None, lycoris_net.text_encoder_arg(model_parts(base)),
                                                  base.unet)
         modules = network.unet_loras + network.text_encoder_loras
     assert len(modules) == len({key.split(".")[0] for key in weights})
@@ -124,7 +108,7 @@ def test_each_algorithm_trains_saves_loads_and_merges(kits, trained, arch, name)
     assert all(changed(before, with_network))  # trained: every algorithm's update starts at zero
 
     merged = load_sd_model(str(kits[arch] / "model"))
-    assert len(lycoris_net.merge_lycoris_into(parts_of(merged), weights)) == len(modules)
+    assert len(lycoris_net.merge_lycoris_into(model_parts(merged), weights)) == len(modules)
     assert_close(outputs(merged), with_network)  # merged weights compute what the network computes
 
 
@@ -137,7 +121,7 @@ def test_the_tools_tab_merge_takes_a_lycoris_file_at_its_ratio(kits, trained, tm
         result = run_merge(validate(MergeLoraConfig, values, "test"), ctx)
     assert result["merged"][0]["modules"] == len({key.split(".")[0] for key in load_file(path)})
     half = load_sd_model(str(base))
-    lycoris_net.merge_lycoris_into(parts_of(half), load_file(path), 0.5)
+    lycoris_net.merge_lycoris_into(model_parts(half), load_file(path), 0.5)
     assert_close(outputs(load_sd_model(result["model"])), outputs(half))
     assert all(changed(outputs(load_sd_model(str(base))), outputs(half)))
 
@@ -148,7 +132,7 @@ def test_lycoris_resume_equals_an_uninterrupted_run(kits, tmp_path):
     train(train_values(kits["sd1"], tmp_path / "ref", **values), tmp_path / "r1")
     train(train_values(kits["sd1"], tmp_path / "again", resume=str(tmp_path / "ref" / "model-step00000002-state"),
                        **values), tmp_path / "r2")
-    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "again" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / folder / "model.safetensors")) for folder in ("ref", "again"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     step2 = load_file(str(tmp_path / "ref" / "model-step00000002.safetensors"))
     assert not all(torch.equal(a[k], step2[k]) for k in a)  # the resumed steps trained
