@@ -6,6 +6,7 @@ refused with a message that names them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from core.config import ConfigError, MergeLoraConfig, TrainConfig, validate
 from core.config.schema import field_meta
 from core.jobs.protocol import JobContext
 from core.models import lycoris_net
+from core.models.library import file_entry
 from core.models.lora_merge import run as run_merge
 from core.models.sd import load_sd_model
 
@@ -87,6 +89,8 @@ def test_each_algorithm_trains_saves_loads_and_merges(kits, trained, arch, name)
     assert metadata["ss_network_module"] == "lycoris.kohya" and metadata["ss_training_steps"] == "2"
     assert json.loads(metadata["ss_network_args"])["algo"] == ALGORITHMS[name][0]["algo"]
     assert metadata["sshs_model_hash"]  # written by the library's save_weights
+    entry = file_entry(Path(path))  # the Models tab lists it as a LoRA of its base and algorithm
+    assert (entry.kind, entry.arch, entry.family) == ("lora", arch, "locon" if name == "dora" else name)
 
     base = load_sd_model(str(kits[arch] / "model"))
     before = outputs(base)

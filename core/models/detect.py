@@ -24,7 +24,7 @@ SD_ARCHS = ("sd1", "sd2", "sdxl")
 CONTEXT_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # the U-Net's cross-attention width
 TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 1280: "sdxl"}   # a text encoder's (SDXL's first is SD 1's CLIP-L)
 LORA_MARKERS = (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.", ".hada_w",
-                ".lokr_w")
+                ".lokr_w", ".on_input")  # .on_input: LyCORIS (IA)^3
 LYCORIS_MARKERS = ((".hada_w", "loha"), (".lokr_w", "lokr"))
 DIFFUSERS_COMPONENTS = {"UNet2DConditionModel": "unet", "AutoencoderKL": "vae"}
 SDXL_VAE_SCALING = 0.13025

@@ -13,6 +13,8 @@ from core.config.lycoris import LYCORIS_MODULE, parse_network_args
 from core.models.lycoris_net import apply_network, create_network
 from core.train.trainable import reached_parameters, text_encoder_parts
 
+BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}  # sd-scripts' ss_base_model_version
+
 
 def add_lycoris_adapters(model, cfg: TrainConfig, text_encoders: list[str]) -> dict[str, list[torch.nn.Parameter]]:
     """The LyCORIS network of `cfg` on the U-Net and the named text encoders (kept as `model.network`),
@@ -39,8 +41,9 @@ def add_lycoris_adapters(model, cfg: TrainConfig, text_encoders: list[str]) -> d
     return trained
 
 
-def network_metadata(cfg: TrainConfig) -> dict[str, str]:
-    """The ss_* metadata sd-scripts writes for a LyCORIS network (AUTOMATIC1111 and kohya's tools read it)."""
+def network_metadata(cfg: TrainConfig, arch: str) -> dict[str, str]:
+    """The ss_* metadata sd-scripts writes for a LyCORIS network of a model of `arch` (AUTOMATIC1111, kohya's
+    tools and our model library read it)."""
     args = {"algo": cfg.algo, "conv_dim": str(cfg.conv_dim or cfg.network_dim),
             "conv_alpha": f"{cfg.conv_alpha or cfg.network_alpha:g}", "dropout": f"{cfg.network_dropout:g}"}
     if cfg.algo == "lokr":
@@ -48,5 +51,6 @@ def network_metadata(cfg: TrainConfig) -> dict[str, str]:
     if cfg.dora_wd and cfg.algo != "ia3":
         args["dora_wd"] = "True"
     args |= {key: str(value) for key, value in parse_network_args(cfg.network_args).items()}
-    return {"ss_network_module": LYCORIS_MODULE, "ss_network_dim": str(cfg.network_dim),
+    return {"ss_base_model_version": BASE_MODEL_VERSIONS[arch], "ss_network_module": LYCORIS_MODULE,
+            "ss_network_dim": str(cfg.network_dim),
             "ss_network_alpha": f"{cfg.network_alpha:g}", "ss_network_args": json.dumps(args)}

@@ -101,7 +101,7 @@ class Milestones:
         path = model_file(cfg, suffix)
         if cfg.train_lora and model.network is not None:
             save_network(path, model.network, {**{k: str(v) for k, v in _metadata(cfg, position).items()},
-                                               **network_metadata(cfg)})
+                                               **network_metadata(cfg, model.arch)})
         elif cfg.train_lora:
             save_lora(path, lora_parts(model), model.arch == "sdxl",
                       metadata={k: str(v) for k, v in _metadata(cfg, position).items()}, fmt=cfg.lora_save_format)
