@@ -65,8 +65,10 @@ class TableEditor:
         with gr.Column(elem_classes=["sf-field", "sf-wide", "sf-table"], visible=visible):
             self.frame = gr.Dataframe(
                 value=rows_of(record, value), headers=columns_of(record), datatype=datatypes(record),
-                column_count=len(blank), type="array", interactive=True,
-                label=label, elem_id=elem_id, wrap=True, show_search="none")
+                column_count=len(blank), type="array", interactive=True, label=label, elem_id=elem_id,
+                column_widths=[f"{max(110, 9 * len(name) + 40) if i else 320}px"
+                               for i, name in enumerate(columns_of(record))],
+                pinned_columns=1, show_row_numbers=True, show_search="none")
             gr.Markdown(info, elem_classes=["sf-table-info"])
             with gr.Row():
                 add = gr.Button("Add a row", size="sm", elem_id=f"{elem_id}-add")
