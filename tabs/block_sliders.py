@@ -26,7 +26,7 @@ def slider_updates(text: str, part: str, facts: dict | None) -> list:
     except ValueError:
         return [gr.skip()] * _slots(part)
     labels = block_labels(part, arch)
-    return [gr.update(value=min(max(weights[i], 0.0), MAXIMUM), label=labels[i], visible=True) if i < count
+    return [gr.update(value=round(min(max(weights[i], 0.0), MAXIMUM), 3), label=labels[i], visible=True) if i < count
             else gr.update(visible=False) for i in range(_slots(part))]
 
 

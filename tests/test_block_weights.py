@@ -220,6 +220,30 @@ def test_block_ranks_and_alphas_reach_a_file_that_merges_and_loads_in_diffusers(
     torch.testing.assert_close(unet_output(pipe.unet), trained, atol=1e-4, rtol=1e-4)
 
 
+def test_block_ranks_and_alphas_in_the_diffusers_format_merge_and_load(kit, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from core.models.lora import merge_lora_into, read_lora, save_lora
+    from core.models.sd import load_sd_model
+
+    model = load_sd_model(str(kit / "model"))
+    cfg = lora_cfg(lora_targets="attention", **BLOCKS)
+    add_lora_adapters(model, [], cfg.network_dim, cfg.network_alpha, 0.0, cfg.lora_targets, 1, block_ranks(model, cfg))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in model.unet.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+    path = save_lora(tmp_path / "blocks.safetensors", {"unet": model.unet}, fmt="diffusers")
+    merged = load_sd_model(str(kit / "model"))
+    merge_lora_into({"unet": merged.unet}, read_lora(path, sdxl=False))
+    pipe = StableDiffusionPipeline.from_pretrained(str(kit / "model"), safety_checker=None)
+    pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
+    trained = unet_output(model.unet)
+    torch.testing.assert_close(unet_output(merged.unet), trained, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(unet_output(pipe.unet), trained, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_a_zero_weight_block_does_not_change_in_a_run(kit, tmp_path):
     from core.models.lora import load_lora_kohya, merge_lora_into
@@ -282,7 +306,8 @@ def test_the_training_form_has_slider_rows_that_hide_with_their_field_and_preset
     assert [len(s) for s in sliders.values()] == [12, 3, 12]
     assert [s.label for s in sliders["mid_lr_weight"]] == ["M00", None, None]  # SD until a model is chosen
     hidden = dict(zip(form.condition_outputs, form.apply({"train_lora": False})))
-    assert hidden[rows["up_lr_weight"]]["visible"] is False and hidden[form.components["up_lr_weight"]]["visible"] is False
+    assert hidden[rows["up_lr_weight"]]["visible"] is False
+    assert hidden[form.components["up_lr_weight"]]["visible"] is False
     shown = dict(zip(form.condition_outputs, form.apply({"train_lora": True, "network_module": "networks.lora"})))
     assert shown[rows["up_lr_weight"]]["visible"] is True
 
