@@ -327,3 +327,19 @@ def test_a_tiny_run_with_two_subsets_trains_and_logs_its_composition(demo_kit, c
     assert f"{dataset / '5_demo'}: 4 images x repeats 1 = 4 samples (40.0% of an epoch)" in log
     assert f"{dataset / '2_shapes'}: 2 images x repeats 3 = 6 samples (60.0% of an epoch)" in log
     assert sorted(p.name for p in (dataset / "2_shapes").iterdir() if ".latents" in p.name)  # cached per subset
+
+
+def test_cached_text_encodings_hold_each_subsets_captions(demo_kit, copy_dataset, tmp_path):
+    """With cache_text_encoder_outputs every caption a subset trains on (its own prefix, its empty caption) and the
+    validation's (the run's prefix) is in the cache: a missing one would stop the run."""
+    kit = demo_kit("sd1", 6, 0)
+    dataset = copy_dataset(kit)
+    values = train_values(kit, tmp_path / "out", train_data_dir=[], max_train_steps=4, max_resolution="64,64",
+                          cache_text_encoder_outputs=True, caption_prefix="run", validation_split=0.5,
+                          validate_every_n_steps=2,
+                          subsets=[{"image_dir": str(dataset / "5_demo"), "caption_prefix": "zwx"},
+                                   {"image_dir": str(dataset / "2_shapes"), "caption_dropout_rate": 0.5}])
+    result = train(values, tmp_path / "run")
+    assert result["steps"] == 4
+    log = (tmp_path / "run" / "log.txt").read_text(encoding="utf-8")
+    assert "validation: 3 images held out" in log and "cached text-encoder outputs of" in log

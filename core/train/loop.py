@@ -20,6 +20,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from core.config import TrainConfig
 from core.config.lycoris import LYCORIS_MODULE
+from core.estimate.run_watch import RunWatch
 from core.jobs.protocol import JobContext
 from core.models.sd import SDModel, load_sd_model
 from core.train import checkpoints
@@ -79,8 +80,12 @@ class Training:
 def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     started = time.time()
     training = set_up(cfg, ctx)
+    first_step = training.position.global_step
+    watch = RunWatch(cfg, ctx, training.accelerator, training.model.unet.config,
+                     training.milestones.max_steps - first_step)
     decision = train_loop(training)
     result = training.milestones.finish(decision)
+    result["measured"] = watch.finish(training.position.global_step - first_step)  # beside the start's estimate
     ctx.log(f"weights checksum on process {training.accelerator.process_index}: "
             f"{_checksum(training.trained_params):.10e}")
     training.accelerator.end_training()
@@ -259,8 +264,12 @@ def eval_prompt_encoder(cfg: TrainConfig, ctx: JobContext, model, examples: list
     prompts = PromptEncoder(model, cfg, device)
     if not cfg.cache_text_encoder_outputs:
         return prompts
-    captions = static_captions([e.caption for e in examples], cfg.caption_prefix, cfg.caption_suffix,
-                               with_empty=cfg.caption_dropout_rate > 0)
+    captions, texts = set(), [e.caption for e in examples]
+    # Each subset's own prefix, suffix and dropout (training), and the run's (validation processes captions so).
+    for settings in {id(o): o for o in (cfg, *(e.options for e in examples if e.options))}.values():
+        captions.update(static_captions(texts, settings.caption_prefix, settings.caption_suffix,
+                                        with_empty=settings.caption_dropout_rate > 0))
+    captions = sorted(captions)
     prompts = prompts.with_cache(captions, dtype, ctx=ctx)
     for part in text_encoder_parts(model):
         getattr(model, part).to("cpu", torch.float32)  # needed again only for sample prompts
