@@ -186,20 +186,43 @@ PROBE = {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": 1, "down_
          "mid_block.attentions.0.proj_out": 12, "up_blocks.0.resnets.2.time_emb_proj": 15}
 
 
-def test_block_ranks_and_alphas_reach_a_file_that_merges_and_loads_in_diffusers(kit, tmp_path):
-    from diffusers import StableDiffusionPipeline
-
-    from core.models.lora import load_lora_kohya, lora_state_dict_kohya, merge_lora_into, save_lora
+def block_lora_model(kit, targets: str, seed: int):
+    """The demo model with adapters of the BLOCKS ranks and alphas, random weights, on its U-Net."""
     from core.models.sd import load_sd_model
 
     model = load_sd_model(str(kit / "model"))
-    cfg = lora_cfg(lora_targets="all_linear_conv", **BLOCKS)
+    cfg = lora_cfg(lora_targets=targets, **BLOCKS)
     add_lora_adapters(model, [], cfg.network_dim, cfg.network_alpha, 0.0, cfg.lora_targets, 1, block_ranks(model, cfg))
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.unet.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+    return model
+
+
+def assert_merged_and_loaded_as_trained(model, kit, path) -> None:
+    """The LoRA file at `path`, merged into the base model by our merge and loaded by diffusers'
+    load_lora_weights, computes what `model`'s adapters compute."""
+    from diffusers import StableDiffusionPipeline
+
+    from core.models.lora import merge_lora_into, read_lora
+    from core.models.sd import load_sd_model
+
+    merged = load_sd_model(str(kit / "model"))
+    merge_lora_into({"unet": merged.unet}, read_lora(path, sdxl=False))
+    pipe = StableDiffusionPipeline.from_pretrained(str(kit / "model"), safety_checker=None)
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+    trained = unet_output(model.unet)
+    assert not torch.allclose(trained, unet_output(load_sd_model(str(kit / "model")).unet), atol=1e-3)
+    torch.testing.assert_close(unet_output(merged.unet), trained, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(unet_output(pipe.unet), trained, atol=1e-4, rtol=1e-4)
+
+
+def test_block_ranks_and_alphas_reach_a_kohya_file_that_merges_and_loads_in_diffusers(kit, tmp_path):
+    from core.models.lora import load_lora_kohya, lora_state_dict_kohya, save_lora
+
+    model = block_lora_model(kit, "all_linear_conv", seed=3)
     state = lora_state_dict_kohya({"unet": model.unet})
     for module, block in PROBE.items():
         name = "lora_unet_" + module.replace(".", "_")
@@ -210,38 +233,15 @@ def test_block_ranks_and_alphas_reach_a_file_that_merges_and_loads_in_diffusers(
     path = save_lora(tmp_path / "blocks.safetensors", {"unet": model.unet})
     saved = load_lora_kohya(path)[0]
     assert len({v.item() for k, v in saved.items() if k.endswith(".alpha")}) == 1  # one alpha, the scale kept
-    merged = load_sd_model(str(kit / "model"))
-    merge_lora_into({"unet": merged.unet}, saved)
-    pipe = StableDiffusionPipeline.from_pretrained(str(kit / "model"), safety_checker=None)
-    pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
-    trained = unet_output(model.unet)
-    assert not torch.allclose(trained, unet_output(load_sd_model(str(kit / "model")).unet), atol=1e-3)
-    torch.testing.assert_close(unet_output(merged.unet), trained, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(unet_output(pipe.unet), trained, atol=1e-4, rtol=1e-4)
+    assert_merged_and_loaded_as_trained(model, kit, path)
 
 
 def test_block_ranks_and_alphas_in_the_diffusers_format_merge_and_load(kit, tmp_path):
-    from diffusers import StableDiffusionPipeline
+    from core.models.lora import save_lora
 
-    from core.models.lora import merge_lora_into, read_lora, save_lora
-    from core.models.sd import load_sd_model
-
-    model = load_sd_model(str(kit / "model"))
-    cfg = lora_cfg(lora_targets="attention", **BLOCKS)
-    add_lora_adapters(model, [], cfg.network_dim, cfg.network_alpha, 0.0, cfg.lora_targets, 1, block_ranks(model, cfg))
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, param in model.unet.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=g) * 0.1)
+    model = block_lora_model(kit, "attention", seed=4)
     path = save_lora(tmp_path / "blocks.safetensors", {"unet": model.unet}, fmt="diffusers")
-    merged = load_sd_model(str(kit / "model"))
-    merge_lora_into({"unet": merged.unet}, read_lora(path, sdxl=False))
-    pipe = StableDiffusionPipeline.from_pretrained(str(kit / "model"), safety_checker=None)
-    pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
-    trained = unet_output(model.unet)
-    torch.testing.assert_close(unet_output(merged.unet), trained, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(unet_output(pipe.unet), trained, atol=1e-4, rtol=1e-4)
+    assert_merged_and_loaded_as_trained(model, kit, path)
 
 
 @pytest.mark.slow
