@@ -257,6 +257,7 @@ def test_a_zero_weight_block_does_not_change_in_a_run(kit, tmp_path):
     assert not any(k.startswith("lora_unet_up_blocks_1_") for k in weights)  # no adapters in zero blocks
     assert json.loads(metadata["ss_network_args"]) == {"down_lr_weight": "sine+0.5", "up_lr_weight": "1,1,1,0,0,0",
                                                        **BLOCKS}
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("4", "2")
     for module, block in PROBE.items():
         name = "lora_unet_" + module.replace(".", "_")
         assert weights[f"{name}.lora_down.weight"].shape[0] == DIMS[block]

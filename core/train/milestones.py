@@ -176,6 +176,10 @@ def _metadata(cfg: TrainConfig, position: Position) -> dict:
 
 
 def _network_args(cfg: TrainConfig) -> dict:
-    """sd-scripts' ss_network_args (JSON) of a LoRA with block settings."""
+    """sd-scripts' ss_network_args (JSON) of a LoRA with block settings, and its network_dim / network_alpha
+    (the modules' own ranks and alphas differ)."""
     args = {name: str(getattr(cfg, name)) for name in BLOCK_SETTINGS if getattr(cfg, name)}
-    return {"ss_network_args": json.dumps(args)} if cfg.train_lora and args else {}
+    if not (cfg.train_lora and args):
+        return {}
+    return {"ss_network_args": json.dumps(args), "ss_network_dim": cfg.network_dim,
+            "ss_network_alpha": f"{cfg.network_alpha:g}"}
