@@ -15,6 +15,7 @@ from core.config import CacheConfig, ConfigError, TrainConfig, validate
 from core.config.presets import differences, find_preset
 from core.jobs.runner import display_command, job_command
 from core.train.checkpoints import saved_states
+from tabs.estimate_view import EstimateView
 from tabs.form import SchemaForm, section_id
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
@@ -135,6 +136,7 @@ def build(blocks: gr.Blocks) -> TrainingPage:
             start = gr.Button("Start training", variant="primary", elem_id="train-button", scale=2)
             queue = QueueButton("train")
         report = gr.Markdown(elem_id="train-report")
+        estimate = EstimateView(form)
         changes = gr.HTML(elem_id="train-changes")
         form.render_sections()
         with gr.Accordion("Import a kohya_ss (.json) or sd-scripts (.toml) config", open=False,
@@ -219,6 +221,7 @@ def build(blocks: gr.Blocks) -> TrainingPage:
     queue.wire(inputs, lambda *raw: values_of(raw), report, form.show)
     queue_class.wire(inputs, lambda *raw: lambda: class_images_values(values_of(raw)), class_queued)
     start.click(do_start, inputs=inputs, outputs=start_outputs)
+    estimate.wire(check, start)
     resume.click(do_resume, inputs=[state, *inputs], outputs=start_outputs)
     find.click(do_find, inputs=inputs, outputs=[state, report])
     build_cache.click(do_build_cache, inputs=inputs, outputs=cache_panel.outputs)

@@ -94,6 +94,11 @@ def build_parser(spec: JobSpec) -> argparse.ArgumentParser:
 
 def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
     """Layer the values of one invocation and validate them; raises ConfigError."""
+    return validate(spec.config, layered_values(spec, args), args.config or "command line")
+
+
+def layered_values(spec: JobSpec, args: argparse.Namespace) -> dict:
+    """The values of one invocation, layered (--config < --<field> flags < --set), not yet validated."""
     values: dict = {}
     if args.config:
         values.update(read_values_file(Path(args.config), spec.name))
@@ -101,4 +106,4 @@ def resolve_config(spec: JobSpec, args: argparse.Namespace) -> JobConfig:
     for item in args.set:
         key, value = parse_set(item, spec.config)
         values[key] = value
-    return validate(spec.config, values, args.config or "command line")
+    return values

@@ -1,0 +1,125 @@
+"""What a run really used, for its result and the Runs tab, beside the estimate made before it started: on CUDA
+the peak memory torch allocated and reserved (torch.cuda.max_memory_allocated / max_memory_reserved), on a CPU
+the process's peak resident memory; and steps per second. The rate of each finished run goes into a small rate
+table in the user's folder (`<studio home>/cache/rate_table.json`), from which the next run's duration is
+estimated at Start (same device and architecture, scaled by batch x pixels)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from core.fsutil import atomic_write_text, studio_home
+
+ESTIMATE_FILE = "estimate.json"   # in the run folder: the estimate made at the start
+RATE_TABLE_VERSION = 1
+
+
+def peak_rss() -> int:
+    """High-water resident memory of this process, in bytes (VmHWM on Linux: ru_maxrss survives exec)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    try:
+        import resource
+    except ImportError:  # Windows
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+
+
+def current_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class RunMeter:
+    """Started once the model is loaded and placed (its RSS then is the CPU baseline)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.device = device
+        self.cuda = getattr(device, "type", str(device)) == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.device_name = torch.cuda.get_device_name(device) if self.cuda else "cpu"
+        self.baseline_rss = current_rss()
+
+    def figures(self) -> dict:
+        import torch
+
+        if self.cuda:
+            return {"device": self.device_name, "peak_allocated": torch.cuda.max_memory_allocated(self.device),
+                    "peak_reserved": torch.cuda.max_memory_reserved(self.device)}
+        return {"device": "cpu", "peak_rss": peak_rss(), "peak_rss_above_model": peak_rss() - self.baseline_rss}
+
+
+def compare(figures: dict, estimate: dict | None, margin: float) -> tuple[dict, str | None]:
+    """The figures with the estimate and the error in percent added, and a warning when the measured peak passes
+    the estimate by more than the margin. CUDA: allocated peak vs the estimated peak; CPU: the RSS growth above
+    the loaded model vs the estimate's part above the weights."""
+    if not estimate:
+        return figures, None
+    if "peak_allocated" in figures:
+        measured, expected, what = figures["peak_allocated"], estimate["peak"], "peak GPU memory allocated"
+    else:
+        measured, expected, what = figures["peak_rss_above_model"], estimate["above_weights"], \
+            "peak memory above the loaded model"
+    error = round(100 * (measured - expected) / expected, 1) if expected else None
+    out = {**figures, "estimated": expected, "error_percent": error}
+    warning = None
+    if expected and measured > expected * (1 + margin):
+        warning = (f"{what}: {measured / 2**30:.2f} GiB, {error:+.0f}% over the estimate made at the start "
+                   f"({expected / 2**30:.2f} GiB, margin ±{margin:.0%}); please report these settings")
+    return out, warning
+
+
+# --- the rate table ------------------------------------------------------------------------------------------
+
+def rate_table_path() -> Path:
+    return studio_home() / "cache" / "rate_table.json"
+
+
+def read_rates(path: Path | None = None) -> list[dict]:
+    try:
+        data = json.loads((path or rate_table_path()).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return data.get("runs", []) if isinstance(data, dict) and data.get("version") == RATE_TABLE_VERSION else []
+
+
+def remember_rate(entry: dict, path: Path | None = None, keep: int = 200) -> None:
+    """Add one finished run's rate ({device, model, pixels, batch, checkpointing, lora, steps_per_s})."""
+    path = path or rate_table_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = (read_rates(path) + [entry])[-keep:]
+    atomic_write_text(path, json.dumps({"version": RATE_TABLE_VERSION, "runs": runs}, indent=1) + "\n")
+
+
+def expected_rate(device: str, model: str, pixels: int, batch: int, checkpointing: bool, lora: bool,
+                  runs: list[dict] | None = None) -> tuple[float, dict] | None:
+    """(steps/s, the past run it comes from) for a run like this on `device`: past runs of the same device and
+    U-Net architecture (`model`: its config's hash), the nearest in batch x pixels (the rate scales inversely
+    with it), the same checkpointing and LoRA choice preferred."""
+    runs = [r for r in (read_rates() if runs is None else runs)
+            if r.get("device") == device and r.get("model") == model and r.get("steps_per_s")]
+    if not runs:
+        return None
+    work = pixels * batch
+
+    def distance(run: dict) -> float:
+        return (abs(math.log(run["pixels"] * run["batch"] / work)) + (run["checkpointing"] != checkpointing)
+                + (run["lora"] != lora))
+
+    best = min(runs, key=distance)
+    return best["steps_per_s"] * best["pixels"] * best["batch"] / work, best
+
+
+def format_duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
