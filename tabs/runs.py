@@ -9,13 +9,13 @@ import gradio as gr
 import pandas as pd
 
 from core.jobs.run_folder import RunFolder
-from core.jobs.run_summary import last_metric, output_files
+from core.jobs.run_summary import last_metric, measured_memory, output_files
 from core.jobs.runner import ACTIVE_STATES, grace_period, list_runs, stop_in_background
 from core.jobs.tensorboard import has_tensorboard_logs, start_tensorboard
 from tabs import page_load
 from tabs.job_panel import STATE_TEXT, format_duration
 
-COLUMNS = ["started", "job", "status", "duration", "final loss", "folder"]
+COLUMNS = ["started", "job", "status", "duration", "final loss", "peak memory", "folder"]
 
 
 def format_loss(value: float | None) -> str:
@@ -28,7 +28,7 @@ def runs_table() -> tuple[pd.DataFrame, list[str]]:
         started = datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M:%S") if run.started else "?"
         duration = (run.ended or time.time()) - run.started if run.started else None
         rows.append([started, run.job, STATE_TEXT.get(run.state, run.state), format_duration(duration),
-                     format_loss(last_metric(run.run_dir, "loss")), run.run_dir.name])
+                     format_loss(last_metric(run.run_dir, "loss")), measured_memory(run.run_dir), run.run_dir.name])
         folders.append(str(run.run_dir))
     return pd.DataFrame(rows, columns=COLUMNS), folders
 
@@ -47,6 +47,8 @@ def run_details(run_dir: str) -> tuple[str, str, str, str, str]:
     run = RunFolder(run_dir)
     status = run.read_status()
     header = f"**{status.get('job', '?')}** · {status.get('state', '?')} · `{run.path}`"
+    if memory := measured_memory(run_dir):
+        header += f"\n\nPeak memory: {memory}"
     if status.get("command"):
         header += f"\n\n```\n{status['command']}\n```"
     config = run.text_tail(run.config_file)

@@ -148,3 +148,19 @@ def test_stop_ends_a_job_that_ignores_it_after_its_grace_period(stuck_job, monke
         time.sleep(0.05)
     assert run_state(run_dir) == "killed" and time.monotonic() - started >= 0.5
     assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def test_runs_table_shows_the_measured_peak_beside_the_estimate():
+    from tabs.runs import run_details, runs_table
+
+    gib = 2**30
+    make_run("train-gpu", result={"steps": 3, "measured": {"device": "NVIDIA H100", "peak_allocated": 9 * gib,
+                                                           "peak_reserved": 10 * gib, "estimated": 10 * gib,
+                                                           "error_percent": -10.0, "steps_per_s": 2.0}})
+    make_run("train-cpu", result={"steps": 3, "measured": {"device": "cpu", "peak_rss": 3 * gib,
+                                                           "peak_rss_above_model": gib // 2}},
+             started=time.time() - 200)
+    rows = {row["folder"]: row for row in runs_table()[0].to_dict("records")}
+    assert rows["train-gpu"]["peak memory"] == "9.00 GiB GPU (est. 10.00, -10%)"
+    assert rows["train-cpu"]["peak memory"] == "0.50 GiB RAM above the model"
+    assert "Peak memory: 9.00 GiB GPU" in run_details(str(runs_root() / "train-gpu"))[0]

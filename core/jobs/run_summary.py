@@ -31,3 +31,19 @@ def output_files(run_dir: str | os.PathLike) -> list[tuple[Path, bool]]:
     paths = checkpoints + [str(result[key]) for key in ("model", "state") if result.get(key)]
     unique = list(dict.fromkeys(paths))
     return [(Path(path), Path(path).exists()) for path in unique]
+
+
+def measured_memory(run_dir: str | os.PathLike) -> str:
+    """The peak memory a training run measured, with the estimate made at its start and the error ("" when the
+    run recorded none): "9.81 GiB GPU (est. 10.20, -4%)", or on a CPU the growth above the loaded model."""
+    measured = (RunFolder(run_dir).read_result() or {}).get("measured")
+    if not isinstance(measured, dict):
+        return ""
+    gpu = "peak_allocated" in measured
+    peak = measured.get("peak_allocated" if gpu else "peak_rss_above_model")
+    if not isinstance(peak, (int, float)):
+        return ""
+    text = f"{peak / 2**30:.2f} GiB {'GPU' if gpu else 'RAM above the model'}"
+    if isinstance(measured.get("error_percent"), (int, float)) and measured.get("estimated"):
+        text += f" (est. {measured['estimated'] / 2**30:.2f}, {measured['error_percent']:+.0f}%)"
+    return text
