@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from trainkit import train, train_values
+from trainkit import events, train, train_values
 
 from core.config import ConfigError, TrainConfig, validate
 from core.config.block_weights import block_lr_weights, parse_lr_weight, preset_weights
@@ -103,6 +103,7 @@ def grouped(unet, arch: str, cfg: TrainConfig, lr: float = 1e-3):
                                 block_ranks(model, cfg))
     groups = param_groups(trained, lr, {}, unet_lr_weights(model, cfg))
     names = {id(p): n.split(".lora_")[0] for n, p in unet.named_parameters() if p.requires_grad}
+    assert all(g["lr"] == pytest.approx(lr * g["lr_weight"]) for g in groups)  # the weight, for the lr metric
     return [(g["lr"], {block_index(unet, names[id(p)], arch) for p in g["params"]}) for g in groups]
 
 
@@ -253,6 +254,7 @@ def test_a_zero_weight_block_does_not_change_in_a_run(kit, tmp_path):
                           network_alpha=2.0, learning_rate=1e-2, lora_targets="all_linear_conv",
                           up_lr_weight="1,1,1,0,0,0", down_lr_weight="sine+0.5", **BLOCKS)
     train(values, tmp_path / "run")
+    assert [e["value"] for e in events(tmp_path / "run") if e.get("name") == "lr"][0] == pytest.approx(1e-2)
     weights, metadata = load_lora_kohya(tmp_path / "out" / "model.safetensors")
     assert not any(k.startswith("lora_unet_up_blocks_1_") for k in weights)  # no adapters in zero blocks
     assert json.loads(metadata["ss_network_args"]) == {"down_lr_weight": "sine+0.5", "up_lr_weight": "1,1,1,0,0,0",

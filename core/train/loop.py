@@ -348,9 +348,9 @@ def resume(cfg: TrainConfig, ctx: JobContext, accelerator) -> Position:
 
 def _log_metrics(ctx, accelerator, step, loss, lr_scheduler) -> float:
     """Loss of the step, averaged over processes (returned), and the learning rate of the next step (as
-    kohya logs)."""
+    kohya logs; the base rate where block lr weights scale the first group's)."""
     value = accelerator.gather(loss.detach()).mean().item()
-    lr = lr_scheduler.get_last_lr()[0]
+    lr = lr_scheduler.get_last_lr()[0] / lr_scheduler.scheduler.optimizer.param_groups[0].get("lr_weight", 1.0)
     if accelerator.is_main_process:
         ctx.metric("loss", step, value)
         ctx.metric("lr", step, lr)

@@ -87,7 +87,8 @@ def param_groups(trained: dict[str, list[torch.nn.Parameter]], lr: float, te_rat
             by_block: dict[tuple[int, float], list[torch.nn.Parameter]] = {}
             for p in params:
                 by_block.setdefault(unet_blocks[id(p)], []).append(p)
-            groups += [{"params": ps, "lr": lr * weight} for (_, weight), ps in sorted(by_block.items())]
+            groups += [{"params": ps, "lr": lr * weight, "lr_weight": weight}
+                       for (_, weight), ps in sorted(by_block.items())]
         else:
             groups.append({"params": params, "lr": lr if part == "unet" else te_rates[part]})
     return groups
