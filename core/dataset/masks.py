@@ -19,13 +19,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.dataset.buckets import BucketAssignment, crop_to_bucket, training_image
 from core.dataset.images import DEFAULT_MAX_PIXELS, ImageError, is_image_file, open_image, open_image_and_alpha
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the GUI's Dataset tab imports this module at start
+    import torch
 
 OVERLAY_TINT = (255, 40, 40)  # the colour laid over the ignored part in previews
 
@@ -115,6 +118,8 @@ def mask_image(image: str | os.PathLike, source: MaskSource, size: tuple[int, in
 
 def mask_tensor(mask: Image.Image) -> torch.Tensor:
     """An "L" mask as a [1, H, W] float32 tensor in [0, 1]."""
+    import torch
+
     return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0).unsqueeze(0)
 
 
@@ -139,6 +144,8 @@ def mask_to_size(masks: torch.Tensor, size: tuple[int, int] | torch.Size) -> tor
     apply_masked_loss does; unchanged when already of that size."""
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
+    import torch
+
     return torch.nn.functional.interpolate(masks, size=tuple(size), mode="area")
 
 
