@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import Row, bench_env, format_table, machine_description  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ["train", "cache", "tagger", "memory", "fused", "gui", "log"]  # the rest follow by name
+ORDER = ["train", "cache", "tagger", "memory", "fused", "estimate", "gui", "log"]  # the rest follow by name
 
 
 def discover() -> list[str]:

@@ -71,8 +71,11 @@ def meta_model(shape: ModelShape) -> SDModel:
                    source=shape.source, text_encoder_2=parts.get("text_encoder_2"))
 
 
-def mark_trained(model: SDModel, cfg: TrainConfig) -> dict[str, list[torch.nn.Parameter]]:
-    """What the run trains, by part, chosen (and adapters added) by the trainer's own functions."""
+def mark_trained(model: SDModel, cfg: TrainConfig, on_meta: bool = True) -> dict[str, list[torch.nn.Parameter]]:
+    """What the run trains, by part, chosen (and adapters added) by the trainer's own functions; the LoRA adapters
+    on the meta device (`on_meta`) or where the weights are."""
+    from contextlib import nullcontext
+
     from core.train.block_lr import block_ranks
     from core.train.lycoris import add_lycoris_adapters
     from core.train.trainable import add_lora_adapters, set_trainable, text_encoder_rates
@@ -81,7 +84,7 @@ def mark_trained(model: SDModel, cfg: TrainConfig) -> dict[str, list[torch.nn.Pa
     trained = set_trainable(model, cfg.train_unet, te_parts, cfg.unet_blocks, cfg.clip_skip)
     if cfg.train_lora and cfg.network_module == LYCORIS_MODULE:  # its modules are made on the CPU (small)
         return add_lycoris_adapters(model, cfg, te_parts)
-    with torch.device("meta"):  # peft's adapters: on the meta device, as the layers they adapt
+    with torch.device("meta") if on_meta else nullcontext():  # peft's adapters: where the layers they adapt are
         if cfg.train_lora:
             trained = add_lora_adapters(model, te_parts, cfg.network_dim, cfg.network_alpha, cfg.network_dropout,
                                         cfg.lora_targets, cfg.clip_skip, block_ranks(model, cfg))

@@ -84,8 +84,8 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     watch = RunWatch(cfg, ctx, training.accelerator, training.model.unet.config,
                      training.milestones.max_steps - first_step)
     decision = train_loop(training)
-    result = training.milestones.finish(decision)
-    result["measured"] = watch.finish(training.position.global_step - first_step)  # beside the start's estimate
+    measured = watch.finish(training.position.global_step - first_step)  # the training steps' peak and rate
+    result = {**training.milestones.finish(decision), "measured": measured}
     ctx.log(f"weights checksum on process {training.accelerator.process_index}: "
             f"{_checksum(training.trained_params):.10e}")
     training.accelerator.end_training()
