@@ -16,6 +16,7 @@ from core.config.block_weights import (
     layout_of,
     parse_block_values,
 )
+from core.train.problems import Problem
 
 WHAT = {"down": "input blocks", "mid": "middle-block parts", "up": "output blocks"}
 
@@ -56,10 +57,8 @@ def unet_lr_weights(model, cfg: TrainConfig) -> dict[int, tuple[int, float]] | N
     return {id(p): (block, weights[block]) for p, block in parameter_blocks(model.unet, model.arch)}
 
 
-def block_problems(cfg: TrainConfig, arch: str) -> list:
+def block_problems(cfg: TrainConfig, arch: str) -> list[Problem]:
     """The block settings that do not fit the model's architecture (Problems for the start checks)."""
-    from core.train.start_checks import Problem
-
     if not applies(cfg):
         given = [name for name in BLOCK_SETTINGS if getattr(cfg, name)]
         return [Problem(given[0], f"{', '.join(given)}: block settings apply to networks.lora only, not to a "

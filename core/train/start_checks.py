@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from core.config import ConfigError, TrainConfig
 from core.models.loading import existing_path
@@ -27,17 +25,9 @@ from core.train.checkpoints import (
 )
 from core.train.fused import FUSED_OPTIMIZERS
 from core.train.optimizers import parse_optimizer_args, sets_own_step_size
+from core.train.problems import Problem
 from core.train.samples import PromptError, clip_folder_problem, run_prompts
-
-
-@dataclass(frozen=True)
-class Problem:
-    field: str | None  # the setting to change; None when no single one is to blame
-    message: str
-    severity: Literal["error", "warning"] = "error"
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
+from core.train.subset_configs import dataset_subsets, subset_config
 
 
 class StartRefused(ValueError):
@@ -81,9 +71,8 @@ def mask_problems(cfg: TrainConfig) -> list[Problem]:
         return []
     configs = [("", cfg)]
     if cfg.uses_subsets:
-        from core.train.subsets import subset_sources  # imported here: core.train.subsets imports this module
         try:
-            configs = [(f"subset {source.name}: ", source.cfg) for source in subset_sources(cfg)]
+            configs = [(f"subset {subset.image_dir}: ", subset_config(cfg, subset)) for subset in dataset_subsets(cfg)]
         except ConfigError:
             return []  # the subsets' own check reports it
     problems = []

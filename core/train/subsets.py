@@ -3,7 +3,7 @@
 A run's images come from sources: the dataset subsets (the `subsets` table or an sd-scripts `dataset_config`
 TOML), else train_data_dir (kohya `N_name` folders give repeats, as sd-scripts makes each one a subset), plus
 the DreamBooth class folder (class_data_dir) as one more set of class images. Each source is planned into buckets,
-cached and captioned with its own settings (the run's, with the subset's own on top: `subset_config`).
+cached and captioned with its own settings (the run's, with the subset's own on top: core.train.subset_configs).
 
 An epoch is composed as sd-scripts' DreamBoothDataset composes it: every training image appears num_repeats
 times; the class (`is_reg`) images of a dataset (the sources with the same bucket settings) get repeats that give
@@ -16,11 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from core.config import ConfigError, TrainConfig, format_validation_error
-from core.config.dataset_toml import read_dataset_config
-from core.config.subsets import DATASET_KEYS, RUN_NAMES, DatasetSubset
+from core.config import TrainConfig
+from core.config.subsets import DATASET_KEYS, RUN_NAMES
 from core.dataset.discovery import find_images
 from core.jobs.protocol import JobContext, JobStopped
 from core.train.data import (
@@ -34,6 +31,7 @@ from core.train.data import (
     readable_examples,
 )
 from core.train.start_checks import data_problems, refuse_or_warn, split_problem
+from core.train.subset_configs import dataset_subsets, subset_config
 from core.train.validation import split_validation
 
 
@@ -52,24 +50,6 @@ class Source:
         """The bucket settings: sources with the same ones are one sd-scripts dataset (class images balance
         against the training images of their own dataset)."""
         return tuple(getattr(self.cfg, RUN_NAMES.get(key, key)) for key in DATASET_KEYS)
-
-
-def dataset_subsets(cfg: TrainConfig) -> list[DatasetSubset]:
-    """The run's subsets: the table's, or those of its dataset_config TOML ([] when it has neither)."""
-    if cfg.dataset_config.strip():
-        return read_dataset_config(cfg.dataset_config).subsets
-    return list(cfg.subsets)
-
-
-def subset_config(cfg: TrainConfig, subset: DatasetSubset) -> TrainConfig:
-    """The run's settings with the subset's own on top, its folder (not its subfolders) as the dataset;
-    ConfigError naming the subset when the combination is invalid (a resolution outside its bucket sides)."""
-    values = {**cfg.model_dump(), **subset.own(), "train_data_dir": [subset.image_dir], "recursive": False,
-              "subsets": [], "dataset_config": ""}
-    try:
-        return TrainConfig.model_validate(values)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"subset {subset.image_dir}")) from None
 
 
 def subset_sources(cfg: TrainConfig) -> list[Source]:
