@@ -107,29 +107,7 @@ def bench_env(**extra: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", **extra}
 
 
-def current_rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def peak_rss() -> int:
-    """High-water resident memory of this process, in bytes.
-
-    On Linux VmHWM is read, not getrusage's ru_maxrss: that one survives exec, so a child
-    started from a big parent reports the parent's size."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    try:
-        import resource
-    except ImportError:  # Windows
-        import psutil
-
-        return psutil.Process().memory_info().peak_wset
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
+from core.estimate.measured import current_rss, peak_rss  # noqa: E402,F401 (the one implementation, in core)
 
 
 def reset_peak_rss() -> bool:

@@ -132,3 +132,21 @@ def test_the_kind_of_training_drives_lora_and_the_class_folder(page):
 
     page.click("#train-preset-defaults")  # the radio follows the values a preset or the defaults set
     page.wait_for_function("document.querySelectorAll('#train-kind input')[0].checked")
+
+
+def test_the_estimate_shows_a_verdict_and_applies_a_saver_in_one_click(page, screenshot):
+    choose(page, "train-preset", "SD 1.5 full fine-tune, 24 GB GPU (built-in)")
+    page.wait_for_selector("#train-preset-message:has-text('Loaded')")
+    page.click("#train-estimate-section >> text=Memory and time estimate")  # opens the section
+    choose(page, "train-estimate-card", "8 GB")
+    estimate = page.wait_for_selector("#train-estimate:has-text('does not fit')", timeout=180_000)
+    assert "a card of 8 GB" in estimate.inner_text() and "optimizer state (AdamW)" in estimate.inner_text()
+    page.locator("#train-estimate").scroll_into_view_if_needed()
+    screenshot(page, "training-estimate")
+    saver = page.locator("[id^='train-saver-']:has-text('8-bit optimizer')")
+    saver.click()
+    wait_value(page, "TrainConfig-optimizer_type", "'AdamW8bit'")
+    page.wait_for_selector("#train-estimate:has-text('optimizer state (AdamW8bit)')", timeout=180_000)
+    page.click("#train-check")  # Check settings shows the estimate too
+    page.wait_for_selector("#train-report:has-text('problem')")
+    page.wait_for_selector("#train-estimate:has-text('Memory estimate')")

@@ -88,14 +88,15 @@ def latent_size(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def estimate(cfg: TrainConfig, arch: str | None = None, allow_measure: bool = True,
-             shape: ModelShape | None = None, in_child: bool = False) -> Estimate:
+             shape: ModelShape | None = None, in_child: bool = False, device: str = "cuda") -> Estimate:
     """The run's peak GPU memory. `arch`: the family assumed when no model is chosen; `allow_measure`: measure
     a step shape that the table only has a scaled value for (seconds to a minute); `in_child`: measure in a
-    child process."""
+    child process; `device`: cuda, or cpu for a run on the CPU (torch's optimizers step tensor by tensor there,
+    not with foreach over the whole group)."""
     shape = shape or model_shape(cfg, arch)
     model = meta_model(shape)
     trained = mark_trained(model, cfg)
-    result = Estimate(shape.arch, shape.source, shape.assumed)
+    result = Estimate(shape.arch, shape.source, shape.assumed, overhead=CUDA_OVERHEAD if device == "cuda" else 0)
     dtype, full = compute_dtype(cfg), cfg.full_fp16 or cfg.full_bf16
     lora = cfg.train_lora
     trained_ids = {id(p) for params in trained.values() for p in params}
@@ -111,7 +112,7 @@ def estimate(cfg: TrainConfig, arch: str | None = None, allow_measure: bool = Tr
         if part == "vae":
             vae_dtype = "float32" if cfg.no_half_vae or (shape.arch == "sdxl" and not cfg.vae.strip()) else dtype
             size = sum(p.numel() for p in module.parameters()) * dtype_bytes(vae_dtype)
-            note = vae_dtype
+            note = f"{_dtype_name(dtype_bytes(vae_dtype))}, frozen"
         else:
             size = sum(p.numel() * width_of(part, p) for p in module.parameters() if id(p) not in trained_ids
                        or not lora)
@@ -135,7 +136,7 @@ def estimate(cfg: TrainConfig, arch: str | None = None, allow_measure: bool = Tr
 
     args = parse_optimizer_args(cfg.optimizer_args)
     optimizer = state_bytes(cfg.optimizer_type, shapes_only, width, args)
-    step_temp = step_temporaries(cfg.optimizer_type, shapes_only, width, cfg.fused_backward_pass)
+    step_temp = step_temporaries(cfg.optimizer_type, shapes_only, width, cfg.fused_backward_pass or device != "cuda")
     ema = sum(_numel(s) * 4 for s in shapes_only) if cfg.use_ema else 0
     ema_gpu = ema if cfg.use_ema and not cfg.ema_on_cpu else 0
     unet_step = unet_activations(cfg, shape, allow_measure, in_child)

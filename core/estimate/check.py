@@ -42,12 +42,12 @@ def compared_with(card: str | float | None) -> tuple[int, str, str | None]:
         gpus = present_gpus()
         if gpus:
             return gpus[0].free, f"free on {gpus[0].name}", gpus[0].name
-        return card_bytes(DEFAULT_CARD), f"no CUDA GPU here: a {DEFAULT_CARD} GB card", ""
+        return card_bytes(DEFAULT_CARD), f"no CUDA GPU here: a card of {DEFAULT_CARD} GB", ""
     try:
         size = float(str(card).removesuffix("GB").strip())
     except ValueError:
         raise ValueError(f"card {card!r}: give a size in GB (e.g. 24) or gpu") from None
-    return card_bytes(size), f"a {size:g} GB card", None
+    return card_bytes(size), f"a card of {size:g} GB", None
 
 
 def check_estimate(values: dict, card: str | float | None = None, arch: str | None = None,

@@ -31,6 +31,17 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
 
 
+def touch_pages(modules, page: int = 4096) -> None:
+    """Read one value of every memory page of the modules' weights and buffers (makes mapped files resident)."""
+    import torch
+
+    with torch.no_grad():
+        for module in modules:
+            for tensor in module.state_dict().values():
+                if tensor.numel() and tensor.device.type == "cpu" and tensor.is_contiguous():
+                    tensor.reshape(-1)[::max(1, page // tensor.element_size())].float().sum()
+
+
 def current_rss() -> int:
     import psutil
 
@@ -38,15 +49,19 @@ def current_rss() -> int:
 
 
 class RunMeter:
-    """Started once the model is loaded and placed (its RSS then is the CPU baseline)."""
+    """Started once the model is loaded and placed: on a CPU, the process's RSS then, with every weight of
+    `modules` resident, is the baseline (weights loaded from safetensors are memory-mapped: a page counts in RSS
+    only once read, so untouched weights would show up as growth during the first steps)."""
 
-    def __init__(self, device):
+    def __init__(self, device, modules=()):
         import torch
 
         self.device = device
         self.cuda = getattr(device, "type", str(device)) == "cuda"
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            touch_pages(modules)
         self.device_name = torch.cuda.get_device_name(device) if self.cuda else "cpu"
         self.baseline_rss = current_rss()
 

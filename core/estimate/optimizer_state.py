@@ -58,12 +58,13 @@ def state_bytes(name: str, shapes: list[tuple], itemsize: int, args: dict | None
     return total
 
 
-def step_temporaries(name: str, shapes: list[tuple], itemsize: int, fused: bool = False) -> int:
-    """Memory the optimizer's step allocates for a moment, above its state and the gradients."""
+def step_temporaries(name: str, shapes: list[tuple], itemsize: int, one_at_a_time: bool = False) -> int:
+    """Memory the optimizer's step allocates for a moment, above its state and the gradients. `one_at_a_time`:
+    AdamW steps tensor by tensor (no foreach: on the CPU, or inside a fused backward pass)."""
     if not shapes:
         return 0
     largest = max(_numel(s) for s in shapes)
-    if name == "AdamW" and not fused:
+    if name == "AdamW" and not one_at_a_time:
         return sum(_numel(s) for s in shapes) * itemsize
     if name == "Adafactor":
         return 3 * largest * 4

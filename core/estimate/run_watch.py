@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import time
 
+import torch
+
 from core.config import TrainConfig
 from core.estimate.activations import config_hash
 from core.estimate.budget import MARGIN, latent_size
@@ -22,11 +24,13 @@ from core.fsutil import atomic_write_text
 
 
 class RunWatch:
-    def __init__(self, cfg: TrainConfig, ctx, accelerator, unet_config: dict, steps_left: int):
+    def __init__(self, cfg: TrainConfig, ctx, accelerator, model, steps_left: int):
         self.cfg, self.ctx, self.main = cfg, ctx, accelerator.is_main_process
-        self.model = config_hash(dict(unet_config))
+        self.device = accelerator.device.type
+        self.model = config_hash(dict(model.unet.config))
         self.estimate = self._estimate()
-        self.meter = RunMeter(accelerator.device)
+        parts = [getattr(model, p) for p in ("unet", "vae", "text_encoder", "text_encoder_2", "network")]
+        self.meter = RunMeter(accelerator.device, [p for p in parts if isinstance(p, torch.nn.Module)])
         self.log_duration(self.meter.device_name, steps_left)
         self.started = time.perf_counter()
 
@@ -34,7 +38,7 @@ class RunWatch:
         from core.estimate.budget import estimate
 
         try:
-            found = estimate(self.cfg, allow_measure=False)
+            found = estimate(self.cfg, allow_measure=False, device=self.device)
         except Exception as exc:  # the estimate must never stop a run
             self.ctx.log(f"no memory estimate ({type(exc).__name__}: {exc})")
             return None

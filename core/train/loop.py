@@ -81,8 +81,7 @@ def run(cfg: TrainConfig, ctx: JobContext) -> dict:
     started = time.time()
     training = set_up(cfg, ctx)
     first_step = training.position.global_step
-    watch = RunWatch(cfg, ctx, training.accelerator, training.model.unet.config,
-                     training.milestones.max_steps - first_step)
+    watch = RunWatch(cfg, ctx, training.accelerator, training.model, training.milestones.max_steps - first_step)
     decision = train_loop(training)
     measured = watch.finish(training.position.global_step - first_step)  # the training steps' peak and rate
     result = {**training.milestones.finish(decision), "measured": measured}
