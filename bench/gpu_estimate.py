@@ -34,8 +34,9 @@ CASES = {
 }
 
 
-def run_case(values: dict, steps: int) -> tuple[int, int, int]:
-    """(estimated peak, measured peak allocated, measured peak reserved) of a few steps of these settings."""
+def run_case(values: dict, steps: int, device_name: str = "cuda") -> tuple[int, int, int]:
+    """(estimated peak, measured peak allocated, measured peak reserved) of a few steps of these settings (on the
+    CPU, a smoke run of the code: nothing is measured)."""
     import torch
 
     from core.estimate.budget import estimate, latent_size, unet_inputs
@@ -49,7 +50,8 @@ def run_case(values: dict, steps: int) -> tuple[int, int, int]:
     cfg = estimate_config(values)
     shape = model_shape(cfg)
     expected = estimate(cfg, shape=shape).peak
-    device, dtype = torch.device("cuda"), weight_dtype(cfg.mixed_precision)
+    device, dtype = torch.device(device_name), weight_dtype(cfg.mixed_precision)
+    cuda = device.type == "cuda"
     model = meta_model(shape)
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(model, part, None)
@@ -58,7 +60,6 @@ def run_case(values: dict, steps: int) -> tuple[int, int, int]:
             with torch.no_grad():
                 for param in module.parameters():
                     param.normal_(0, 0.02)
-    torch.cuda.reset_peak_memory_stats()
     trained = mark_trained(model, cfg, on_meta=False)
     place_modules(model, cfg, trained, device, dtype)
     if cfg.cache_text_encoder_outputs:
@@ -72,7 +73,8 @@ def run_case(values: dict, steps: int) -> tuple[int, int, int]:
     height, width = latent_size(cfg)
     inputs = unet_inputs(shape)
     batch = cfg.train_batch_size
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
         latents = torch.randn(batch, 4, height, width, device=device, dtype=dtype)
         context = torch.randn(batch, 77, inputs["context_dim"], device=device, dtype=dtype)
@@ -81,13 +83,15 @@ def run_case(values: dict, steps: int) -> tuple[int, int, int]:
             extra["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, inputs["text_embeds"], device=device,
                                                                      dtype=dtype),
                                           "time_ids": torch.randn(batch, 6, device=device, dtype=dtype)}
-        with torch.autocast("cuda", dtype=dtype, enabled=cfg.mixed_precision != "no"):
+        with torch.autocast(device.type, dtype=dtype, enabled=cfg.mixed_precision != "no"):
             prediction = model.unet(latents, torch.randint(0, 1000, (batch,), device=device), context, **extra).sample
             loss = torch.nn.functional.mse_loss(prediction.float(), torch.randn_like(prediction.float()))
         loss.backward()
         if not cfg.fused_backward_pass:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if not cuda:
+        return expected, 0, 0
     torch.cuda.synchronize()
     return expected, torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
 
@@ -96,9 +100,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--only", choices=sorted(CASES), action="append", default=[])
+    parser.add_argument("--cpu-smoke", metavar="PX", type=int, default=0,
+                        help="run the cases' code on the CPU at this resolution (a check of the script, no figures)")
     args = parser.parse_args(argv)
     import torch
 
+    if args.cpu_smoke:
+        for name in args.only or CASES:
+            values = {**CASES[name], "max_resolution": f"{args.cpu_smoke},{args.cpu_smoke}", "min_bucket_reso": 64}
+            print(f"{name}: estimate {run_case(values, args.steps, 'cpu')[0] / 2**30:.2f} GiB, ran on the CPU")
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA GPU here: nothing to compare (run this on a machine with an NVIDIA GPU)")
         return 0
