@@ -38,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="training steps of each run")
     parser.add_argument("--only", choices=("demo", "sd1-width"), help="one model only")
     parser.add_argument("--cases", type=int, default=0, help="the first N cases only (0: all)")
+    parser.add_argument("--optimizer", help="the cases of this optimizer only")
     return parser.parse_args(argv)
 
 
@@ -76,7 +77,7 @@ def measure(args) -> list[Row]:
     from core.dataset.demo import build_demo
 
     rows = []
-    cases = [c for c in CASES if not args.only or c[0] == args.only]
+    cases = [c for c in CASES if (not args.only or c[0] == args.only) and (not args.optimizer or c[3] == args.optimizer)]
     cases = cases[:args.cases] if args.cases else cases
     with tempfile.TemporaryDirectory(prefix="bench-estimate-") as tmp:
         work = Path(tmp)

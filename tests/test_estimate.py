@@ -92,6 +92,13 @@ def test_optimizer_state_rules():
     assert state_bytes("Lion", [(1024, 1024)], 4) == 4 * n
     assert state_bytes("Adafactor", [(1024, 1024)], 4) == (1024 + 1024) * 4  # factored: rows + columns
     assert state_bytes("Prodigy", [(1024, 1024)], 4) == 16 * n
+    from core.estimate.optimizer_state import step_temporaries
+
+    shapes = [(1024, 1024), (2048, 1024)]
+    assert step_temporaries("AdamW", shapes, 4) == 3 * n * 4  # CUDA's foreach: one copy of the whole group
+    assert step_temporaries("AdamW", shapes, 4, one_at_a_time=True) == 0
+    assert step_temporaries("AdamW8bit", shapes, 4) == 0  # in place on CUDA
+    assert step_temporaries("AdamW8bit", shapes, 4, cpu=True) == 5 * 2 * n * 4  # fp32 copies of the largest
 
 
 @pytest.mark.parametrize("targets", ["attention", "attention_mlp", "all_linear_conv"])

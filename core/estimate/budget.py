@@ -136,7 +136,8 @@ def estimate(cfg: TrainConfig, arch: str | None = None, allow_measure: bool = Tr
 
     args = parse_optimizer_args(cfg.optimizer_args)
     optimizer = state_bytes(cfg.optimizer_type, shapes_only, width, args)
-    step_temp = step_temporaries(cfg.optimizer_type, shapes_only, width, cfg.fused_backward_pass or device != "cuda")
+    step_temp = step_temporaries(cfg.optimizer_type, shapes_only, width, cfg.fused_backward_pass or device != "cuda",
+                                 cpu=device == "cpu")
     ema = sum(_numel(s) * 4 for s in shapes_only) if cfg.use_ema else 0
     ema_gpu = ema if cfg.use_ema and not cfg.ema_on_cpu else 0
     unet_step = unet_activations(cfg, shape, allow_measure, in_child)
