@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from core.config import TrainConfig
 from core.estimate.activations import Measured, Shape, config_hash, measured_or_scaled
 from core.estimate.optimizer_state import state_bytes, step_temporaries
-from core.estimate.skeleton import ARCH_NAMES, ModelShape, mark_trained, meta_model, model_shape
+from core.estimate.skeleton import ARCH_NAMES, ModelShape, counted, model_shape
 
 MARGIN = 0.15               # the estimate's uncertainty: a peak above estimate x (1 + MARGIN) is a miss
 CUDA_OVERHEAD = 600 * 2**20  # CUDA context, kernels, cuBLAS/cuDNN handles: outside torch's allocated memory
@@ -94,41 +94,40 @@ def estimate(cfg: TrainConfig, arch: str | None = None, allow_measure: bool = Tr
     child process; `device`: cuda, or cpu for a run on the CPU (torch's optimizers step tensor by tensor there,
     not with foreach over the whole group)."""
     shape = shape or model_shape(cfg, arch)
-    model = meta_model(shape)
-    trained = mark_trained(model, cfg)
+    count = counted(shape, cfg)
+    trained = count.trained
     result = Estimate(shape.arch, shape.source, shape.assumed, overhead=CUDA_OVERHEAD if device == "cuda" else 0)
     dtype, full = compute_dtype(cfg), cfg.full_fp16 or cfg.full_bf16
     lora = cfg.train_lora
-    trained_ids = {id(p) for params in trained.values() for p in params}
 
-    def width_of(part: str, param) -> int:
-        if id(param) in trained_ids:
+    def width_of(part: str, is_trained: bool) -> int:
+        if is_trained:
             return dtype_bytes(dtype) if full else 4
         return dtype_bytes(dtype) if (lora or full or part not in trained) else 4
 
     on_gpu = ["unet", "vae"] + ([] if cfg.cache_text_encoder_outputs else text_parts(shape.arch))
     for part in ("unet", *text_parts(shape.arch), "vae"):
-        module = getattr(model, part)
+        tensors = count.parts[part]
         if part == "vae":
             vae_dtype = "float32" if cfg.no_half_vae or (shape.arch == "sdxl" and not cfg.vae.strip()) else dtype
-            size = sum(p.numel() for p in module.parameters()) * dtype_bytes(vae_dtype)
+            size = sum(n for n, _ in tensors) * dtype_bytes(vae_dtype)
             note = f"{_dtype_name(dtype_bytes(vae_dtype))}, frozen"
         else:
-            size = sum(p.numel() * width_of(part, p) for p in module.parameters() if id(p) not in trained_ids
-                       or not lora)
-            note = _dtype_note(module, part, trained, width_of, lora)
+            size = sum(n * width_of(part, t) for n, t in tensors if not (t and lora))
+            widths = sorted({width_of(part, t) for _, t in tensors if not (t and lora)})
+            state = "frozen base" if lora else "trained" if part in trained else "frozen"
+            note = f"{'/'.join(_dtype_name(w) for w in widths)}, {state}"
         if part in on_gpu:
             result.weights.append(Part(PART_LABELS[part], size, note))
         else:
             result.notes.append(f"{PART_LABELS[part]} ({_gib(size)}) moves to the CPU once captions are encoded")
+    trained_shapes = [(s, width_of(part, True)) for part, shapes in trained.items() for s in shapes]
     if lora and trained:
-        adapters = sum(p.numel() for params in trained.values() for p in params)
-        width = dtype_bytes(dtype) if full else 4
+        adapters = sum(_numel(s) for s, _ in trained_shapes)
         kind = f"LyCORIS {cfg.algo}" if cfg.network_module == "lycoris.kohya" else "LoRA"
-        result.weights.append(Part(f"{kind} network", adapters * width,
+        result.weights.append(Part(f"{kind} network", adapters * width_of("unet", True),
                                    f"{adapters:,} parameters, rank {cfg.network_dim}"))
 
-    trained_shapes = [(tuple(p.shape), width_of(part, p)) for part, params in trained.items() for p in params]
     grads = sum(_numel(s) * w for s, w in trained_shapes)
     width = trained_shapes[0][1] if trained_shapes else 4
     shapes_only = [s for s, _ in trained_shapes]
@@ -150,7 +149,7 @@ def estimate(cfg: TrainConfig, arch: str | None = None, allow_measure: bool = Tr
 
     held = result.weight_bytes + optimizer + ema_gpu
     largest_grad = max((_numel(s) * w for s, w in trained_shapes), default=0)
-    unet_grads = sum(_numel(tuple(p.shape)) * width_of("unet", p) for p in trained.get("unet", []))
+    unet_grads = sum(_numel(s) * width_of("unet", True) for s in trained.get("unet", []))
     other_grads = grads - unet_grads
     accumulating = cfg.gradient_accumulation_steps > 1
     if cfg.fused_backward_pass:  # each gradient is freed as soon as its weight is updated
@@ -204,14 +203,6 @@ def text_parts(arch: str) -> list[str]:
 
 def _dtype_name(width: int) -> str:
     return "fp32" if width == 4 else "16-bit"
-
-
-def _dtype_note(module, part: str, trained: dict, width_of, lora: bool) -> str:
-    if lora:
-        base = {width_of(part, p) for p in module.parameters() if not p.requires_grad}
-        return f"{'/'.join(_dtype_name(w) for w in sorted(base))}, frozen base"
-    widths = sorted({width_of(part, p) for p in module.parameters()})
-    return f"{'/'.join(_dtype_name(w) for w in widths)}, {'trained' if part in trained else 'frozen'}"
 
 
 def _gib(count: int) -> str:

@@ -91,6 +91,40 @@ def mark_trained(model: SDModel, cfg: TrainConfig, on_meta: bool = True) -> dict
     return trained
 
 
+@dataclass(frozen=True)
+class Counted:
+    """The run's parameters, without the model: each part's tensors as (elements, trained), and the shapes of the
+    trained tensors by part (adapters included)."""
+    parts: dict
+    trained: dict
+
+
+# The settings that decide what a run trains and which adapters it adds (the key of `counted`'s memo).
+TRAINED_FIELDS = ("train_unet", "train_text_encoder", "learning_rate", "learning_rate_te", "learning_rate_te1",
+                  "learning_rate_te2", "unet_blocks", "clip_skip", "train_lora", "network_module", "network_dim",
+                  "network_alpha", "lora_targets", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
+                  "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                  "algo", "conv_dim", "conv_alpha", "factor", "dora_wd", "network_args")
+_COUNTED: dict[str, Counted] = {}
+
+
+def counted(shape: ModelShape, cfg: TrainConfig) -> Counted:
+    """What `mark_trained` marks on the meta model, as counts; remembered per architecture and settings that
+    matter (adding peft's adapters to SDXL takes seconds; a saver or a second check then costs nothing)."""
+    import json
+
+    key = json.dumps([shape.configs, [getattr(cfg, name, None) for name in TRAINED_FIELDS]], sort_keys=True,
+                     default=str)
+    if key not in _COUNTED:
+        model = meta_model(shape)
+        trained = mark_trained(model, cfg)
+        ids = {id(p) for params in trained.values() for p in params}
+        parts = {part: [(p.numel(), id(p) in ids) for p in getattr(model, part).parameters()]
+                 for part in ("unet", "vae", *TEXT_ENCODERS[shape.arch])}
+        _COUNTED[key] = Counted(parts, {part: [tuple(p.shape) for p in params] for part, params in trained.items()})
+    return _COUNTED[key]
+
+
 # Placeholders of paths the estimate does not read, so that a preset without them can be estimated.
 PLACEHOLDERS = {"output_dir": "(output folder)"}
 
