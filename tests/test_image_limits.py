@@ -184,14 +184,14 @@ def test_an_image_that_runs_out_of_memory_is_skipped_with_a_reason(demo, copy_da
 
     dataset = copy_dataset(demo)
     victim = sorted(dataset.rglob("*.png"))[0]
-    real = latents.training_image
+    real = latents.training_sample
 
-    def short_of_memory(assignment, max_pixels):
+    def short_of_memory(assignment, mask, max_pixels):
         if assignment.path == victim:
             raise MemoryError()  # no message, as Python's own
-        return real(assignment, max_pixels)
+        return real(assignment, mask, max_pixels)
 
-    monkeypatch.setattr(latents, "training_image", short_of_memory)
+    monkeypatch.setattr(latents, "training_sample", short_of_memory)
     cfg = CacheConfig(train_data_dir=[str(dataset)], pretrained_model_name_or_path=str(demo / "model.safetensors"),
                       latents_dir=str(tmp_path / "cache"), max_data_loader_n_workers=0, **SMALL)
     with JobContext(tmp_path / "run", echo=False) as ctx:
