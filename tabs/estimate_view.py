@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.config import ConfigError
-from core.estimate.check import CARD_CHOICES, THIS_GPU, check_estimate
+from core.estimate.cards import CARD_CHOICES, THIS_GPU
 from tabs.form import SchemaForm
 
 MAX_SAVERS = 9  # buttons kept ready (hidden until a saver fills them)
@@ -33,6 +33,8 @@ class EstimateView:
 
     def show(self, card: str, *raw) -> list:
         """[the section opened, estimate markdown, the savers' changes, each saver button]."""
+        from core.estimate.check import check_estimate  # torch: not while the app is built
+
         values = self.form.read(*raw)
         try:
             checked = check_estimate(values, card)

@@ -10,12 +10,13 @@ import torch
 from core.estimate import activations
 from core.estimate.activations import Measured, Shape, lookup, measure, remember
 from core.estimate.budget import estimate, unet_inputs, unet_shape
+from core.estimate.cards import card_bytes
 from core.estimate.check import check_estimate
 from core.estimate.measured import compare, expected_rate, remember_rate
 from core.estimate.optimizer_state import state_bytes
 from core.estimate.savers import candidates
 from core.estimate.skeleton import estimate_config, mark_trained, meta_model, model_shape
-from core.estimate.verdict import card_bytes, verdict
+from core.estimate.verdict import verdict
 from core.models.lora import _suffixes, target_modules
 from tests.trainkit import train, train_values
 

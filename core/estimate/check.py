@@ -6,13 +6,11 @@ from dataclasses import dataclass, field
 
 from core.estimate.activations import config_hash, measure_in_background
 from core.estimate.budget import Estimate, estimate, latent_size, unet_inputs, unet_shape
+from core.estimate.cards import DEFAULT_CARD, THIS_GPU, card_bytes
 from core.estimate.measured import expected_rate, format_duration
 from core.estimate.savers import Saver, savers
 from core.estimate.skeleton import estimate_config, model_shape
-from core.estimate.verdict import CARD_SIZES, card_bytes, present_gpus, report, verdict
-
-THIS_GPU = "GPU in this machine"
-DEFAULT_CARD = 24  # GB, compared with when there is no GPU and none was chosen
+from core.estimate.verdict import present_gpus, report, verdict
 
 
 @dataclass
@@ -91,5 +89,3 @@ def duration_line(cfg, model: str, device: str | None, steps: int | None) -> str
     return (f"**Time:** about {format_duration(steps / rate)} for {steps} steps ({rate:.2f} steps/s, from a past "
             f"run on {past['device']}: {past['steps_per_s']:.2f} steps/s at batch {past['batch']}).")
 
-
-CARD_CHOICES = [THIS_GPU] + [f"{size} GB" for size in CARD_SIZES]

@@ -8,7 +8,8 @@ import json
 import sys
 
 from core.config import ConfigError
-from core.estimate.check import THIS_GPU, check_estimate
+from core.estimate.cards import THIS_GPU
+from core.estimate.check import check_estimate
 from core.jobs.flags import build_parser, layered_values
 from core.jobs.protocol import EXIT_INVALID
 from core.jobs.registry import JOBS

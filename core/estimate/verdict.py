@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from core.estimate.budget import MARGIN, Estimate, describe_arch
 from core.estimate.savers import Saver
 
-CARD_SIZES = (8, 12, 16, 24, 48, 80)  # GB, the cards to compare with when no GPU is present
 GPU_QUERY = ("import json, torch\n"
              "gpus = [dict(name=torch.cuda.get_device_name(i), free=torch.cuda.mem_get_info(i)[0],"
              " total=torch.cuda.mem_get_info(i)[1]) for i in range(torch.cuda.device_count())]"
@@ -34,12 +33,6 @@ def present_gpus(timeout: float = 60) -> list[Gpu]:
         return [Gpu(**gpu) for gpu in json.loads(out.strip().splitlines()[-1])]
     except (OSError, subprocess.SubprocessError, ValueError, IndexError, TypeError):
         return []
-
-
-def card_bytes(gigabytes: float) -> int:
-    """A card sold as N GB: N x 10^9 bytes (an "8 GB" card has 7.45 GiB), less nothing else: the CUDA context is
-    counted in the estimate."""
-    return int(gigabytes * 1e9)
 
 
 def verdict(needed: int, available: int) -> str:
