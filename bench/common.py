@@ -107,17 +107,7 @@ def bench_env(**extra: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", **extra}
 
 
-from core.estimate.measured import current_rss, peak_rss  # noqa: E402,F401 (the one implementation, in core)
-
-
-def reset_peak_rss() -> bool:
-    """Make the high-water mark `peak_rss` reads this process's resident memory now (Linux: writing 5 to
-    /proc/self/clear_refs), so a later peak_rss is the peak from here on; False where that cannot be done."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
+from core.estimate.measured import current_rss, peak_rss, reset_peak_rss  # noqa: E402,F401 (one implementation)
 
 
 @contextmanager

@@ -42,6 +42,16 @@ def touch_pages(modules, page: int = 4096) -> None:
                     tensor.reshape(-1)[::max(1, page // tensor.element_size())].float().sum()
 
 
+def reset_peak_rss() -> bool:
+    """Make the high-water mark `peak_rss` reads this process's resident memory now (Linux: writing 5 to
+    /proc/self/clear_refs), so a later peak_rss is the peak from here on; False where that cannot be done."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def current_rss() -> int:
     import psutil
 
@@ -64,6 +74,7 @@ class RunMeter:
             touch_pages(modules)
         self.device_name = torch.cuda.get_device_name(device) if self.cuda else "cpu"
         self.baseline_rss = current_rss()
+        self.peak_from_here = not self.cuda and reset_peak_rss()  # else the loading's own peak may count
 
     def figures(self) -> dict:
         import torch
@@ -71,7 +82,9 @@ class RunMeter:
         if self.cuda:
             return {"device": self.device_name, "peak_allocated": torch.cuda.max_memory_allocated(self.device),
                     "peak_reserved": torch.cuda.max_memory_reserved(self.device)}
-        return {"device": "cpu", "peak_rss": peak_rss(), "peak_rss_above_model": peak_rss() - self.baseline_rss}
+        peak = peak_rss()
+        return {"device": "cpu", "peak_rss": peak, "peak_rss_above_model": peak - self.baseline_rss,
+                "peak_since_start": self.peak_from_here}
 
 
 def compare(figures: dict, estimate: dict | None, margin: float) -> tuple[dict, str | None]:
