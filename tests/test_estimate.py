@@ -242,9 +242,12 @@ def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path)
 
 
 def test_compare_warns_past_the_margin_and_rates_are_remembered():
-    figures, warning = compare({"device": "X", "peak_allocated": 130}, {"peak": 100, "above_weights": 50}, 0.15)
+    gib = 2**30
+    figures, warning = compare({"device": "X", "peak_allocated": 13 * gib}, {"peak": 10 * gib}, 0.15)
     assert figures["error_percent"] == 30.0 and "+30% over the estimate" in warning
-    assert compare({"device": "X", "peak_allocated": 110}, {"peak": 100}, 0.15)[1] is None
+    assert compare({"device": "X", "peak_allocated": 11 * gib}, {"peak": 10 * gib}, 0.15)[1] is None
+    tiny, warning = compare({"device": "cpu", "peak_rss_above_model": 36 * 2**20}, {"above_weights": 15 * 2**20}, 0.15)
+    assert tiny["error_percent"] == 140.0 and warning is None  # a few MiB: a CPU process's own noise
     remember_rate({"device": "GPU A", "model": "m", "pixels": 512 * 512, "batch": 1, "checkpointing": True,
                    "lora": False, "steps_per_s": 2.0})
     rate, past = expected_rate("GPU A", "m", 512 * 512, 2, True, False)
