@@ -263,11 +263,11 @@ def test_train_preset_save_as_and_kohya_import(page, tmp_path):
 
     config = tmp_path / "kohya config.json"
     config.write_text('{"learning_rate": "5e-6", "epoch": 3, "lr_warmup": 10, "optimizer": "AdamW8bit", '
-                      '"lr_scheduler": "cosine", "conv_dim": 32, "xformers": true}', encoding="utf-8")
+                      '"lr_scheduler": "cosine", "color_aug": true, "xformers": true}', encoding="utf-8")
     page.click("text=Import a kohya_ss")
     page.set_input_files("#train-import input[type=file]", str(config))
     page.wait_for_selector("#train-import-message:has-text('Imported')")
-    assert "conv_dim" in page.inner_text("#train-import-message")
+    assert "color_aug" in page.inner_text("#train-import-message")
     wait_value(page, "TrainConfig-max_train_epochs", "3", number=True)
     wait_value(page, "TrainConfig-optimizer_type", "'AdamW8bit'")
 

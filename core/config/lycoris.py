@@ -175,8 +175,10 @@ def kohya_network_pairs(pairs: list[tuple[str, object]]) -> list[tuple[str, obje
                 name = DEPRECATED.get(name, name)
                 if name in NETWORK_ARGS:
                     extra.append(f"{name}={text}")
+                elif not eq:  # not key=value: left in network_args, whose check reports it
+                    out.append(("network_args", [item]))
                 else:
-                    out.append(("network_dropout" if name == "dropout" else name, text if eq else item))
+                    out.append(("network_dropout" if name == "dropout" else name, text))
         elif key == "algo" and str(value).strip().lower() == "lora":
             out.append(("algo", "locon"))  # the library's lora is its LoCon module
         elif key == "LoRA_type" and value in KOHYA_SS_ALGOS:
