@@ -16,8 +16,9 @@ from core.config import ClassImagesConfig, ConfigError, TrainConfig, field_meta,
 from core.config.dreambooth import PriorPreservationSettings
 from core.jobs.protocol import JobContext, JobStopped
 from core.train import loop, step
-from core.train.data import BucketBatchSampler, balanced_repeats, build_examples, class_examples, make_dataloader
+from core.train.data import BucketBatchSampler, balanced_repeats, build_examples, make_dataloader
 from core.train.preflight import check_training
+from core.train.subsets import balance_class_images, source_examples, sources
 
 CLASS_PROMPT = "a photo of a shape"
 INSTANCE_PROMPT = "a photo of sks shape"
@@ -68,6 +69,14 @@ def test_the_fields_are_declared_once_and_shown_as_dreambooth():
         ClassImagesConfig(pretrained_model_name_or_path="m", class_prompt=CLASS_PROMPT)
 
 
+def class_examples(cfg, ctx) -> list:
+    """The class folder's examples as the trainer balances them against the training images."""
+    parts = [(source, source_examples(source, ctx)) for source in sources(cfg)]
+    training = [(source, examples) for source, examples in parts if not source.is_reg]
+    balanced = balance_class_images([part for part in parts if part[0].is_reg], training, cfg, ctx)
+    return [e for _, examples in balanced for e in examples]
+
+
 def test_class_samples_match_the_training_samples_in_the_same_buckets(kit, dataset, tmp_path, ctx):
     class_dir = make_class_folder(tmp_path / "class", [(512, 512), (768, 512), (512, 512)])
     cfg = validate(TrainConfig, train_values(kit, tmp_path / "out", train_data_dir=[str(dataset)],
@@ -75,7 +84,7 @@ def test_class_samples_match_the_training_samples_in_the_same_buckets(kit, datas
                                              prior_loss_weight=0.25, cache_latents=False), "test")
     instance = build_examples(cfg, ctx)
     assert sum(e.repeats for e in instance) == INSTANCE_SAMPLES
-    classes = class_examples(cfg, ctx, INSTANCE_SAMPLES)
+    classes = class_examples(cfg, ctx)
     assert [e.repeats for e in classes] == [8, 8, 8]
     assert {e.loss_weight for e in classes} == {0.25} and {e.loss_weight for e in instance} == {1.0}
     assert {e.bucket for e in classes} <= {e.bucket for e in instance}
@@ -104,7 +113,7 @@ def test_instance_prompt_and_class_prompt_caption_images_without_a_caption_file(
     instance = {e.image.name: e.caption for e in build_examples(cfg, ctx)}
     assert instance["demo_000.png"] == INSTANCE_PROMPT
     assert instance["demo_003.png"] == (dataset / "5_demo" / "demo_003.txt").read_text(encoding="utf-8").strip()
-    classes = {e.image.name: e.caption for e in class_examples(cfg, ctx, INSTANCE_SAMPLES)}
+    classes = {e.image.name: e.caption for e in class_examples(cfg, ctx)}
     assert classes == {"photo-0.png": CLASS_PROMPT, "photo-1.png": "its own caption"}
     assert not [e for e in events(ctx.run.path) if e["event"] == "warning"]
 

@@ -151,16 +151,6 @@ def build_examples(cfg: TrainConfig, ctx, default_caption: str | None = None,
     return examples
 
 
-def class_examples(cfg: TrainConfig, ctx, instance_samples: int) -> list[Example]:
-    """The class folder's examples for prior preservation, weighted prior_loss_weight, captioned with
-    class_prompt when they have no caption file, with repeats that give `instance_samples` class
-    samples per epoch (`balanced_repeats`); images left without a repeat are not used, as in kohya."""
-    examples = build_examples(class_data_config(cfg), ctx, cfg.class_prompt, cfg.prior_loss_weight)
-    if not examples:
-        raise ValueError(f"class_data_dir {cfg.class_data_dir}: no usable images (see the warnings above)")
-    return [e for e in balance_class_examples(examples, instance_samples, ctx, cfg.prior_loss_weight) if e.repeats]
-
-
 def balance_class_examples(examples: list[Example], instance_samples: int, ctx,
                            prior_loss_weight: float) -> list[Example]:
     """The class images with the repeats that give `instance_samples` class samples per epoch
