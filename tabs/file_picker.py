@@ -37,8 +37,10 @@ class FilePicker:
                 self.up = gr.Button("⬆ Up", scale=0, min_width=80, size="sm", elem_id=f"{elem_id}-up")
 
             # A new explorer for each folder: gradio 6.31's FileExplorer, given a new root_dir, keeps
-            # showing an empty list.
-            @gr.render(inputs=self.folder)
+            # showing an empty list. One render at a time, of all pickers: two at once (each picker's on the
+            # page's load) grow and iterate the session's block table together in gradio 6.31
+            # ("dictionary changed size during iteration").
+            @gr.render(inputs=self.folder, concurrency_limit=1, concurrency_id="file-picker-render")
             def explorer(folder):
                 listing = gr.FileExplorer(root_dir=folder, file_count="single", ignore_glob=_hidden(folder),
                                           height=260, max_height=260, show_label=False, key=folder,

@@ -38,6 +38,10 @@ def test_app_serves_its_tabs(free_port):
     from tabs.app import build_app
 
     app = build_app()
+    # gradio 6.31 renders race on the session's block table: all of the page's renders run one at a time
+    renders = [fn for fn in app.fns.values() if fn.renderable is not None]
+    assert len(renders) >= 2
+    assert {(fn.concurrency_limit, fn.concurrency_id) for fn in renders} == {(1, "file-picker-render")}
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
