@@ -1,4 +1,5 @@
 """The GUI in a real browser: Playwright drives Debian's chromium (headless) against gui.py."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -61,17 +62,25 @@ def reopen(page, url: str) -> None:
             time.sleep(1)
 
 
-@pytest.fixture
-def gui_url(studio_home, free_port):
-    port = free_port()
-    proc = start_gui(port, studio_home / "gui.log")
+@contextlib.contextmanager
+def served_gui(home: Path, port: int):
+    """gui.py with STUDIO_HOME `home` on `port`: its URL. On leaving, it stops and its log has no traceback."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUDIO_HOME", str(home))
+        proc = start_gui(port, home / "gui.log")
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    output = (studio_home / "gui.log").read_text(errors="replace")
+    output = (home / "gui.log").read_text(errors="replace")
     assert "Traceback" not in output, output
+
+
+@pytest.fixture
+def gui_url(studio_home, free_port):
+    with served_gui(studio_home, free_port()) as url:
+        yield url
 
 
 @pytest.fixture

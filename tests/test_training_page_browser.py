@@ -5,7 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-from test_gui_browser import CHROMIUM_ARGS, chromium_path, fill, gui_url, show_field, wait_value  # noqa: F401 (fixture)
+from conftest import _free_port
+from test_gui_browser import CHROMIUM_ARGS, chromium_path, fill, served_gui, show_field, wait_value
 
 from core.config import TrainConfig, field_meta
 from tabs.form import section_id
@@ -14,19 +15,35 @@ from tabs.training import KINDS
 WIDTH, HEIGHT = 1366, 768
 
 
-@pytest.fixture
-def page(gui_url):  # noqa: F811
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    """The STUDIO_HOME of the module's one GUI."""
+    return tmp_path_factory.mktemp("studio-home-training-page")
+
+
+@pytest.fixture(scope="module")
+def browser(shared_home):
+    """One GUI and one chromium for the module's tests (they change only their own page's form, and what they
+    save they name apart): each test gets a new page, so a new session with the form as it starts."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
+    with served_gui(shared_home, _free_port()) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-        page.set_default_timeout(60_000)
-        page.goto(gui_url)
-        page.click("#tab-training-button", timeout=180_000)  # the first render of the page, on a busy machine
-        page.wait_for_selector("#train-button")
-        yield page
+        yield browser, url
         browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    browser, url = browser
+    context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.click("#tab-training-button", timeout=180_000)  # the first render of the page, on a busy machine
+    page.wait_for_selector("#train-button")
+    yield page
+    context.close()
 
 
 def open_section(page, name: str) -> None:
@@ -83,7 +100,7 @@ def test_a_dependency_hides_and_restores_a_field(page):
     wait_value(page, "TrainConfig-huber_c", "0.3", number=True)  # its value was kept while hidden
 
 
-def test_a_preset_with_hidden_fields_round_trips_byte_for_byte(page, studio_home):
+def test_a_preset_with_hidden_fields_round_trips_byte_for_byte(page, shared_home):
     open_section(page, "loss_type")
     choose(page, "TrainConfig-loss_type", "huber")
     fill(page, "TrainConfig-huber_c", "0.3")
@@ -92,7 +109,7 @@ def test_a_preset_with_hidden_fields_round_trips_byte_for_byte(page, studio_home
     fill(page, "train-preset-name", "Hidden huber")
     page.click("#train-preset-save-as")
     page.wait_for_selector("#train-preset-message:has-text('Saved Hidden huber')")
-    path = studio_home / "presets" / "user" / "train" / "hidden-huber.json"
+    path = shared_home / "presets" / "user" / "train" / "hidden-huber.json"
     first = path.read_bytes()
     assert json.loads(first)["values"]["huber_c"] == 0.3
 
