@@ -12,7 +12,7 @@ from core.estimate.activations import Measured, Shape, lookup, measure, remember
 from core.estimate.budget import estimate, unet_inputs, unet_shape
 from core.estimate.cards import card_bytes
 from core.estimate.check import check_estimate
-from core.estimate.measured import compare, expected_rate, remember_rate
+from core.estimate.measured import TRACE_CPU_ALLOCATOR, compare, expected_rate, remember_rate
 from core.estimate.optimizer_state import state_bytes
 from core.estimate.savers import candidates
 from core.estimate.skeleton import estimate_config, mark_trained, meta_model, model_shape
@@ -228,11 +228,13 @@ def test_cli_prints_the_estimate_and_its_savers(capsys):
     assert main(["estimate", "--set", "train_batch_size=0"]) == 2
 
 
-def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path):
+def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path, monkeypatch):
     kit = demo_kit("sd1")
+    monkeypatch.setenv(TRACE_CPU_ALLOCATOR, "1")  # also the CPU allocator's peak: what the estimate predicts
     result = train(train_values(kit, tmp_path / "out", max_train_steps=3), tmp_path / "run")
     measured = result["measured"]
     assert measured["device"] == "cpu" and measured["peak_rss"] > measured["peak_rss_above_model"] > 0
+    assert measured["peak_allocated_above_model"] > 0 and abs(measured["allocated_error_percent"]) <= 20
     assert measured["steps_per_s"] > 0 and measured["estimated"] > 0
     assert isinstance(measured["error_percent"], float)
     saved = json.loads((tmp_path / "run" / "estimate.json").read_text())

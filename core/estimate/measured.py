@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from core.fsutil import atomic_write_text, studio_home
@@ -61,6 +62,34 @@ def current_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+TRACE_CPU_ALLOCATOR = "STUDIO_TRACE_CPU_ALLOCATOR"  # "1": a CPU run also reports its allocator's peak
+
+
+class CpuAllocatorTrace:
+    """The peak of torch's CPU allocator from the trace's start: every tensor allocated and freed, the kernels'
+    own buffers included, through the profiler's memory events. It is the CPU's counterpart of CUDA's
+    max_memory_allocated (what the estimate predicts), where RSS also holds what is not a tensor (oneDNN and
+    OpenMP buffers, the autograd graph, the C allocator's arenas). The profiler slows a run: only on request
+    (STUDIO_TRACE_CPU_ALLOCATOR=1 in the environment; the estimate's bench sets it)."""
+
+    def __init__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self.profiler.__enter__()
+
+    def peak(self) -> int:
+        """Stops the trace: the highest sum of the bytes allocated minus freed since its start."""
+        self.profiler.__exit__(None, None, None)
+        events = sorted((e for e in self.profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
+                        key=lambda e: e.start_ns())
+        total = peak = 0
+        for event in events:
+            total += event.nbytes()
+            peak = max(peak, total)
+        return peak
+
+
 class RunMeter:
     """Started once the model is loaded and placed: on a CPU, the process's RSS then, with every weight of
     `modules` resident, is the baseline (weights loaded from safetensors are memory-mapped: a page counts in RSS
@@ -78,6 +107,7 @@ class RunMeter:
         self.device_name = torch.cuda.get_device_name(device) if self.cuda else "cpu"
         self.baseline_rss = current_rss()
         self.peak_from_here = not self.cuda and reset_peak_rss()  # else the loading's own peak may count
+        self.trace = CpuAllocatorTrace() if not self.cuda and os.environ.get(TRACE_CPU_ALLOCATOR) == "1" else None
 
     def figures(self) -> dict:
         import torch
@@ -86,8 +116,11 @@ class RunMeter:
             return {"device": self.device_name, "peak_allocated": torch.cuda.max_memory_allocated(self.device),
                     "peak_reserved": torch.cuda.max_memory_reserved(self.device)}
         peak = peak_rss()
-        return {"device": "cpu", "peak_rss": peak, "peak_rss_above_model": peak - self.baseline_rss,
-                "peak_since_start": self.peak_from_here}
+        figures = {"device": "cpu", "peak_rss": peak, "peak_rss_above_model": peak - self.baseline_rss,
+                   "peak_since_start": self.peak_from_here}
+        if self.trace:
+            figures["peak_allocated_above_model"] = self.trace.peak()
+        return figures
 
 
 def compare(figures: dict, estimate: dict | None, margin: float) -> tuple[dict, str | None]:
@@ -103,6 +136,8 @@ def compare(figures: dict, estimate: dict | None, margin: float) -> tuple[dict, 
             "peak memory above the loaded model"
     error = round(100 * (measured - expected) / expected, 1) if expected else None
     out = {**figures, "estimated": expected, "error_percent": error}
+    if "peak_allocated_above_model" in figures and expected:
+        out["allocated_error_percent"] = round(100 * (figures["peak_allocated_above_model"] - expected) / expected, 1)
     warning = None
     if expected and measured > expected * (1 + margin) and measured - expected > NOISE_FLOOR:
         warning = (f"{what}: {measured / 2**30:.2f} GiB, {error:+.0f}% over the estimate made at the start "
