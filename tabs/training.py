@@ -13,7 +13,6 @@ import gradio as gr
 
 from core.config import CacheConfig, ConfigError, TrainConfig, validate
 from core.config.presets import differences, find_preset
-from core.jobs.runner import display_command, job_command
 from core.train.checkpoints import saved_states
 from tabs.estimate_view import EstimateView
 from tabs.form import SchemaForm, section_id
@@ -36,19 +35,6 @@ def changes_markdown(preset_name: str | None, values: dict) -> str:
                    f"<td>{html.escape(repr(b))}</td></tr>" for k, (a, b) in changed.items())
     return (f"<details><summary>{len(changed)} setting(s) differ from {base}</summary><table class='changes'>"
             f"<tr><th>setting</th><th>preset</th><th>now</th></tr>{rows}</table></details>")
-
-
-def check_report(values: dict) -> tuple[str, bool, bool]:
-    """(Markdown report, ok to start, latent cache to build) for the form's values."""
-    from core.train.preflight import check_training
-
-    found = check_training(values)
-    report = found.report()
-    if found.ok:
-        cfg = validate(TrainConfig, values, "settings")
-        command = display_command(job_command("train", Path("runs") / "train-<new run>", cfg))
-        report += f"\n\nThe run will start with:\n```\n{command}\n```"
-    return report, found.ok, found.needs_cache
 
 
 def class_images_values(values: dict) -> dict:
@@ -172,11 +158,15 @@ def build(blocks: gr.Blocks) -> TrainingPage:
         return form.read(*raw)
 
     def do_check(*raw):
+        from core.train.preflight import check_report  # torch: not while the app is built
+
         values = values_of(raw)
         text, _, needs_cache = check_report(values)
         return {report: text, build_cache: gr.update(interactive=needs_cache), **named_fields(form, values, text)}
 
     def do_start(*raw, resume_from: str = ""):
+        from core.train.preflight import check_report
+
         values = values_of(raw)
         if resume_from:
             values["resume"] = resume_from

@@ -293,3 +293,28 @@ def test_more_processes_than_gpus_are_a_warning(values, monkeypatch, no_cuda):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert not preflight.check_device(validate(TrainConfig, {**values, "num_processes": 4}, "t"))
     assert preflight.check_device(validate(TrainConfig, {**values, "num_processes": 4, "gpu_ids": "0,1"}, "t"))
+
+
+def test_the_check_on_the_command_line(values, kit, tmp_path, studio_home, capsys):
+    from core.jobs.cli import main
+
+    config = tmp_path / "settings.json"  # a preset of the values
+    config.write_text(json.dumps({"schema_version": 2, "job": "train", "values": values}), encoding="utf-8")
+    before = snapshot(tmp_path, kit)
+    assert main(["check", "--config", str(config), "--card", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("**Settings look good.**") and "6 images; latent cache: 6 missing" in out
+    assert "The run will start with:\n  " in out and "-m core train --config" in out
+    assert "**Memory estimate:" in out and "— fits** (a card of 8 GB" in out
+
+    assert main(["check", "--config", str(config), "--set", f"train_data_dir={json.dumps([str(tmp_path / 'no')])}",
+                 "--card", "0.01", "--json"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    assert not data["ok"] and data["command"] is None
+    assert {"field": "train_data_dir", "severity": "error"}.items() <= data["problems"][0].items()
+    assert data["estimate"]["verdict"] == "does not fit" and data["estimate"]["savers"]
+    assert main(["check", "--config", str(config), "--set", "train_batch_size=0"]) == 2
+    out = capsys.readouterr().out
+    assert "- `train_batch_size`:" in out and "No estimate:" in out
+    # nothing written, nothing started (the estimate may measure a new step shape into the studio's cache)
+    assert snapshot(tmp_path, kit) == before and not (studio_home / "runs").exists()

@@ -1,7 +1,8 @@
 """`python -m core <job> [--config FILE] [--set key=value ...] [--run-dir DIR] [--<field> value ...]`
 and `python -m core stop RUN_DIR [--wait]`, `python -m core models [--scan DIR ...]` (the model library as JSON),
 `python -m core queue ...` (the job queue: core/queue/cli.py), `python -m core estimate ...` (a training run's
-memory and time: core/estimate/cli.py).
+memory and time: core/estimate/cli.py), `python -m core check ...` (the Training tab's Check settings:
+core/train/check_cli.py).
 
 The flags of each job are generated from its schema model (core/jobs/flags.py). Values are layered:
 schema defaults < --config (a preset or a run's config.json) < --<field> flags < --set.
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
               "\n       python -m core queue add|chain|list|run|pause|resume|remove|retry|move|stop|on-failure ..."
               "\n       python -m core estimate [--config FILE] [--set key=value ...] [--card GB|gpu]   (memory "
               "and time of a training run)"
+              "\n       python -m core check [--config FILE] [--set key=value ...] [--card GB|gpu]   (training "
+              "settings checked as the GUI's Check settings does)"
               "\n\njobs:")
         for spec in JOBS.values():
             print(f"  {spec.name:<10} {spec.summary}")
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         from core.estimate.cli import main as estimate_main
 
         return estimate_main(rest)
+    if job == "check":
+        from core.train.check_cli import main as check_main
+
+        return check_main(rest)
     if job not in JOBS:
         print(f"error: unknown job '{job}'. Jobs: {', '.join(JOBS)}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from core.dataset.latents import cache_path_for, choose_precision, is_cache_vali
 from core.dataset.masks import MaskFinder, mask_finder
 from core.jobs.locks import busy_message, conflicts
 from core.jobs.registry import JOBS
+from core.jobs.runner import display_command, job_command
 from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
 from core.train.start_checks import Problem, class_image_problems, data_problems, settings_problems
 from core.train.subsets import subset_sources
@@ -103,6 +104,21 @@ def check_training(values: dict) -> Preflight:
     problems += [*data, *class_problems, *check_device(cfg), *busy_problems(cfg)]
     wanted = cfg.num_class_images if cfg.prior_preservation else 0
     return Preflight(problems, len(assignments), missing, cfg.cache_latents, class_images, wanted)
+
+
+def start_command(cfg: TrainConfig) -> str:
+    """The command a run of these settings starts with (as the GUI starts it; its run folder is made then)."""
+    return display_command(job_command("train", Path("runs") / "train-<new run>", cfg))
+
+
+def check_report(values: dict) -> tuple[str, bool, bool]:
+    """(Markdown report, ok to start, latent cache to build) as Check settings shows them: the problems, the
+    dataset and cache counts and, when the run can start, the command it starts with."""
+    found = check_training(values)
+    report = found.report()
+    if found.ok:
+        report += f"\n\nThe run will start with:\n```\n{start_command(validate(TrainConfig, values, SOURCE))}\n```"
+    return report, found.ok, found.needs_cache
 
 
 def busy_problems(cfg: TrainConfig) -> list[Problem]:
