@@ -18,6 +18,7 @@ from core.estimate.savers import candidates
 from core.estimate.skeleton import estimate_config, mark_trained, meta_model, model_shape
 from core.estimate.verdict import verdict
 from core.models.lora import _suffixes, target_modules
+from core.train.preflight import planned_steps
 from tests.trainkit import train, train_values
 
 # Published parameter counts (diffusers / transformers models of the released checkpoints).
@@ -231,7 +232,11 @@ def test_cli_prints_the_estimate_and_its_savers(capsys):
 def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path, monkeypatch):
     kit = demo_kit("sd1")
     monkeypatch.setenv(TRACE_CPU_ALLOCATOR, "1")  # also the CPU allocator's peak: what the estimate predicts
-    result = train(train_values(kit, tmp_path / "out", max_train_steps=3), tmp_path / "run")
+    values = train_values(kit, tmp_path / "out", max_train_epochs=1)  # 8 images in batches of 2, by bucket
+    planned, counted = planned_steps(estimate_config(values))
+    assert counted == f"about {planned} per epoch x 1 epochs"
+    result = train(values, tmp_path / "run")
+    assert result["steps"] == planned  # the steps of an epoch as the trainer counts them
     measured = result["measured"]
     assert measured["device"] == "cpu" and measured["peak_rss"] > measured["peak_rss_above_model"] > 0
     assert measured["peak_allocated_above_model"] > 0 and abs(measured["allocated_error_percent"]) <= 20
@@ -239,8 +244,9 @@ def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path,
     assert isinstance(measured["error_percent"], float)
     saved = json.loads((tmp_path / "run" / "estimate.json").read_text())
     assert saved["above_weights"] == measured["estimated"] and saved["arch"] == "sd1"
-    again = check_estimate(train_values(kit, tmp_path / "out"), card=8)
-    assert "from a past run on cpu" in again.duration or "past run" in again.duration
+    again = check_estimate({**values, "max_train_epochs": 3})  # this machine: no GPU, so timed by CPU runs
+    assert f"for {3 * planned} steps (about {planned} per epoch x 3 epochs)" in again.duration
+    assert "from a past run on cpu" in again.duration
 
 
 def test_compare_warns_past_the_margin_and_rates_are_remembered():

@@ -49,7 +49,7 @@ def compared_with(card: str | float | None) -> tuple[int, str, str | None]:
 
 
 def check_estimate(values: dict, card: str | float | None = None, arch: str | None = None,
-                   allow_measure: bool = False, steps: int | None = None, in_child: bool = True) -> Checked:
+                   allow_measure: bool = False, in_child: bool = True) -> Checked:
     """The estimate of the settings `values` against `card`; savers when it is not a clear fit. `allow_measure`:
     measure a step shape the table only has a scaled value for (else measured in the background, for the next
     check). `in_child`: measurements run in a child process (see activations.measured_or_scaled). ConfigError
@@ -63,7 +63,7 @@ def check_estimate(values: dict, card: str | float | None = None, arch: str | No
     said = verdict(found.needed, available)
     helpers = savers(values, found, shape, in_child=in_child) if said != "fits" else []
     return Checked(found, available, against, said, helpers,
-                   duration_line(cfg, config_hash(shape.configs["unet"]), device, steps))
+                   duration_line(cfg, config_hash(shape.configs["unet"]), device))
 
 
 def measure_later(cfg, shape) -> None:
@@ -71,21 +71,26 @@ def measure_later(cfg, shape) -> None:
     measure_in_background(unet_shape(cfg, shape), shape.configs["unet"], **unet_inputs(shape))
 
 
-def duration_line(cfg, model: str, device: str | None, steps: int | None) -> str:
-    """The expected duration from past runs of this model's U-Net on this device ("" : the CPU; None: a chosen
-    card, not this machine), or what it will be known from."""
-    steps = steps or (None if cfg.max_train_epochs else cfg.max_train_steps)
-    if not steps:
-        return "**Time:** known once the dataset is counted (epochs) and the first steps are done."
+def duration_line(cfg, model: str, device: str | None) -> str:
+    """The expected duration of the run's steps (for max_train_epochs, counted from the dataset) from past runs of
+    this model's U-Net on this device ("": the CPU; None: a chosen card, not this machine), or what it will be
+    known from."""
+    from core.train.preflight import planned_steps
+
+    planned = planned_steps(cfg)
+    if planned is None:
+        return "**Time:** known once the dataset can be counted (max_train_epochs) and the first steps are done."
+    steps, counted = planned
+    counted = f" ({counted})" if counted else ""
     if device is None:
-        return f"**Time:** {steps} steps; timed by past runs on this machine's GPU only (none chosen here)."
+        return f"**Time:** {steps} steps{counted}; timed by past runs on this machine's GPU only (none chosen here)."
     height, width = latent_size(cfg)
     found = expected_rate(device or "cpu", model, height * width * 64, cfg.train_batch_size,
                           cfg.gradient_checkpointing, cfg.train_lora)
     if not found:
-        return (f"**Time:** {steps} steps; no past run on this device to time them by: the progress bar's ETA "
-                "appears after the first steps.")
+        return (f"**Time:** {steps} steps{counted}; no past run on this device to time them by: the progress "
+                "bar's ETA appears after the first steps.")
     rate, past = found
-    return (f"**Time:** about {format_duration(steps / rate)} for {steps} steps ({rate:.2f} steps/s, from a past "
-            f"run on {past['device']}: {past['steps_per_s']:.2f} steps/s at batch {past['batch']}).")
+    return (f"**Time:** about {format_duration(steps / rate)} for {steps} steps{counted} ({rate:.2f} steps/s, from "
+            f"a past run on {past['device']}: {past['steps_per_s']:.2f} steps/s at batch {past['batch']}).")
 

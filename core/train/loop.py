@@ -9,7 +9,6 @@ distributed code of our own.
 from __future__ import annotations
 
 import importlib.util
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from core.train.milestones import Decision, Milestones
 from core.train.noise import apply_zero_terminal_snr
 from core.train.optimizers import make_optimizer, parse_optimizer_args, scaled_lr
 from core.train.samples import load_clip, run_prompts
-from core.train.schedules import make_scheduler, steps_of
+from core.train.schedules import make_scheduler, steps_of, total_steps
 from core.train.start_checks import refuse_or_warn, settings_problems
 from core.train.step import loss_of_batch, weight_dtype
 from core.train.subsets import prepare_data
@@ -278,14 +277,6 @@ def eval_prompt_encoder(cfg: TrainConfig, ctx: JobContext, model, examples: list
 
 def _lr(cfg: TrainConfig, rate: float) -> float:
     return scaled_lr(rate, cfg.train_batch_size, cfg.gradient_accumulation_steps) if cfg.scale_lr else rate
-
-
-def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
-    """(max optimizer steps, epochs) from max_train_epochs or max_train_steps."""
-    updates_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
-    if cfg.max_train_epochs:
-        return cfg.max_train_epochs * updates_per_epoch, cfg.max_train_epochs
-    return cfg.max_train_steps, math.ceil(cfg.max_train_steps / updates_per_epoch)
 
 
 def place_modules(model, cfg: TrainConfig, trained: dict, device, dtype) -> None:

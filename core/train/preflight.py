@@ -15,6 +15,7 @@ loading them; the run still finds such files and rebuilds them first.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from core.jobs.locks import busy_message, conflicts
 from core.jobs.registry import JOBS
 from core.jobs.runner import display_command, job_command
 from core.train.data import balanced_repeats, cache_config, class_data_config, class_image_count
+from core.train.schedules import total_steps
 from core.train.start_checks import Problem, class_image_problems, data_problems, settings_problems
 from core.train.subsets import subset_sources
 
@@ -104,6 +106,30 @@ def check_training(values: dict) -> Preflight:
     problems += [*data, *class_problems, *check_device(cfg), *busy_problems(cfg)]
     wanted = cfg.num_class_images if cfg.prior_preservation else 0
     return Preflight(problems, len(assignments), missing, cfg.cache_latents, class_images, wanted)
+
+
+def planned_steps(cfg: TrainConfig) -> tuple[int, str] | None:
+    """(optimizer steps, how they were counted) of a run of these settings: max_train_steps, or for
+    max_train_epochs about as many as the dataset planned now makes (each bucket's samples with their repeats,
+    less the validation split, in batches; as many class samples again with prior preservation; over gradient
+    accumulation: core.train.schedules.total_steps). None when the dataset cannot be planned."""
+    if not cfg.max_train_epochs:
+        return cfg.max_train_steps, ""
+    if cfg.uses_subsets:
+        problems, assignments, _ = check_subsets(cfg)
+    else:
+        problems = _folder_problems("train_data_dir", cfg.train_data_dir, "")
+        assignments = [] if problems else plan_buckets(cfg)[0]
+    if not assignments:
+        return None
+    kept = 1 - (cfg.validation_split if not cfg.validation_data_dir.strip() else 0)
+    buckets: dict[tuple, int] = {}
+    for assignment in assignments:
+        buckets[assignment.bucket] = buckets.get(assignment.bucket, 0) + assignment.repeats
+    batches = sum(math.ceil(samples * kept / cfg.train_batch_size) for samples in buckets.values())
+    batches *= 2 if cfg.prior_preservation else 1
+    steps, _ = total_steps(cfg, batches)
+    return steps, f"about {steps // cfg.max_train_epochs} per epoch x {cfg.max_train_epochs} epochs"
 
 
 def start_command(cfg: TrainConfig) -> str:

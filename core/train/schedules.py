@@ -17,10 +17,19 @@ from typing import get_args
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from core.config import TrainConfig
 from core.config.choices import LrSchedulerName
 from core.train.optimizers import is_self_scheduling
 
 SCHEDULES = get_args(LrSchedulerName)
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """(max optimizer steps, epochs) from max_train_epochs or max_train_steps."""
+    updates_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps))
+    if cfg.max_train_epochs:
+        return cfg.max_train_epochs * updates_per_epoch, cfg.max_train_epochs
+    return cfg.max_train_steps, math.ceil(cfg.max_train_steps / updates_per_epoch)
 
 
 def steps_of(value: float, total_steps: int) -> int:
