@@ -232,7 +232,7 @@ def test_cli_prints_the_estimate_and_its_savers(capsys):
 def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path, monkeypatch):
     kit = demo_kit("sd1")
     monkeypatch.setenv(TRACE_CPU_ALLOCATOR, "1")  # also the CPU allocator's peak: what the estimate predicts
-    values = train_values(kit, tmp_path / "out", max_train_epochs=1)  # 8 images in batches of 2, by bucket
+    values = train_values(kit, tmp_path / "out", max_train_epochs=1, train_batch_size=4)  # 8 images by bucket
     planned, counted = planned_steps(estimate_config(values))
     assert counted == f"about {planned} per epoch x 1 epochs"
     result = train(values, tmp_path / "run")
