@@ -12,8 +12,8 @@ from core.estimate.activations import Measured, Shape, lookup, measure, remember
 from core.estimate.budget import estimate, unet_inputs, unet_shape
 from core.estimate.cards import card_bytes
 from core.estimate.check import check_estimate
-from core.estimate.measured import TRACE_CPU_ALLOCATOR, compare, expected_rate, remember_rate
-from core.estimate.optimizer_state import state_bytes
+from core.estimate.measured import TRACE_CPU_ALLOCATOR, CpuAllocatorTrace, compare, expected_rate, remember_rate
+from core.estimate.optimizer_state import state_bytes, step_temporaries
 from core.estimate.savers import candidates
 from core.estimate.skeleton import estimate_config, mark_trained, meta_model, model_shape
 from core.estimate.verdict import verdict
@@ -94,13 +94,24 @@ def test_optimizer_state_rules():
     assert state_bytes("Lion", [(1024, 1024)], 4) == 4 * n
     assert state_bytes("Adafactor", [(1024, 1024)], 4) == (1024 + 1024) * 4  # factored: rows + columns
     assert state_bytes("Prodigy", [(1024, 1024)], 4) == 16 * n
-    from core.estimate.optimizer_state import step_temporaries
-
     shapes = [(1024, 1024), (2048, 1024)]
     assert step_temporaries("AdamW", shapes, 4) == 3 * n * 4  # CUDA's foreach: one copy of the whole group
-    assert step_temporaries("AdamW", shapes, 4, one_at_a_time=True) == 0
+    assert step_temporaries("AdamW", shapes, 4, one_at_a_time=True) == (n + 2 * 2 * n) * 4  # see below
     assert step_temporaries("AdamW8bit", shapes, 4) == 0  # in place on CUDA
     assert step_temporaries("AdamW8bit", shapes, 4, cpu=True) == 5 * 2 * n * 4  # fp32 copies of the largest
+
+
+def test_adamw_step_temporaries_on_the_cpu_are_what_its_step_allocates():
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(256, 256), (512, 256), (64,)]]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)  # on the CPU: tensor by tensor, as the trainer's there
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer.step()  # makes its state
+    trace = CpuAllocatorTrace()
+    optimizer.step()
+    expected = step_temporaries("AdamW", [tuple(p.shape) for p in params], 4, one_at_a_time=True, cpu=True)
+    assert expected == (256 * 256 + 2 * 512 * 256) * 4  # the first tensor's denom, the second's sqrt and denom
+    assert 0 <= trace.peak() - expected < 64  # and a few scalars
 
 
 @pytest.mark.parametrize("targets", ["attention", "attention_mlp", "all_linear_conv"])

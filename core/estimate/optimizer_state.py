@@ -73,8 +73,11 @@ def step_temporaries(name: str, shapes: list[tuple], itemsize: int, one_at_a_tim
     largest = max(_numel(s) for s in shapes)
     if name in ("AdamW8bit", "Lion8bit") and cpu:
         return BNB_CPU_STEP_COPIES * largest * 4
-    if name == "AdamW" and not one_at_a_time:
+    if name == "AdamW" and not one_at_a_time:  # foreach: the sqrt of the whole group's exp_avg_sq
         return sum(_numel(s) for s in shapes) * itemsize
+    if name == "AdamW":  # each tensor's sqrt, then its / bias correction, while the last tensor's denom lives on
+        sizes = [_numel(s) for s in shapes]
+        return max(previous + 2 * size for previous, size in zip([0, *sizes], sizes)) * itemsize
     if name == "Adafactor":
         return 3 * largest * 4
     if name == "Prodigy":
