@@ -267,6 +267,11 @@ def test_compare_warns_past_the_margin_and_rates_are_remembered():
     assert compare({"device": "X", "peak_allocated": 11 * gib}, {"peak": 10 * gib}, 0.15)[1] is None
     tiny, warning = compare({"device": "cpu", "peak_rss_above_model": 36 * 2**20}, {"above_weights": 15 * 2**20}, 0.15)
     assert tiny["error_percent"] == 140.0 and warning is None  # a few MiB: a CPU process's own noise
+    traced = {"device": "cpu", "peak_rss_above_model": 3 * gib, "peak_allocated_above_model": gib}
+    figures, warning = compare(traced, {"above_weights": gib}, 0.15)  # RSS also holds what is not a tensor
+    assert (figures["error_percent"], figures["allocated_error_percent"], warning) == (200.0, 0.0, None)
+    figures, warning = compare({**traced, "peak_allocated_above_model": 2 * gib}, {"above_weights": gib}, 0.15)
+    assert "peak of torch's CPU allocator above the model: 2.00 GiB, +100% over" in warning
     remember_rate({"device": "GPU A", "model": "m", "pixels": 512 * 512, "batch": 1, "checkpointing": True,
                    "lora": False, "steps_per_s": 2.0})
     rate, past = expected_rate("GPU A", "m", 512 * 512, 2, True, False)

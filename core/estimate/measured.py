@@ -125,23 +125,30 @@ class RunMeter:
 
 def compare(figures: dict, estimate: dict | None, margin: float) -> tuple[dict, str | None]:
     """The figures with the estimate and the error in percent added, and a warning when the measured peak passes
-    the estimate by more than the margin and by more than NOISE_FLOOR. CUDA: allocated peak vs the estimated peak; CPU: the RSS growth above
-    the loaded model vs the estimate's part above the weights."""
+    the estimate by more than the margin and by more than NOISE_FLOOR. CUDA: the allocated peak vs the estimated
+    peak. CPU: the RSS growth above the loaded model vs the estimate's part above the weights (`error_percent`);
+    with the allocator traced, its peak too (`allocated_error_percent`), which then decides the warning (RSS also
+    holds what is not a tensor)."""
     if not estimate:
         return figures, None
+
+    def error(measured: int, expected: int) -> float | None:
+        return round(100 * (measured - expected) / expected, 1) if expected else None
+
     if "peak_allocated" in figures:
         measured, expected, what = figures["peak_allocated"], estimate["peak"], "peak GPU memory allocated"
+        out = {**figures, "estimated": expected, "error_percent": error(measured, expected)}
     else:
-        measured, expected, what = figures["peak_rss_above_model"], estimate["above_weights"], \
-            "peak memory above the loaded model"
-    error = round(100 * (measured - expected) / expected, 1) if expected else None
-    out = {**figures, "estimated": expected, "error_percent": error}
-    if "peak_allocated_above_model" in figures and expected:
-        out["allocated_error_percent"] = round(100 * (figures["peak_allocated_above_model"] - expected) / expected, 1)
+        measured, expected = figures["peak_rss_above_model"], estimate["above_weights"]
+        what = "peak memory above the loaded model"
+        out = {**figures, "estimated": expected, "error_percent": error(measured, expected)}
+        if "peak_allocated_above_model" in figures:
+            measured, what = figures["peak_allocated_above_model"], "peak of torch's CPU allocator above the model"
+            out["allocated_error_percent"] = error(measured, expected)
     warning = None
     if expected and measured > expected * (1 + margin) and measured - expected > NOISE_FLOOR:
-        warning = (f"{what}: {measured / 2**30:.2f} GiB, {error:+.0f}% over the estimate made at the start "
-                   f"({expected / 2**30:.2f} GiB, margin ±{margin:.0%}); please report these settings")
+        warning = (f"{what}: {measured / 2**30:.2f} GiB, {error(measured, expected):+.0f}% over the estimate made "
+                   f"at the start ({expected / 2**30:.2f} GiB, margin ±{margin:.0%}); please report these settings")
     return out, warning
 
 
