@@ -260,6 +260,23 @@ def test_a_run_records_its_measured_peak_beside_its_estimate(demo_kit, tmp_path,
     assert "from a past run on cpu" in again.duration
 
 
+def test_a_cuda_run_reads_torch_s_peak_counters(monkeypatch):
+    from core.estimate.measured import RunMeter
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA GeForce RTX 3060")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 6 * 2**30)
+    device = torch.device("cuda", 0)
+    meter = RunMeter(device)
+    assert calls == [("reset", device)] and meter.trace is None  # the peak counts from the start of training
+    figures = meter.figures()
+    assert figures == {"device": "NVIDIA GeForce RTX 3060", "peak_allocated": 5 * 2**30, "peak_reserved": 6 * 2**30}
+    figures, warning = compare(figures, {"peak": 4 * 2**30}, 0.15)
+    assert figures["error_percent"] == 25.0 and "peak GPU memory allocated: 5.00 GiB, +25% over" in warning
+
+
 def test_compare_warns_past_the_margin_and_rates_are_remembered():
     gib = 2**30
     figures, warning = compare({"device": "X", "peak_allocated": 13 * gib}, {"peak": 10 * gib}, 0.15)
