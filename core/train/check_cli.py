@@ -1,8 +1,9 @@
 """`python -m core check [--config FILE] [--set key=value ...] [--<field> value ...] [--card GB|gpu] [--json]`:
 the Training tab's Check settings on the command line. Every problem of the training settings, each naming its
 field (errors, then warnings), the dataset and latent cache counts, the command the run would start with, and
-the memory and time estimate with its verdict and savers. Nothing is started or written. Exit status 0 when the
-run can start, 2 when a problem must be fixed first."""
+the memory and time estimate with its verdict and savers. Nothing is started and nothing of the user's is written
+(a step shape the estimate has not measured yet is measured into the studio's cache, as the GUI's check does).
+Exit status 0 when the run can start, 2 when a problem must be fixed first."""
 from __future__ import annotations
 
 import json
