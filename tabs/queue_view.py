@@ -262,7 +262,7 @@ class QueueTab:
         self.edit.click(lambda entry_id: self.reopen(entry_id, tabs, homes), inputs=self.selected,
                         outputs=list({c._id: c for c in edited}.values()))
         self.open_run.click(lambda entry_id: self.open_entry_run(entry_id, tabs, runs), inputs=self.selected,
-                            outputs=[tabs, self.message, runs.table, runs.folders, *runs.run_outputs])
+                            outputs=[tabs, self.message, runs.table, runs.folders, runs.empty, *runs.run_outputs])
 
 
 def build(blocks: gr.Blocks, bar: WorkspaceBar, tabs: gr.Tabs, runs: RunsPage) -> None:

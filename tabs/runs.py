@@ -16,13 +16,17 @@ from tabs import page_load
 from tabs.job_panel import STATE_TEXT, format_duration
 
 COLUMNS = ["started", "job", "status", "duration", "final loss", "peak memory", "folder"]
+NO_RUNS = ("**No runs yet.** Every job you start (a scan, tagging, the latent cache, a training...) gets a folder "
+           "listed here, with its log, settings, results and output files. New here? *Try it* on the Dataset tab "
+           "trains a tiny demo model on this computer in about a minute.")
 
 
 def format_loss(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
-def runs_table() -> tuple[pd.DataFrame, list[str]]:
+def runs_table() -> tuple[pd.DataFrame, list[str], str]:
+    """The runs, newest first: the table, their folders, and what to say when there are none."""
     rows, folders = [], []
     for run in list_runs():
         started = datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M:%S") if run.started else "?"
@@ -30,7 +34,7 @@ def runs_table() -> tuple[pd.DataFrame, list[str]]:
         rows.append([started, run.job, STATE_TEXT.get(run.state, run.state), format_duration(duration),
                      format_loss(last_metric(run.run_dir, "loss")), measured_memory(run.run_dir), run.run_dir.name])
         folders.append(str(run.run_dir))
-    return pd.DataFrame(rows, columns=COLUMNS), folders
+    return pd.DataFrame(rows, columns=COLUMNS), folders, "" if rows else NO_RUNS
 
 
 def outputs_markdown(run_dir: str) -> str:
@@ -83,6 +87,7 @@ class RunsPage:
             self.refresh = gr.Button("Refresh", elem_id="runs-refresh")
             self.folders = gr.State([])
             self.table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, elem_id="runs-table")
+            self.empty = gr.Markdown(elem_id="runs-empty")
             self.selected = gr.State(None)
             self.header = gr.Markdown(elem_id="run-header")
             with gr.Row():
@@ -109,8 +114,9 @@ class RunsPage:
 
     def open(self, run_dir: str) -> dict:
         """The runs listed again and `run_dir` shown."""
-        table, folders = runs_table()
-        return {self.table: table, self.folders: folders, **dict(zip(self.run_outputs, self.show_run(run_dir)))}
+        table, folders, empty = runs_table()
+        return {self.table: table, self.folders: folders, self.empty: empty,
+                **dict(zip(self.run_outputs, self.show_run(run_dir)))}
 
     def wire(self) -> None:
         def select(folder_list: list[str], evt: gr.SelectData):
@@ -122,8 +128,8 @@ class RunsPage:
         def open_tensorboard(run_dir: str | None):
             return tensorboard_link(run_dir) if run_dir else gr.skip()
 
-        self.refresh.click(runs_table, outputs=[self.table, self.folders])
-        page_load.on_load(runs_table, [self.table, self.folders])
+        self.refresh.click(runs_table, outputs=[self.table, self.folders, self.empty])
+        page_load.on_load(runs_table, [self.table, self.folders, self.empty])
         self.table.select(select, inputs=self.folders, outputs=self.run_outputs)
         self.stop.click(stop_selected, inputs=self.selected, outputs=[self.stop, self.header])
         self.tensorboard.click(open_tensorboard, inputs=self.selected, outputs=self.tensorboard_info)

@@ -82,9 +82,12 @@ def test_output_files_lists_checkpoints_model_and_state(tmp_path):
 def test_runs_table_shows_the_final_loss_of_training_runs():
     from tabs.runs import COLUMNS, runs_table
 
+    table, folders, empty = runs_table()
+    assert table.empty and folders == [] and empty.startswith("**No runs yet.**") and "*Try it*" in empty
     make_run("scan-old", job="scan", events=event_line("progress", step=5, total=5), started=time.time() - 500)
     make_run("train-new", events=loss_events([0.5, 0.123456]), started=time.time() - 100)
-    table, folders = runs_table()
+    table, folders, empty = runs_table()
+    assert empty == ""
     assert list(table.columns) == COLUMNS
     rows = table.to_dict("records")
     assert [row["folder"] for row in rows] == ["train-new", "scan-old"]
@@ -132,7 +135,7 @@ def test_runs_tab_builds_with_its_controls():
     with gr.Blocks() as blocks:
         runs.build(blocks)
     elem_ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
-    assert {"runs-table", "run-tensorboard", "run-tensorboard-link", "run-outputs"} <= elem_ids
+    assert {"runs-table", "runs-empty", "run-tensorboard", "run-tensorboard-link", "run-outputs"} <= elem_ids
 
 
 def test_stop_ends_a_job_that_ignores_it_after_its_grace_period(stuck_job, monkeypatch):
