@@ -10,6 +10,10 @@ from core.estimate.cards import CARD_CHOICES, THIS_GPU
 from tabs.form import SchemaForm
 
 MAX_SAVERS = 9  # buttons kept ready (hidden until a saver fills them)
+# The settings check and the estimate import torch, diffusers and transformers when first used (the app builds
+# without them). One click starts both; two threads importing those at once can be handed a partially initialized
+# module (CI: "cannot import name 'AutoencoderKL' from 'diffusers'"), so the handlers that do take turns.
+TORCH_TURN = {"concurrency_limit": 1, "concurrency_id": "training-check"}
 
 
 class EstimateView:
@@ -51,10 +55,10 @@ class EstimateView:
     def wire(self, check: gr.Button, start: gr.Button) -> None:
         inputs = [self.card, *self.form.inputs]
         for trigger in (check.click, start.click, self.button.click, self.card.input):
-            trigger(self.show, inputs=inputs, outputs=self.outputs)
+            trigger(self.show, inputs=inputs, outputs=self.outputs, **TORCH_TURN)
         for index, button in enumerate(self.savers):
             button.click(lambda changes, card, *raw, i=index: self._apply(changes[i], card, raw),
-                         inputs=[self.changes, *inputs], outputs=[*self.form.inputs, *self.outputs])
+                         inputs=[self.changes, *inputs], outputs=[*self.form.inputs, *self.outputs], **TORCH_TURN)
 
     def _apply(self, changes: dict, card: str, raw) -> list:
         """The form with the saver's changes, and the estimate of the result."""

@@ -14,7 +14,7 @@ import gradio as gr
 from core.config import CacheConfig, ConfigError, TrainConfig, validate
 from core.config.presets import differences, find_preset
 from core.train.checkpoints import saved_states
-from tabs.estimate_view import EstimateView
+from tabs.estimate_view import TORCH_TURN, EstimateView
 from tabs.form import SchemaForm, section_id
 from tabs.job_panel import JobPanel
 from tabs.preset_bar import PresetBar
@@ -207,12 +207,12 @@ def build(blocks: gr.Blocks) -> TrainingPage:
 
     conditional = [form.components[n] for n in form.conditional()]
     start_outputs = [*panel.outputs, report, build_cache, *conditional]
-    check.click(do_check, inputs=inputs, outputs=[report, build_cache, *conditional])
+    check.click(do_check, inputs=inputs, outputs=[report, build_cache, *conditional], **TORCH_TURN)
     queue.wire(inputs, lambda *raw: values_of(raw), report, form.show)
     queue_class.wire(inputs, lambda *raw: lambda: class_images_values(values_of(raw)), class_queued)
-    start.click(do_start, inputs=inputs, outputs=start_outputs)
+    start.click(do_start, inputs=inputs, outputs=start_outputs, **TORCH_TURN)
     estimate.wire(check, start)
-    resume.click(do_resume, inputs=[state, *inputs], outputs=start_outputs)
+    resume.click(do_resume, inputs=[state, *inputs], outputs=start_outputs, **TORCH_TURN)
     find.click(do_find, inputs=inputs, outputs=[state, report])
     build_cache.click(do_build_cache, inputs=inputs, outputs=cache_panel.outputs)
     build_class.click(do_build_class, inputs=inputs, outputs=class_panel.outputs)

@@ -12,6 +12,7 @@ from core.config.presets import builtin_dir, load_preset
 from core.dataset.demo_kit import TRY_IT_PRESET, kit_ready, kit_workspace
 from core.fsutil import studio_home
 from core.jobs.runner import ACTIVE_STATES, run_state
+from tabs.estimate_view import TORCH_TURN
 from tabs.job_panel import JobPanel
 from tabs.workspace import WorkspaceBar
 
@@ -74,4 +75,4 @@ class TryIt:
 
         self.go.change(prepare, outputs=[*bar.outputs, tabs, training.presets.choice, *training.form.inputs,
                                          self.message]) \
-            .then(training.start, inputs=training.form.inputs, outputs=training.start_outputs)
+            .then(training.start, inputs=training.form.inputs, outputs=training.start_outputs, **TORCH_TURN)

@@ -42,6 +42,12 @@ def test_app_serves_its_tabs(free_port):
     renders = [fn for fn in app.fns.values() if fn.renderable is not None]
     assert len(renders) >= 2
     assert {(fn.concurrency_limit, fn.concurrency_id) for fn in renders} == {(1, "file-picker-render")}
+    # the settings check and the estimate import torch's libraries on first use: they take turns (two threads
+    # importing them at once got a partially initialized diffusers in CI)
+    turns = {(fn.fn.__qualname__.rsplit(".", 1)[-1], fn.concurrency_limit, fn.concurrency_id)
+             for fn in app.fns.values() if fn.fn and fn.fn.__qualname__.endswith(("do_check", "do_start", "do_resume",
+                                                                                   "EstimateView.show"))}
+    assert turns == {(name, 1, "training-check") for name in ("do_check", "do_start", "do_resume", "show")}
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
