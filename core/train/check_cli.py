@@ -10,12 +10,12 @@ import json
 import sys
 from dataclasses import asdict
 
-from core.config import ConfigError, TrainConfig, validate
+from core.config import ConfigError
 from core.estimate.cli import estimate_of, estimate_text, settings_parser
 from core.jobs.flags import layered_values
 from core.jobs.protocol import EXIT_INVALID
 from core.jobs.registry import JOBS
-from core.train.preflight import SOURCE, check_training, start_command
+from core.train.preflight import check_with_command
 
 
 def main(argv: list[str]) -> int:
@@ -27,8 +27,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as err:  # a --config that cannot be read, a --set of an unknown key
         print(f"invalid settings:\n{err}", file=sys.stderr)
         return EXIT_INVALID
-    found = check_training(values)
-    command = start_command(validate(TrainConfig, values, SOURCE)) if found.ok else None
+    found, command = check_with_command(values)
     try:
         checked, no_estimate = estimate_of(args, values), None
     except (ConfigError, ValueError) as err:

@@ -132,18 +132,21 @@ def planned_steps(cfg: TrainConfig) -> tuple[int, str] | None:
     return steps, f"about {steps // cfg.max_train_epochs} per epoch x {cfg.max_train_epochs} epochs"
 
 
-def start_command(cfg: TrainConfig) -> str:
-    """The command a run of these settings starts with (as the GUI starts it; its run folder is made then)."""
-    return display_command(job_command("train", Path("runs") / "train-<new run>", cfg))
+def check_with_command(values: dict) -> tuple[Preflight, str | None]:
+    """The check of `values` and, when the run can start, the command it starts with (as the GUI starts it; its
+    run folder is made then)."""
+    found = check_training(values)
+    if not found.ok:
+        return found, None
+    cfg = validate(TrainConfig, values, SOURCE)
+    return found, display_command(job_command("train", Path("runs") / "train-<new run>", cfg))
 
 
 def check_report(values: dict) -> tuple[str, bool, bool]:
     """(Markdown report, ok to start, latent cache to build) as Check settings shows them: the problems, the
     dataset and cache counts and, when the run can start, the command it starts with."""
-    found = check_training(values)
-    report = found.report()
-    if found.ok:
-        report += f"\n\nThe run will start with:\n```\n{start_command(validate(TrainConfig, values, SOURCE))}\n```"
+    found, command = check_with_command(values)
+    report = found.report() + (f"\n\nThe run will start with:\n```\n{command}\n```" if command else "")
     return report, found.ok, found.needs_cache
 
 
